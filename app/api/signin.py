@@ -1,0 +1,56 @@
+"""Browser sign-in: `?token=<jwt>` on any page becomes an HttpOnly session cookie.
+
+The LangServe playground cannot send an Authorization header (langserve#294), but its
+fetches are same-origin, so a cookie reaches the page, its assets and `stream_log`.
+The token leaves the URL at once (redirect), so it is not kept in history or logs.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.errors import error_response
+from app.core.auth import TokenVerifier
+from app.core.errors import Unauthenticated
+
+
+class TokenSignInMiddleware:
+    """Turns `GET …?token=` into a SameSite=Strict session cookie and a clean redirect."""
+
+    def __init__(self, app: ASGIApp, *, verifier: TokenVerifier, cookie_name: str) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.cookie_name = cookie_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        token = request.query_params.get("token")
+        if token is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self.verifier.verify(token)
+        except Unauthenticated as error:
+            await error_response(error)(scope, receive, send)
+            return
+        remaining = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        target = request.url.path + (f"?{urlencode(remaining)}" if remaining else "")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            self.cookie_name,
+            token,
+            max_age=max(0, int(principal.expires_at - time.time())),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        await response(scope, receive, send)

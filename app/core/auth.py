@@ -1,0 +1,190 @@
+"""Who is calling: verifies JWTs and turns them into a typed `Principal`.
+
+One verifier serves HTTP routes, LangServe's endpoints (through a dependency), the
+playground's cookie and WebSocket connections, so every door checks the same way.
+HS256 tokens are checked against AUTH_JWT_SECRET (or the generated development
+secret); RS256/ES256 tokens against the keys of AUTH_JWKS_URL. The algorithm list is
+fixed per key type, so `alg: none` and algorithm-confusion tokens never verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from starlette.requests import HTTPConnection
+
+from app.core.config import Settings
+from app.core.errors import Unauthenticated
+
+SYMMETRIC_ALGORITHMS = ("HS256",)
+ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
+# Tenant ids end up inside cache keys, Redis stream names and SQL rows: keep them plain.
+TENANT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified caller. Tenant and user of every run come from here alone."""
+
+    user_id: str
+    tenant_id: str
+    roles: frozenset[str]
+    expires_at: float
+
+    def has_any_role(self, roles: Iterable[str]) -> bool:
+        return not self.roles.isdisjoint(roles)
+
+
+def load_or_create_dev_secret(path: Path) -> str:
+    """Returns the development secret, generating it once with mode 0600.
+
+    Kept on disk so tokens minted by `python -m app token` keep working across restarts.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret) < 32:
+            raise RuntimeError(f"development secret in {path} is too short; delete the file")
+        return secret
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
+    tenant_id = claims.get("tenant_id")
+    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.match(tenant_id):
+        raise Unauthenticated("token has no valid tenant_id claim")
+    user_id = claims.get("sub")
+    if not isinstance(user_id, str) or not user_id or len(user_id) > 256:
+        raise Unauthenticated("token has no valid sub claim")
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise Unauthenticated("roles claim must be a list of strings")
+    return Principal(
+        user_id=user_id,
+        tenant_id=tenant_id,
+        roles=frozenset(roles),
+        expires_at=float(claims["exp"]),
+    )
+
+
+class TokenVerifier:
+    """Verifies tokens for the running configuration and mints development ones."""
+
+    def __init__(self, settings: Settings, *, dev_secret: str | None = None) -> None:
+        configured = settings.auth_jwt_secret
+        self.secret: str | None = configured.get_secret_value() if configured else dev_secret
+        self.secret_is_generated = configured is None and dev_secret is not None
+        self.issuer = settings.auth_issuer
+        self.audience = settings.auth_audience
+        self.leeway_s = settings.auth_leeway_s
+        self._jwks = (
+            jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            if settings.auth_jwks_url
+            else None
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        dev_secret = None
+        if settings.auth_jwt_secret is None and settings.app_env != "production":
+            dev_secret = load_or_create_dev_secret(settings.auth_secret_file)
+        return cls(settings, dev_secret=dev_secret)
+
+    async def verify(self, token: str) -> Principal:
+        """Checks signature, expiry, issuer, audience and the claims we rely on."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from exc
+        algorithm = header.get("alg")
+        key: Any
+        if algorithm in SYMMETRIC_ALGORITHMS and self.secret is not None:
+            key, allowed = self.secret, list(SYMMETRIC_ALGORITHMS)
+        elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            try:
+                # PyJWKClient fetches with blocking urllib; keys are cached after the first call.
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWTError as exc:
+                raise Unauthenticated(f"no signing key for token: {exc}") from exc
+            key, allowed = signing_key.key, list(ASYMMETRIC_ALGORITHMS)
+        else:
+            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=allowed,
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway_s,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        return _principal_from_claims(claims)
+
+    def mint(
+        self, *, tenant_id: str, user_id: str, roles: Iterable[str] = ("rep",), ttl_s: int = 3600
+    ) -> str:
+        """Signs an HS256 token the running configuration accepts (development and tests)."""
+        if self.secret is None:
+            raise RuntimeError("no HS256 secret configured: tokens come from the identity provider")
+        if not TENANT_ID_PATTERN.match(tenant_id):
+            raise ValueError(f"invalid tenant id {tenant_id!r}")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            "tenant_id": tenant_id,
+            "roles": sorted(set(roles)),
+            "iat": now,
+            "exp": now + ttl_s,
+        }
+        if self.issuer:
+            claims["iss"] = self.issuer
+        if self.audience:
+            claims["aud"] = self.audience
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+
+def token_from_connection(conn: HTTPConnection, cookie_name: str) -> str | None:
+    """The bearer header wins; the session cookie serves browsers (playground, pages)."""
+    authorization = conn.headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+        return credentials.strip()
+    return conn.cookies.get(cookie_name) or None
+
+
+async def authenticate(conn: HTTPConnection) -> Principal:
+    """FastAPI dependency for HTTP and WebSocket routes alike.
+
+    Takes HTTPConnection, not Request, so WebSocket routes reuse it. The principal is
+    also left on `conn.state` for LangServe's per-request config modifier, which cannot
+    see what a dependency returned (langserve#354).
+    """
+    cached = getattr(conn.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    verifier: TokenVerifier = conn.app.state.token_verifier
+    token = token_from_connection(conn, conn.app.state.settings.auth_cookie_name)
+    if token is None:
+        raise Unauthenticated("missing bearer token")
+    principal = await verifier.verify(token)
+    conn.state.principal = principal
+    return principal

@@ -1,0 +1,108 @@
+"""The service's settings: every variable of the public contract, read once, here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KNOWN_PROVIDERS = ("openai", "anthropic", "google", "local")
+
+
+class Settings(BaseSettings):
+    """Environment variables (and `.env`) under the names the contract fixes."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    app_name: str = "CRM real-time AI"
+    app_env: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("./var")
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL printed in the start-up sign-in link.",
+    )
+
+    # Identity.
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_cookie_name: str = "crm_session"
+    auth_leeway_s: float = 30.0
+    auth_dev_token_ttl_s: int = 12 * 3600
+
+    # Shared state and durable data.
+    redis_url: str | None = None
+    database_url: str | None = None
+
+    # Models.
+    llm_providers: Annotated[list[str], NoDecode] = ["local"]
+    llm_timeout_s: float = 30.0
+    llm_first_token_timeout_s: float = 10.0
+    llm_idle_timeout_s: float = 15.0
+    llm_max_retries: int = 2
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_model: str = "claude-3-5-haiku-latest"
+    google_api_key: SecretStr | None = None
+    google_model: str = "gemini-2.0-flash"
+
+    # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
+    scoring_default_model: str = "logreg-v2"
+    scoring_tenant_models: Annotated[dict[str, str], NoDecode] = {}
+
+    # Limits.
+    request_max_body_bytes: int = 256 * 1024
+
+    @field_validator("llm_providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip().lower() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            unknown = [name for name in value if name not in KNOWN_PROVIDERS]
+            if unknown:
+                raise ValueError(f"unknown LLM provider(s) {unknown}; known: {KNOWN_PROVIDERS}")
+            if not value:
+                raise ValueError("LLM_PROVIDERS must name at least one provider")
+        return value
+
+    @field_validator("scoring_tenant_models", mode="before")
+    @classmethod
+    def _split_tenant_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = (part.split("=", 1) for part in value.split(",") if "=" in part)
+            return {tenant.strip(): version.strip() for tenant, version in pairs}
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_real_auth(self) -> Settings:
+        # A generated development secret lives on one disk: replicas would disagree and
+        # anyone with the data dir could mint tokens, so production must be configured.
+        if self.app_env == "production":
+            if self.auth_jwt_secret is None and self.auth_jwks_url is None:
+                raise ValueError(
+                    "APP_ENV=production refuses to start without AUTH_JWT_SECRET or AUTH_JWKS_URL"
+                )
+            secret = self.auth_jwt_secret
+            if secret is not None and len(secret.get_secret_value()) < 32:
+                raise ValueError("AUTH_JWT_SECRET must be at least 32 characters in production")
+        return self
+
+    @property
+    def auth_secret_file(self) -> Path:
+        return self.data_dir / "auth_secret"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "crm_ai.sqlite3"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,50 @@
+"""Errors the service raises on purpose; `app.api.errors` maps each to one HTTP answer."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """Base of every deliberate refusal: carries its HTTP status and a client-safe detail."""
+
+    status_code = 500
+    retryable = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Unauthenticated(AppError):
+    status_code = 401
+
+
+class Forbidden(AppError):
+    status_code = 403
+
+
+class NotFound(AppError):
+    status_code = 404
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+
+
+class InvalidInput(AppError):
+    status_code = 422
+
+
+class RateLimited(AppError):
+    status_code = 429
+    retryable = True
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(AppError):
+    """Every configured LLM provider failed for this call."""
+
+    status_code = 503
+    retryable = True

@@ -1,0 +1,81 @@
+"""The long-lived parts of one service instance, built once from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.auth import TokenVerifier
+from app.core.config import Settings
+from app.store.database import create_engine, database_url
+from app.store.knowledge import KnowledgeBase
+from app.store.memory import ConversationMemory
+from chains.providers import ProviderRouter, ProviderSettings
+from chains.scoring.chain import ModelRouting
+from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
+
+
+class TrainedModels(Mapping[str, LeadScoringModel]):
+    """Scoring models trained on first use (about a second), so importing the app stays fast."""
+
+    @cached_property
+    def _models(self) -> dict[str, LeadScoringModel]:
+        return train_models()
+
+    def __getitem__(self, version: str) -> LeadScoringModel:
+        return self._models[version]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(VERSIONS)
+
+    def __len__(self) -> int:
+        return len(VERSIONS)
+
+
+def provider_settings(settings: Settings) -> ProviderSettings:
+    def secret(value: object) -> str | None:
+        return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+    return ProviderSettings(
+        order=tuple(settings.llm_providers),
+        timeout_s=settings.llm_timeout_s,
+        first_token_timeout_s=settings.llm_first_token_timeout_s,
+        idle_timeout_s=settings.llm_idle_timeout_s,
+        max_retries=settings.llm_max_retries,
+        openai_api_key=secret(settings.openai_api_key),
+        openai_base_url=settings.openai_base_url,
+        openai_model=settings.openai_model,
+        anthropic_api_key=secret(settings.anthropic_api_key),
+        anthropic_model=settings.anthropic_model,
+        google_api_key=secret(settings.google_api_key),
+        google_model=settings.google_model,
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    verifier: TokenVerifier
+    engine: AsyncEngine
+    knowledge: KnowledgeBase
+    memory: ConversationMemory
+    router: ProviderRouter
+    scoring: ModelRouting
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
+        return cls(
+            settings=settings,
+            verifier=TokenVerifier.from_settings(settings),
+            engine=engine,
+            knowledge=KnowledgeBase(engine),
+            memory=ConversationMemory(engine),
+            router=ProviderRouter.from_settings(provider_settings(settings)),
+            scoring=ModelRouting(
+                TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models
+            ),
+        )

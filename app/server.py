@@ -1,0 +1,72 @@
+"""Application wiring: `create_app()` assembles the service; no logic lives here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
+from app.api.errors import add_exception_handlers
+from app.api.routes import documents, health
+from app.api.signin import TokenSignInMiddleware
+from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
+from app.core.services import Services
+from app.store.database import create_schema
+
+log = logging.getLogger("app")
+
+
+def announce_dev_sign_in(services: Services) -> None:
+    """With a generated secret, print a ready token and a signed-in playground link."""
+    if not services.verifier.secret_is_generated:
+        return
+    settings = services.settings
+    token = services.verifier.mint(
+        tenant_id="dev-tenant",
+        user_id="dev-user",
+        roles=("admin", "manager", "rep"),
+        ttl_s=settings.auth_dev_token_ttl_s,
+    )
+    log.warning(
+        "development auth: secret generated in %s (mode 0600)\n"
+        "  dev token (tenant dev-tenant, 12 h): %s\n"
+        "  signed-in playground: %s%s/playground/?token=%s",
+        settings.auth_secret_file, token, settings.public_url, INTERACTIONS_PATH, token,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await create_schema(services.engine)
+        announce_dev_sign_in(services)
+        yield
+        await services.engine.dispose()
+
+    app = FastAPI(
+        title=settings.app_name,
+        description="Real-time interaction analysis, explainable lead scoring and grounded insights chat.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.services = services
+    app.state.token_verifier = services.verifier
+    add_exception_handlers(app)
+    app.add_middleware(
+        TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
+    )
+    app.include_router(health.router)
+    app.include_router(documents.router)
+    add_chain_routes(app, build_chains(services))
+    return app
+
+
+app = create_app()

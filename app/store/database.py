@@ -1,0 +1,103 @@
+"""One async SQLAlchemy engine for SQLite and PostgreSQL, and the tables on it.
+
+Every table that holds tenant data has `tenant_id` first in its primary key or index,
+and every query in this package filters on it: isolation is in the schema, not only
+in the code that happens to call it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+documents = Table(
+    "kb_documents",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("document_id", String(64), primary_key=True),
+    Column("customer_id", String(128), nullable=True),
+    Column("title", String(300), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+
+document_chunks = Table(
+    "kb_chunks",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("document_id", String(64), primary_key=True),
+    Column("chunk_index", Integer, primary_key=True),
+    Column("customer_id", String(128), nullable=True),
+    Column("text", Text, nullable=False),
+    Column("embedding", LargeBinary, nullable=False),
+    Index("ix_kb_chunks_tenant_customer", "tenant_id", "customer_id"),
+)
+
+conversation_messages = Table(
+    "conversation_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("session_id", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Index("ix_conversation_session", "tenant_id", "user_id", "session_id", "id"),
+)
+
+
+def database_url(configured: str | None, sqlite_path: Path) -> str:
+    """Maps the contract's `postgresql://…` to the async psycopg 3 driver."""
+    if configured is None:
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{sqlite_path}"
+    for prefix in ("postgresql://", "postgres://"):
+        if configured.startswith(prefix):
+            return "postgresql+psycopg://" + configured[len(prefix):]
+    return configured
+
+
+def create_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # WAL lets readers run while a writer commits; the busy timeout rides out
+            # the short write locks of concurrent requests instead of failing them.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

@@ -1,0 +1,1 @@
+"""The real-time AI chains. LangChain runnables only: no web framework imports here."""

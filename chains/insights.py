@@ -1,0 +1,85 @@
+"""Insights chat: answers about a customer from the tenant's own knowledge, with sources.
+
+Sources go out first (the rep sees what the answer rests on at once), then the
+answer streams; the question and the full answer join the session's memory only when
+the answer completed, so a cancelled run leaves no half answer behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.utils import AddableDict
+
+from chains.identity import identity_from_config
+from chains.prompts import answer_messages
+from chains.providers import ProviderRouter
+from chains.schemas import InsightsAnswer, InsightsQuestion
+from chains.streaming import field_streaming_chain
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    document_id: str
+    customer_id: str | None
+    title: str
+    text: str
+    score: float
+
+
+class KnowledgeSearch(Protocol):
+    async def search(
+        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4
+    ) -> list[Passage]: ...
+
+
+class Memory(Protocol):
+    async def recent_turns(
+        self, *, tenant_id: str, user_id: str, session_id: str, limit: int = 8
+    ) -> list[tuple[str, str]]: ...
+
+    async def append_turn(
+        self, *, tenant_id: str, user_id: str, session_id: str, question: str, answer: str
+    ) -> None: ...
+
+
+# Passages below this cosine similarity are noise for WordLlama's 256-d embeddings.
+MIN_RELEVANCE = 0.1
+
+
+def build_insights_chain(
+    router: ProviderRouter, knowledge: KnowledgeSearch, memory: Memory, *, top_k: int = 3
+) -> Runnable[Any, Any]:
+    async def answer(payload: dict[str, Any], config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
+        identity = identity_from_config(config)
+        session = {"tenant_id": identity.tenant_id, "user_id": identity.user_id,
+                   "session_id": payload["session_id"]}
+        question = payload["question"]
+        passages = [
+            passage
+            for passage in await knowledge.search(
+                tenant_id=identity.tenant_id, customer_id=payload["customer_id"],
+                query=question, k=top_k,
+            )
+            if passage.score >= MIN_RELEVANCE
+        ]
+        yield AddableDict(
+            session_id=payload["session_id"],
+            sources=[
+                {k: v for k, v in asdict(p).items() if k != "text"} for p in passages
+            ],
+        )
+        history = await memory.recent_turns(**session)
+        prompt = answer_messages(
+            question, [{"title": p.title, "text": p.text} for p in passages], history
+        )
+        parts: list[str] = []
+        async for token in router.astream_text(prompt, config=config):
+            parts.append(token)
+            yield AddableDict(answer=token)
+        await memory.append_turn(**session, question=question, answer="".join(parts))
+
+    return field_streaming_chain("insights_chat", answer, InsightsQuestion, InsightsAnswer)

@@ -1,0 +1,92 @@
+"""Interaction analysis: sentiment, intent, urgency, summary and ranked next best actions.
+
+Fast signals (lexicon sentiment, cue-rule intent and urgency) go out first, within
+milliseconds; the summary streams from the provider router; recommendations close the
+analysis. If every provider fails, the summary is composed locally and the analysis is
+marked degraded instead of failing: a rep mid-call needs an answer, not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.utils import AddableDict
+
+from chains.identity import identity_from_config
+from chains.local.composer import compose_summary
+from chains.local.intent import assess_urgency, classify_intent
+from chains.local.sentiment import analyze_sentiment
+from chains.prompts import summary_messages
+from chains.providers import ProviderError, ProviderRouter, ProviderStreamInterrupted
+from chains.recommendations import recommend
+from chains.schemas import InteractionAnalysis, InteractionInput
+from chains.streaming import field_streaming_chain
+
+
+def analyze_fast(payload: dict[str, Any]) -> dict[str, Any]:
+    """The signals that need no provider: also the degraded answer under overload."""
+    text = payload["text"]
+    sentiment = analyze_sentiment(text)
+    intent = classify_intent(text)
+    urgency = assess_urgency(
+        text,
+        sentiment=sentiment,
+        intent=intent.intent,
+        channel=payload["channel"],
+        time_sensitive=bool(payload.get("time_sensitive")),
+        high_value=payload.get("customer_tier") == "high_value",
+    )
+    recommendations = recommend(intent, sentiment, urgency, payload.get("customer_tier", "standard"))
+    return {
+        "sentiment": sentiment.model_dump(),
+        "intent": intent.intent,
+        "intent_confidence": intent.confidence,
+        "cues": list(intent.cues),
+        "urgency": urgency,
+        "recommendations": [r.model_dump() for r in recommendations],
+    }
+
+
+def summary_facts(payload: dict[str, Any], fast: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "text": payload["text"],
+        "channel": payload["channel"],
+        "customer_tier": payload.get("customer_tier", "standard"),
+        "sentiment": fast["sentiment"],
+        "intent": fast["intent"],
+        "urgency": fast["urgency"],
+        "cues": fast["cues"],
+    }
+
+
+def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
+    async def analyse(
+        payload: dict[str, Any], config: RunnableConfig
+    ) -> AsyncIterator[dict[str, Any]]:
+        identity_from_config(config)  # fail closed before any work
+        fast = analyze_fast(payload)
+        yield AddableDict(sentiment=fast["sentiment"])
+        yield AddableDict(intent=fast["intent"], urgency=fast["urgency"])
+        facts = summary_facts(payload, fast)
+        degraded_reason: str | None = None
+        streamed_any = False
+        try:
+            async for token in router.astream_text(
+                summary_messages(payload["text"], facts), config=config
+            ):
+                streamed_any = True
+                yield AddableDict(summary=token)
+        except ProviderStreamInterrupted:
+            degraded_reason = "provider_interrupted"
+        except ProviderError:
+            degraded_reason = "providers_unavailable"
+        if not streamed_any:
+            yield AddableDict(summary=compose_summary(facts))
+        yield AddableDict(recommendations=fast["recommendations"])
+        yield AddableDict(degraded=degraded_reason is not None, degraded_reason=degraded_reason)
+
+    return field_streaming_chain(
+        "interaction_analysis", analyse, InteractionInput, InteractionAnalysis
+    )

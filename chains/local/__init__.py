@@ -1,0 +1,1 @@
+"""The embedded `local` model: real lexicon, rules and embeddings, no network, no keys."""

@@ -1,0 +1,126 @@
+"""Inputs and outputs of the chains, as the public contract names them.
+
+Inputs ignore fields they do not know (the contract allows more), which is also how
+a `tenant_id` or `user_id` smuggled into an input is dropped: identity comes from the
+verified token only (see `chains.identity`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["email", "sms", "call", "chat", "social", "web"]
+CustomerTier = Literal["standard", "high_value"]
+SentimentLabel = Literal["positive", "neutral", "negative"]
+Urgency = Literal["low", "medium", "high"]
+Intent = Literal[
+    "purchase_interest",
+    "pricing_inquiry",
+    "support_request",
+    "complaint",
+    "cancellation_risk",
+    "meeting_request",
+    "feedback",
+    "general_inquiry",
+]
+
+CustomerId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+
+class ChainInput(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class InteractionInput(ChainInput):
+    """One customer message, call transcript or chat turn to analyse."""
+
+    customer_id: str = CustomerId
+    text: str = Field(min_length=1, max_length=20_000)
+    channel: Channel
+    customer_tier: CustomerTier = "standard"
+    time_sensitive: bool = False
+
+
+class Sentiment(BaseModel):
+    label: SentimentLabel
+    score: float = Field(ge=-1.0, le=1.0)
+
+
+class Recommendation(BaseModel):
+    action: str
+    description: str
+    priority: Urgency
+    confidence: float = Field(ge=0.0, le=1.0)
+    estimated_impact: float = Field(ge=0.0, le=1.0)
+    next_steps: list[str]
+
+
+class InteractionAnalysis(BaseModel):
+    """Streamed field by field: sentiment first, recommendations last."""
+
+    sentiment: Sentiment
+    intent: Intent
+    urgency: Urgency
+    summary: str
+    recommendations: list[Recommendation]
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+
+class LeadInput(ChainInput):
+    """A lead's profile and engagement. Unknown numbers default to typical values."""
+
+    lead_id: str = Field(min_length=1, max_length=128)
+    company_size: int | None = Field(default=None, ge=0, le=10_000_000)
+    industry: str | None = Field(default=None, max_length=64)
+    job_title: str | None = Field(default=None, max_length=128)
+    source: str | None = Field(default=None, max_length=64)
+    budget_usd: float | None = Field(default=None, ge=0)
+    email_opens_30d: int | None = Field(default=None, ge=0, le=100_000)
+    email_clicks_30d: int | None = Field(default=None, ge=0, le=100_000)
+    website_visits_30d: int | None = Field(default=None, ge=0, le=100_000)
+    pricing_page_views_30d: int | None = Field(default=None, ge=0, le=100_000)
+    demo_requested: bool | None = None
+    days_since_last_activity: int | None = Field(default=None, ge=0, le=10_000)
+    meetings_held: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class ReasoningFactor(BaseModel):
+    factor: str
+    weight: float = Field(description="Contribution in log-odds relative to the average lead.")
+    value: bool | int | float | str | None
+    explanation: str
+
+
+class LeadScore(BaseModel):
+    lead_id: str
+    score: int = Field(ge=0, le=100)
+    confidence: float = Field(ge=0.0, le=1.0)
+    reasoning: list[ReasoningFactor]
+    base_log_odds: float = Field(
+        description="Log-odds of the average lead: sigmoid(base + sum of weights) * 100 = score."
+    )
+    model_version: str
+
+
+class InsightsQuestion(ChainInput):
+    customer_id: str = CustomerId
+    question: str = Field(min_length=1, max_length=4_000)
+    session_id: str = Field(default="default", min_length=1, max_length=128)
+
+
+class Source(BaseModel):
+    document_id: str
+    title: str
+    customer_id: str | None
+    score: float
+
+
+class InsightsAnswer(BaseModel):
+    """Streamed as `{"sources": [...]}` first, then `{"answer": "<text chunk>"}` pieces."""
+
+    sources: list[Source]
+    answer: str
+    session_id: str

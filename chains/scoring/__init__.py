@@ -1,0 +1,1 @@
+"""Explainable lead scoring: synthetic training data, two model versions, the chain."""

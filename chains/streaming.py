@@ -1,0 +1,43 @@
+"""Helpers shared by the chains for building streamed, field-by-field outputs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
+from pydantic import BaseModel
+
+InputT = TypeVar("InputT", bound=BaseModel)
+
+ChainBody = Callable[[dict[str, Any], RunnableConfig], AsyncIterator[dict[str, Any]]]
+
+
+async def single_input(inputs: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """LangServe hands a transform the whole input as one piece; take the last piece."""
+    value: dict[str, Any] | None = None
+    async for value in inputs:
+        pass
+    if value is None:
+        raise ValueError("chain received no input")
+    return value
+
+
+def field_streaming_chain(
+    name: str, body: ChainBody, input_type: type[BaseModel], output_type: type[BaseModel]
+) -> Runnable[Any, Any]:
+    """A runnable whose stream is dict chunks with disjoint (or string-appendable) fields.
+
+    Chunks are `AddableDict`s, so `invoke` returns their sum: the full output object.
+    """
+
+    async def transform(
+        inputs: AsyncIterator[dict[str, Any]], config: RunnableConfig
+    ) -> AsyncIterator[dict[str, Any]]:
+        payload = await single_input(inputs)
+        async for chunk in body(payload, config):
+            yield chunk
+
+    return RunnableGenerator(transform, name=name).with_types(
+        input_type=input_type, output_type=output_type
+    )

@@ -1,0 +1,93 @@
+"""Shared fixtures: real servers on loopback, tokens, and settings that ignore the host's env."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.auth import TokenVerifier
+from app.core.config import Settings
+from app.server import create_app
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.live_server import live_server
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "app_env": "test",
+        "data_dir": data_dir,
+        "auth_jwt_secret": TEST_SECRET,
+        "llm_providers": "local",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[tuple[FakeOpenAI, str]]:
+    fake = FakeOpenAI()
+    with live_server(fake.app()) as url:
+        yield fake, f"{url}/v1"
+
+
+@pytest.fixture
+def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]:
+    fake, _ = fake_openai
+    yield fake
+    fake.mode, fake.token_delay_s, fake.requests[:] = "ok", 0.0, []
+    fake.reply = FakeOpenAI().reply
+
+
+@pytest.fixture(scope="module")
+def service_settings(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> Settings:
+    """The full service with the real OpenAI client pointed at the fake, then `local`."""
+    _, openai_url = fake_openai
+    return make_settings(
+        tmp_path_factory.mktemp("service"),
+        llm_providers="openai,local",
+        openai_base_url=openai_url,
+        openai_api_key="sk-test",
+        openai_model="fake-gpt",
+        llm_max_retries=1,
+        llm_first_token_timeout_s=2.0,
+        llm_idle_timeout_s=2.0,
+        scoring_tenant_models="acme=logreg-v1",
+    )
+
+
+@pytest.fixture(scope="module")
+def service_url(service_settings: Settings) -> Iterator[str]:
+    with live_server(create_app(service_settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def mint(service_settings: Settings) -> Callable[..., str]:
+    verifier = TokenVerifier(service_settings)
+
+    def _mint(tenant: str = "acme", user: str = "alice", roles: tuple[str, ...] = ("rep",),
+              ttl_s: int = 600) -> str:
+        return verifier.mint(tenant_id=tenant, user_id=user, roles=roles, ttl_s=ttl_s)
+
+    return _mint
+
+
+@pytest.fixture
+def client(service_url: str, mint: Callable[..., str]) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {mint()}"}
+    with httpx.Client(base_url=service_url, headers=headers, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def anonymous(service_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service_url, timeout=30) as c:
+        yield c

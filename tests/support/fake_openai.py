@@ -1,0 +1,80 @@
+"""An OpenAI-compatible chat server that streams slowly or fails on demand.
+
+It speaks the real wire format (SSE `chat.completion.chunk` events, `[DONE]`, usage),
+so tests exercise the real `langchain-openai` client and its error handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang"]
+
+
+@dataclass
+class FakeOpenAI:
+    mode: Mode = "ok"
+    reply: str = "The customer wants a faster resolution and is frustrated with repeated outages."
+    token_delay_s: float = 0.0
+    fail_after_tokens: int = 3
+    requests: list[dict[str, object]] = field(default_factory=list)
+
+    def tokens(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "error_500":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
+        if self.mode == "error_401":
+            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, 401)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        model = body.get("model", "fake")
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": self.reply}}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": len(self.tokens()),
+                              "total_tokens": 12 + len(self.tokens())},
+                }
+            )
+        return StreamingResponse(self._stream(model), media_type="text/event-stream")
+
+    async def _stream(self, model: str) -> AsyncIterator[bytes]:
+        def event(payload: dict[str, object]) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model}
+        yield event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                          "finish_reason": None}]})
+        for index, token in enumerate(self.tokens()):
+            if self.mode == "fail_midstream" and index == self.fail_after_tokens:
+                raise ConnectionResetError("fake provider dropped the connection mid-stream")
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            yield event({**base, "choices": [{"index": 0, "delta": {"content": token},
+                                              "finish_reason": None}]})
+        yield event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        yield event({**base, "choices": [], "usage": {"prompt_tokens": 12,
+                     "completion_tokens": len(self.tokens()), "total_tokens": 12 + len(self.tokens())}})
+        yield b"data: [DONE]\n\n"
