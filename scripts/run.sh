@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs the project and starts the service on its embedded defaults
+# (local model, in-process bus, SQLite in ./var): no keys, no servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/uvicorn app.server:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"
