@@ -44,6 +44,10 @@ class ProviderError(RuntimeError):
     retryable = True
 
 
+class FirstTokenTimeout(RuntimeError):
+    """A provider stayed silent too long: move on rather than retry the same wait."""
+
+
 class ProviderStreamInterrupted(ProviderError):
     """A provider failed after part of the answer had been streamed."""
 
@@ -195,6 +199,9 @@ class ProviderRouter:
                 try:
                     async with asyncio.timeout(self.settings.first_token_timeout_s):
                         first = await anext(iterator, None)
+                except TimeoutError as error:
+                    await _close(iterator)
+                    raise FirstTokenTimeout(f"no first token from {provider.name}") from error
                 except BaseException:
                     await _close(iterator)
                     raise
