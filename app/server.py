@@ -12,6 +12,7 @@ from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
 from app.api.errors import add_exception_handlers
 from app.api.routes import documents, health
 from app.api.signin import TokenSignInMiddleware
+from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.services import Services
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.token_verifier = services.verifier
     add_exception_handlers(app)
+    app.add_middleware(StreamErrorMiddleware)
     app.add_middleware(
         TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
     )

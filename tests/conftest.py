@@ -38,10 +38,16 @@ def fake_openai() -> Iterator[tuple[FakeOpenAI, str]]:
 
 @pytest.fixture
 def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]:
+    """The shared fake provider, healthy and with no recorded requests at the start."""
     fake, _ = fake_openai
+
+    def reset() -> None:
+        fake.mode, fake.token_delay_s, fake.requests[:] = "ok", 0.0, []
+        fake.reply = FakeOpenAI().reply
+
+    reset()
     yield fake
-    fake.mode, fake.token_delay_s, fake.requests[:] = "ok", 0.0, []
-    fake.reply = FakeOpenAI().reply
+    reset()
 
 
 @pytest.fixture(scope="module")

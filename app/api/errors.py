@@ -1,11 +1,54 @@
-"""Every deliberate error becomes one HTTP answer here, in FastAPI's `{"detail": ...}` form."""
+"""Every error becomes one answer here: HTTP JSON before a response starts, and a
+structured SSE `error` event (then `end`) once a stream is under way.
+
+The same `describe_error` serves both, so a client sees the same `code` and
+`retryable` whether an outage hit before or during its stream.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.core.errors import AppError, RateLimited, Unauthenticated
+from chains.identity import MissingIdentity
+from chains.providers import ProviderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """`status_code` and `message` keep LangServe clients raising as they always did."""
+
+    status_code: int
+    code: str
+    message: str
+    retryable: bool
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def describe_error(error: BaseException) -> ErrorInfo:
+    if isinstance(error, AppError):
+        return ErrorInfo(error.status_code, _snake(type(error).__name__), error.detail, error.retryable)
+    if isinstance(error, ProviderError):
+        return ErrorInfo(503, error.code, str(error), error.retryable)
+    if isinstance(error, MissingIdentity):
+        return ErrorInfo(401, "unauthenticated", "run has no verified identity", False)
+    if isinstance(error, (TimeoutError,)):
+        return ErrorInfo(504, "timeout", "the run took too long", True)
+    # Unknown failures keep their details in the server log, never in the response.
+    return ErrorInfo(500, "internal_error", "Internal Server Error", False)
+
+
+def error_payload(error: BaseException) -> dict[str, object]:
+    return asdict(describe_error(error))
 
 
 def error_headers(error: AppError) -> dict[str, str]:
@@ -28,5 +71,15 @@ async def app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+async def run_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Provider outages and identity faults raised from `invoke`/`batch` chain runs."""
+    info = describe_error(exc)
+    log.warning("chain run failed: %r", exc)
+    return JSONResponse({"detail": info.message, "code": info.code, "retryable": info.retryable},
+                        status_code=info.status_code)
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(ProviderError, run_error_handler)
+    app.add_exception_handler(MissingIdentity, run_error_handler)

@@ -43,6 +43,8 @@ CRM_LEXICON = {
     "smooth": 1.2,
     "impressed": 2.2,
     "thrilled": 2.6,
+    # Politeness in business mail is not sentiment: "please send the invoice" is neutral.
+    "please": 0.0,
 }
 NEUTRAL_BAND = 0.05
 

@@ -1,0 +1,74 @@
+"""The embedded `local` model: real analysis, streamed natively without executor hops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from chains.identity import identity_config
+from chains.interactions import build_interaction_chain
+from chains.local.intent import classify_intent
+from chains.local.sentiment import analyze_sentiment
+from chains.prompts import answer_messages, summary_messages
+from chains.providers import ProviderRouter, ProviderSettings
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [("Thanks, the new reports are brilliant!", "positive"),
+     ("We were overcharged and nobody answers. Terrible.", "negative"),
+     ("Please send the March invoice to accounts.", "neutral")],
+)
+def test_sentiment_labels(text: str, label: str) -> None:
+    assert analyze_sentiment(text).label == label
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [("We will cancel the contract if this continues", "cancellation_risk"),
+     ("How much is the Pro plan per seat?", "pricing_inquiry"),
+     ("Can we schedule a demo on Tuesday?", "meeting_request"),
+     ("Where is your office?", "general_inquiry")],
+)
+def test_intents(text: str, intent: str) -> None:
+    assert classify_intent(text).intent == intent
+
+
+def router() -> ProviderRouter:
+    return ProviderRouter.from_settings(ProviderSettings(order=("local",)))
+
+
+async def test_summary_quotes_the_most_telling_sentence() -> None:
+    facts = {"text": "Hello team. The export has been broken for three days and we are furious.",
+             "channel": "email", "sentiment": {"label": "negative"}, "intent": "complaint",
+             "urgency": "high", "cues": ["broken"]}
+    text = "".join([t async for t in router().astream_text(summary_messages(facts["text"], facts))])
+    assert "broken for three days" in text and "Hello team" not in text
+    assert "complaining" in text and "high urgency" in text
+
+
+async def test_answer_cites_the_closest_source() -> None:
+    passages = [{"title": "Contract", "text": "Notice period is 60 days. Payment is net 30."},
+                {"title": "Team", "text": "Dana is the buyer. Luis runs operations."}]
+    text = "".join([t async for t in router().astream_text(answer_messages("Who is the buyer?", passages, []))])
+    assert "Dana is the buyer. [2]" in text and "Sources: " in text
+
+
+async def test_local_streaming_never_hops_to_an_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    hops: list[Any] = []
+    original = loop.run_in_executor
+
+    def counting(*args: Any) -> Any:
+        hops.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    chain = build_interaction_chain(router())
+    payload = {"customer_id": "c", "text": "We love it, but the price is too high. Any discount?",
+               "channel": "chat", "customer_tier": "standard", "time_sensitive": False}
+    chunks = [chunk async for chunk in chain.astream(payload, identity_config("t", "u"))]
+    assert sum(1 for chunk in chunks if "summary" in chunk) > 5
+    assert hops == []
