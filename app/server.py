@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
 from app.api.errors import add_exception_handlers
-from app.api.routes import documents, health
+from app.api import streaming
+from app.api.routes import documents, health, metrics
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await create_schema(services.engine)
         announce_dev_sign_in(services)
         yield
-        await services.engine.dispose()
+        await services.close()
 
     app = FastAPI(
         title=settings.app_name,
@@ -66,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(documents.router)
+    app.include_router(streaming.router)
     add_chain_routes(app, build_chains(services))
     return app
 

@@ -42,7 +42,7 @@ def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]
     fake, _ = fake_openai
 
     def reset() -> None:
-        fake.mode, fake.token_delay_s, fake.requests[:] = "ok", 0.0, []
+        fake.mode, fake.token_delay_s, fake.requests[:], fake.streams_abandoned = "ok", 0.0, [], 0
         fake.reply = FakeOpenAI().reply
 
     reset()

@@ -16,6 +16,9 @@ from langserve import add_routes
 
 from app.core.auth import Principal, authenticate
 from app.core.errors import Unauthenticated
+from app.core.managed_chain import ManagedChain
+from app.core.policies import InsightsPolicy, InteractionPolicy, ScoringPolicy
+from app.core.run_context import RUN_CONTEXT_KEY, RunContext
 from app.core.services import Services
 from chains.insights import build_insights_chain
 from chains.interactions import build_interaction_chain
@@ -31,15 +34,37 @@ def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
     if not isinstance(principal, Principal):
         raise Unauthenticated("request reached a chain without a verified principal")
     configurable = dict(config.get("configurable") or {})
-    configurable.update(tenant_id=principal.tenant_id, user_id=principal.user_id)
+    configurable.update(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        **{RUN_CONTEXT_KEY: RunContext(principal=principal, request=request)},
+    )
     return {**config, "configurable": configurable}
 
 
 def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
+    """Each chain wrapped for scheduling, cancellation, degradation and delivery."""
+    processor = services.processor
+
+    def insights(router: Any) -> Runnable[Any, Any]:
+        return build_insights_chain(router, services.knowledge, services.memory)
+
     return {
-        INTERACTIONS_PATH: build_interaction_chain(services.router),
-        LEAD_SCORING_PATH: build_lead_scoring_chain(services.scoring),
-        INSIGHTS_CHAT_PATH: build_insights_chain(services.router, services.knowledge, services.memory),
+        INTERACTIONS_PATH: ManagedChain(
+            chain=build_interaction_chain(services.router),
+            policy=InteractionPolicy(processor, build_interaction_chain(services.local_router)),
+            processor=processor,
+        ),
+        LEAD_SCORING_PATH: ManagedChain(
+            chain=build_lead_scoring_chain(services.scoring),
+            policy=ScoringPolicy(processor),
+            processor=processor,
+        ),
+        INSIGHTS_CHAT_PATH: ManagedChain(
+            chain=insights(services.router),
+            policy=InsightsPolicy(insights(services.local_router)),
+            processor=processor,
+        ),
     }
 
 

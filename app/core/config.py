@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     scoring_default_model: str = "logreg-v2"
     scoring_tenant_models: Annotated[dict[str, str], NoDecode] = {}
 
+    # Real-time processing.
+    realtime_deadline_s: float = 2.0
+    scheduler_max_concurrency: int | None = Field(
+        default=None, ge=1, description="Slots per process for the primary provider."
+    )
+    scheduler_queue_max_size: int = Field(default=1_000, ge=0)
+
+    # Push transports.
+    ws_auth_timeout_s: float = 5.0
+    push_heartbeat_s: float = 15.0
+    push_buffer_events: int = Field(default=256, ge=1)
+
     # Limits.
     request_max_body_bytes: int = 256 * 1024
 

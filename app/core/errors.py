@@ -48,3 +48,9 @@ class ProviderUnavailable(AppError):
 
     status_code = 503
     retryable = True
+
+
+class ClientDisconnected(AppError):
+    """The client went away; its run was cancelled. Nobody reads this answer."""
+
+    status_code = 499

@@ -6,14 +6,21 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
+from app.core.processor import RealtimeProcessor
+from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
+from app.realtime.bus import EventBus, InProcessBus
+from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
 from app.store.database import create_engine, database_url
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
-from chains.providers import ProviderRouter, ProviderSettings
+from chains.providers import ProviderRouter, ProviderSettings, build_provider
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
 
@@ -63,19 +70,52 @@ class Services:
     knowledge: KnowledgeBase
     memory: ConversationMemory
     router: ProviderRouter
+    local_router: ProviderRouter
     scoring: ModelRouting
+    redis: Redis | None
+    bus: EventBus
+    processor: RealtimeProcessor
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
+        providers = provider_settings(settings)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        bus: EventBus
+        cache: AnalysisCache
+        history: SentimentHistory
+        if redis is not None:
+            bus = RedisStreamBus(redis, queue_size=settings.push_buffer_events)
+            cache, history = RedisAnalysisCache(redis), RedisSentimentHistory(redis)
+        else:
+            bus = InProcessBus(queue_size=settings.push_buffer_events)
+            cache, history = InMemoryAnalysisCache(), InMemorySentimentHistory()
         return cls(
             settings=settings,
             verifier=TokenVerifier.from_settings(settings),
             engine=engine,
             knowledge=KnowledgeBase(engine),
             memory=ConversationMemory(engine),
-            router=ProviderRouter.from_settings(provider_settings(settings)),
+            router=ProviderRouter.from_settings(providers),
+            local_router=ProviderRouter([build_provider("local", providers)], providers),
             scoring=ModelRouting(
                 TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models
             ),
+            redis=redis,
+            bus=bus,
+            processor=RealtimeProcessor(
+                provider=settings.llm_providers[0],
+                max_concurrency=settings.scheduler_max_concurrency,
+                queue_max_size=settings.scheduler_queue_max_size,
+                deadline_s=settings.realtime_deadline_s,
+                bus=bus,
+                cache=cache,
+                sentiment_history=history,
+            ),
         )
+
+    async def close(self) -> None:
+        await self.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()

@@ -28,6 +28,7 @@ class FakeOpenAI:
     token_delay_s: float = 0.0
     fail_after_tokens: int = 3
     requests: list[dict[str, object]] = field(default_factory=list)
+    streams_abandoned: int = 0  # the client went away mid-stream
 
     def tokens(self) -> list[str]:
         words = self.reply.split(" ")
@@ -67,13 +68,17 @@ class FakeOpenAI:
                 "created": int(time.time()), "model": model}
         yield event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "finish_reason": None}]})
-        for index, token in enumerate(self.tokens()):
-            if self.mode == "fail_midstream" and index == self.fail_after_tokens:
-                raise ConnectionResetError("fake provider dropped the connection mid-stream")
-            if self.token_delay_s:
-                await asyncio.sleep(self.token_delay_s)
-            yield event({**base, "choices": [{"index": 0, "delta": {"content": token},
-                                              "finish_reason": None}]})
+        try:
+            for index, token in enumerate(self.tokens()):
+                if self.mode == "fail_midstream" and index == self.fail_after_tokens:
+                    raise ConnectionResetError("fake provider dropped the connection mid-stream")
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                yield event({**base, "choices": [{"index": 0, "delta": {"content": token},
+                                                  "finish_reason": None}]})
+        except (asyncio.CancelledError, GeneratorExit):
+            self.streams_abandoned += 1
+            raise
         yield event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield event({**base, "choices": [], "usage": {"prompt_tokens": 12,
                      "completion_tokens": len(self.tokens()), "total_tokens": 12 + len(self.tokens())}})

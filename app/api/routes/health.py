@@ -26,6 +26,12 @@ async def ready(services: ServicesDep) -> dict[str, object] | JSONResponse:
         checks["database"] = "ok"
     except Exception as error:  # noqa: BLE001 - any failure means not ready
         checks["database"] = f"unavailable: {type(error).__name__}"
+    if services.redis is not None:
+        try:
+            await services.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as error:  # noqa: BLE001
+            checks["redis"] = f"unavailable: {type(error).__name__}"
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ready" if healthy else "unavailable", "checks": checks}
     return body if healthy else JSONResponse(body, status_code=503)

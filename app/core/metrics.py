@@ -1,0 +1,30 @@
+"""Prometheus series of the service (one process-wide registry, as the client intends)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+QUEUE_DEPTH = Gauge(
+    "ai_workflow_queue_depth", "Chain runs waiting for a slot.", ["provider"]
+)
+RUNNING = Gauge("ai_workflow_running", "Chain runs holding a slot.", ["provider"])
+DEGRADED = Counter(
+    "ai_workflow_degraded_total", "Runs answered degraded, by reason.", ["chain", "reason"]
+)
+CANCELLED = Counter(
+    "ai_workflow_cancelled_total", "Runs cancelled because their client went away.", ["chain"]
+)
+CACHE_LOOKUPS = Counter(
+    "ai_cache_lookups_total", "Analysis cache lookups.", ["result"]  # exact, similar, miss
+)
+TIME_TO_FIRST_CHUNK = Histogram(
+    "ai_time_to_first_token_seconds", "Time from run start to its first streamed chunk.",
+    ["chain"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+RUN_LATENCY = Histogram(
+    "ai_request_latency_seconds", "Run duration, queueing included.", ["chain", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+EVENTS_PUBLISHED = Counter("ai_events_published_total", "Events pushed to channels.", ["type"])
+WEBSOCKET_SESSIONS = Gauge("ai_websocket_sessions", "Open WebSocket sessions.")
+SSE_SESSIONS = Gauge("ai_sse_sessions", "Open SSE insight feeds.")

@@ -1,0 +1,92 @@
+"""What each chain does when it cannot get a slot in time, and with its finished output."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.utils import AddableDict
+
+from app.core.metrics import CACHE_LOOKUPS
+from app.core.processor import RealtimeProcessor
+from chains.identity import RunIdentity
+
+
+def _mark_degraded(chunk: Any, reason: str) -> Any:
+    if isinstance(chunk, dict) and "degraded" in chunk:
+        return AddableDict({**chunk, "degraded": True, "degraded_reason": reason})
+    return chunk
+
+
+@dataclass
+class InteractionPolicy:
+    """Cached (exact, then similar) or fast local analysis; publish and cache results."""
+
+    processor: RealtimeProcessor
+    local_chain: Runnable[Any, Any]
+    name: str = "interactions"
+    scheduled: bool = True
+
+    async def degraded(
+        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
+    ) -> AsyncIterator[Any]:
+        hit = await self.processor.cache.get(identity.tenant_id, payload)
+        CACHE_LOOKUPS.labels(hit.kind if hit else "miss").inc()
+        if hit is not None:
+            reason = f"{cause}:cache_{hit.kind}"
+            cached = {k: v for k, v in hit.output.items() if k not in ("degraded", "degraded_reason")}
+            yield AddableDict(**cached, degraded=True, degraded_reason=reason,
+                              cache_similarity=hit.similarity)
+            return
+        async for chunk in self.local_chain.astream(payload, config):
+            yield _mark_degraded(chunk, f"{cause}:local_analysis")
+
+    async def on_complete(
+        self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
+    ) -> None:
+        await self.processor.publish_interaction(identity, payload, dict(output))
+        if not degraded:
+            await self.processor.cache.put(identity.tenant_id, payload, dict(output))
+
+
+@dataclass
+class InsightsPolicy:
+    """Under overload, the local model answers from the same retrieved sources."""
+
+    local_chain: Runnable[Any, Any]
+    name: str = "insights"
+    scheduled: bool = True
+
+    async def degraded(
+        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
+    ) -> AsyncIterator[Any]:
+        async for chunk in self.local_chain.astream(payload, config):
+            yield chunk
+        yield AddableDict(degraded=True, degraded_reason=f"{cause}:local_model")
+
+    async def on_complete(
+        self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
+    ) -> None:
+        return None
+
+
+@dataclass
+class ScoringPolicy:
+    """Scoring is milliseconds of local CPU: no slot to wait for; scores are published."""
+
+    processor: RealtimeProcessor
+    name: str = "scoring"
+    scheduled: bool = False
+
+    async def degraded(
+        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
+    ) -> AsyncIterator[Any]:
+        raise AssertionError("scoring is never queued")
+        yield  # pragma: no cover
+
+    async def on_complete(
+        self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
+    ) -> None:
+        await self.processor.publish_score(identity, dict(output))

@@ -1,0 +1,115 @@
+"""Slots for chain runs: bounded concurrency, priority first, then fair across tenants.
+
+Waiters queue in two levels (high: `customer_tier=high_value` or `time_sensitive`;
+standard). Within a level, tenants take turns (round-robin), and each tenant's own
+requests keep their arrival order, so one tenant's flood cannot starve another's
+single request. A waiter that cannot get a slot before its absolute deadline
+(`loop.time()`) gives up with `SlotUnavailable`, and so does one that finds the queue
+full: the caller then answers degraded instead of making the client wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Literal
+
+Priority = Literal["high", "standard"]
+_LEVELS: tuple[Priority, ...] = ("high", "standard")
+
+
+class SlotUnavailable(Exception):
+    def __init__(self, reason: Literal["deadline", "queue_full"]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Scheduler:
+    def __init__(
+        self,
+        max_concurrency: int,
+        *,
+        queue_max_size: int = 1_000,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.max_concurrency = max_concurrency
+        self.queue_max_size = queue_max_size
+        self.running = 0
+        self._queues: dict[Priority, OrderedDict[str, deque[asyncio.Future[None]]]] = {
+            level: OrderedDict() for level in _LEVELS
+        }
+        self._waiting = 0
+        self._on_change = on_change or (lambda waiting, running: None)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @asynccontextmanager
+    async def slot(self, *, tenant_id: str, priority: Priority, deadline: float) -> AsyncIterator[None]:
+        await self.acquire(tenant_id=tenant_id, priority=priority, deadline=deadline)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self, *, tenant_id: str, priority: Priority, deadline: float) -> None:
+        """Waits for a slot; the caller must `release()` it exactly once."""
+        if self.running < self.max_concurrency and self._waiting == 0:
+            self.running += 1
+            self._notify()
+            return
+        if self._waiting >= self.queue_max_size:
+            raise SlotUnavailable("queue_full")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues[priority].setdefault(tenant_id, deque()).append(waiter)
+        self._waiting += 1
+        self._notify()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except BaseException as error:  # timeout, or the client went away
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted at the same moment: hand the slot on
+            else:
+                waiter.cancel()
+                self._forget(priority, tenant_id, waiter)
+            if isinstance(error, TimeoutError):
+                raise SlotUnavailable("deadline") from None
+            raise
+
+    def _forget(self, priority: Priority, tenant_id: str, waiter: asyncio.Future[None]) -> None:
+        tenants = self._queues[priority]
+        queue = tenants.get(tenant_id)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self._waiting -= 1
+            if not queue:
+                del tenants[tenant_id]
+        self._notify()
+
+    def release(self) -> None:
+        self.running -= 1
+        for level in _LEVELS:
+            tenants = self._queues[level]
+            while tenants:
+                tenant_id, queue = next(iter(tenants.items()))
+                waiter = queue.popleft()
+                self._waiting -= 1
+                if queue:
+                    tenants.move_to_end(tenant_id)  # the next tenant goes first next time
+                else:
+                    del tenants[tenant_id]
+                if not waiter.done():
+                    self.running += 1
+                    waiter.set_result(None)
+                    self._notify()
+                    return
+        self._notify()
+
+    def _notify(self) -> None:
+        self._on_change(self._waiting, self.running)

@@ -1,0 +1,1 @@
+"""Real-time delivery: events, the bus that carries them between replicas, alerts."""

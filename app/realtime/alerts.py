@@ -1,0 +1,61 @@
+"""Sentiment alerts: a sharp drop between a customer's consecutive interactions.
+
+The previous score per tenant and customer lives where replicas share it (Redis when
+configured), so a drop is noticed whichever replica analysed each message.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+SHARP_DROP = 0.6
+
+
+class SentimentHistory(Protocol):
+    async def swap(self, tenant_id: str, customer_id: str, score: float) -> float | None:
+        """Stores `score` and returns the previous one."""
+
+
+class InMemorySentimentHistory:
+    def __init__(self, max_customers: int = 100_000) -> None:
+        self._scores: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._max = max_customers
+
+    async def swap(self, tenant_id: str, customer_id: str, score: float) -> float | None:
+        key = (tenant_id, customer_id)
+        previous = self._scores.pop(key, None)
+        self._scores[key] = score
+        if len(self._scores) > self._max:
+            self._scores.popitem(last=False)
+        return previous
+
+
+class RedisSentimentHistory:
+    TTL_S = 30 * 24 * 3600
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def swap(self, tenant_id: str, customer_id: str, score: float) -> float | None:
+        previous = await self.redis.set(
+            f"crm:sentiment:{tenant_id}:{customer_id}", score, ex=self.TTL_S, get=True
+        )
+        return float(previous) if previous is not None else None
+
+
+def sentiment_alert(previous: float | None, current: dict[str, Any]) -> dict[str, Any] | None:
+    if previous is None:
+        return None
+    drop = previous - float(current["score"])
+    if drop < SHARP_DROP:
+        return None
+    return {
+        "kind": "sentiment_drop",
+        "previous_score": previous,
+        "score": current["score"],
+        "label": current["label"],
+        "drop": round(drop, 4),
+    }

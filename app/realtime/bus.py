@@ -1,0 +1,139 @@
+"""The event bus: publish to a channel, replay what a client missed, follow it live.
+
+Two implementations share `Subscription`: `InProcessBus` (the embedded default, one
+replica) and `RedisStreamBus` (`app.realtime.redis_bus`, events shared by replicas and
+replayable from Redis Streams). A subscription registers for live events *before* it
+reads history, then drops live events it already replayed, so a resume has no gap and
+no duplicate.
+
+Slow consumers never slow publishers: each subscription has a bounded queue, and one
+that overflows is marked `overflowed` and ends; its client reconnects with its last
+event id and replays what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from app.realtime.events import Event, IdClock
+
+SUBSCRIPTION_QUEUE_SIZE = 256
+REPLAY_MIN_EVENTS = 1_000
+REPLAY_MIN_AGE_S = 300.0
+
+
+class SlowConsumer(Exception):
+    """The subscriber fell more than its buffer behind; it must resume from its last id."""
+
+
+class Subscription:
+    def __init__(self, channel: str, unregister: Callable[[Subscription], None],
+                 queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
+        self.channel = channel
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
+        self.overflowed = False
+        self._unregister = unregister
+
+    def offer(self, event: Event) -> None:
+        """Called by the bus for each live event; never blocks the publisher."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            while not self.queue.empty():  # free the buffered events now
+                self.queue.get_nowait()
+            self.queue.put_nowait(_OVERFLOW)
+
+    def close(self) -> None:
+        self._unregister(self)
+
+    async def events(self, history: list[Event], last_event_id: str | None) -> AsyncIterator[Event]:
+        """History after `last_event_id`, then live events, each exactly once, in order."""
+        cursor = last_event_id
+        try:
+            for event in history:
+                if event.after(cursor):
+                    cursor = event.id
+                    yield event
+            while True:
+                event = await self.queue.get()
+                if event is _OVERFLOW:
+                    raise SlowConsumer(self.channel)
+                if event.after(cursor):
+                    cursor = event.id
+                    yield event
+        finally:
+            self.close()
+
+
+_OVERFLOW = Event(id="0-0", type="overflow", tenant_id="", data={})
+
+
+class EventBus(Protocol):
+    async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
+                      customer_id: str | None = None) -> Event: ...
+
+    async def subscribe(self, channel: str) -> Subscription: ...
+
+    async def history(self, channel: str, after_id: str | None) -> list[Event]: ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessBus:
+    """One replica's bus: per-channel replay logs and live fan-out in memory."""
+
+    def __init__(
+        self, *, max_events: int = 10 * REPLAY_MIN_EVENTS, queue_size: int = SUBSCRIPTION_QUEUE_SIZE
+    ) -> None:
+        self._queue_size = queue_size
+        self._logs: dict[str, deque[tuple[float, Event]]] = {}
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._clock = IdClock()
+        self._max_events = max_events
+
+    async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
+                      customer_id: str | None = None) -> Event:
+        event = Event(id=self._clock.next(), type=type, tenant_id=tenant_id, data=data,
+                      customer_id=customer_id)
+        log = self._logs.setdefault(channel, deque())
+        now = time.monotonic()
+        log.append((now, event))
+        # Keep at least the last 1,000 events and the last 5 minutes, within a hard cap.
+        while len(log) > self._max_events or (
+            len(log) > REPLAY_MIN_EVENTS and now - log[0][0] > REPLAY_MIN_AGE_S
+        ):
+            log.popleft()
+        for subscription in tuple(self._subscribers.get(channel, ())):
+            subscription.offer(event)
+        return event
+
+    async def subscribe(self, channel: str) -> Subscription:
+        subscription = Subscription(channel, self._unsubscribe, self._queue_size)
+        self._subscribers.setdefault(channel, set()).add(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.channel)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.channel]
+
+    async def history(self, channel: str, after_id: str | None) -> list[Event]:
+        if after_id is None:
+            return []
+        return [event for _, event in self._logs.get(channel, ()) if event.after(after_id)]
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def close(self) -> None:
+        self._subscribers.clear()

@@ -1,0 +1,71 @@
+"""The events pushed to watching screens, and the channels they travel on.
+
+Channel names embed the tenant from the verified token, so a subscriber can only ever
+name its own tenant's channels: two businesses that both have a customer "42" watch
+two different channels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+EventType = Literal["insight", "score", "alert"]
+
+
+def customer_channel(tenant_id: str, customer_id: str) -> str:
+    return f"t:{tenant_id}:customer:{customer_id}"
+
+
+def scoring_channel(tenant_id: str) -> str:
+    return f"t:{tenant_id}:scoring"
+
+
+def parse_event_id(event_id: str) -> tuple[int, int]:
+    """Ids are Redis stream ids, `<ms>-<seq>`, in both bus implementations."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def is_event_id(value: str) -> bool:
+    try:
+        parse_event_id(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    type: str
+    tenant_id: str
+    data: dict[str, Any]
+    customer_id: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def as_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"id": self.id, "type": self.type, "tenant_id": self.tenant_id}
+        if self.customer_id is not None:
+            message["customer_id"] = self.customer_id
+        message["data"] = self.data
+        message["created_at"] = self.created_at
+        return message
+
+    def after(self, event_id: str | None) -> bool:
+        return event_id is None or parse_event_id(self.id) > parse_event_id(event_id)
+
+
+class IdClock:
+    """Monotonic `<ms>-<seq>` ids for the in-process bus (same order as Redis ids)."""
+
+    def __init__(self) -> None:
+        self._last = (0, -1)
+
+    def next(self) -> str:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = self._last
+        self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return f"{self._last[0]}-{self._last[1]}"

@@ -1,0 +1,122 @@
+"""Events shared by every replica through Redis Streams, replayable by id.
+
+Publishing is one XADD per event (approximate MAXLEN keeps well over 1,000 events per
+channel; idle channels expire after a day). Each process runs one reader task: a single
+blocking XREAD over every channel that has local subscribers, fanning out to them. So
+10,000 watching screens cost one Redis connection, not 10,000. A channel joins the
+reader at the stream's last id as of subscription, and history comes from XRANGE, so
+nothing published in between is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.realtime.bus import REPLAY_MIN_EVENTS, SUBSCRIPTION_QUEUE_SIZE, Subscription
+from app.realtime.events import Event
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "crm:events:"
+STREAM_MAXLEN = 10 * REPLAY_MIN_EVENTS
+STREAM_TTL_S = 24 * 3600
+READ_BLOCK_MS = 200
+READ_COUNT = 500
+
+
+def _decode(event_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
+    payload = json.loads(fields[b"e"])
+    event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
+    return Event(id=event_id, **payload)
+
+
+class RedisStreamBus:
+    def __init__(self, redis: Redis, *, queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
+        self.redis = redis
+        self._queue_size = queue_size
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
+                      customer_id: str | None = None) -> Event:
+        draft = Event(id="", type=type, tenant_id=tenant_id, data=data, customer_id=customer_id)
+        payload = {"type": draft.type, "tenant_id": tenant_id, "customer_id": customer_id,
+                   "data": data, "created_at": draft.created_at}
+        key = KEY_PREFIX + channel
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"e": json.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, STREAM_TTL_S)
+            event_id, _ = await pipe.execute()
+        return Event(id=event_id.decode(), type=type, tenant_id=tenant_id, data=data,
+                     customer_id=customer_id, created_at=draft.created_at)
+
+    async def history(self, channel: str, after_id: str | None) -> list[Event]:
+        if after_id is None:
+            return []
+        entries = await self.redis.xrange(KEY_PREFIX + channel, min=f"({after_id}", max="+",
+                                          count=STREAM_MAXLEN)
+        return [_decode(event_id, fields) for event_id, fields in entries]
+
+    async def subscribe(self, channel: str) -> Subscription:
+        subscription = Subscription(channel, self._unsubscribe, self._queue_size)
+        if channel not in self._subscribers:
+            latest = await self.redis.xrevrange(KEY_PREFIX + channel, count=1)
+            self._cursors[channel] = latest[0][0].decode() if latest else "0-0"
+        self._subscribers.setdefault(channel, set()).add(subscription)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
+        self._wake.set()
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.channel)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.channel]
+                self._cursors.pop(subscription.channel, None)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def _read_forever(self) -> None:
+        while True:
+            if not self._cursors:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            streams = {KEY_PREFIX + channel: cursor for channel, cursor in self._cursors.items()}
+            try:
+                batches = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving; Redis may come back
+                log.exception("reading the event streams failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            for key, entries in batches or ():
+                channel = (key.decode() if isinstance(key, bytes) else key)[len(KEY_PREFIX):]
+                if channel not in self._cursors:
+                    continue
+                for event_id, fields in entries:
+                    event = _decode(event_id, fields)
+                    self._cursors[channel] = event.id
+                    for subscription in tuple(self._subscribers.get(channel, ())):
+                        subscription.offer(event)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        await self.redis.aclose()

@@ -1,0 +1,50 @@
+"""Service replicas as real `uvicorn app.server:app` processes, as an operator runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.support.live_server import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def replica(env: dict[str, str], log_path: Path, *, startup_timeout_s: float = 60.0) -> Iterator[str]:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("AUTH_", "APP_", "REDIS_", "DATABASE_", "LLM_", "OPENAI_", "DATA_DIR"))}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.server:app", "--host", "127.0.0.1", "--port", str(port)],
+            env={**clean, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + startup_timeout_s
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"replica exited: {log_path.read_text()[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,73 @@
+"""The event bus contract, for the in-process bus and Redis Streams alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.realtime.bus import EventBus, InProcessBus, SlowConsumer
+from app.realtime.redis_bus import RedisStreamBus
+from tests.support.servers import redis_server
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("bus-redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["in_process", "redis"])
+async def bus(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[EventBus]:
+    bus: EventBus = InProcessBus(queue_size=4) if request.param == "in_process" else RedisStreamBus(
+        Redis.from_url(redis_url), queue_size=4)
+    yield bus
+    await bus.close()
+
+
+async def publish(bus: EventBus, channel: str, n: int) -> list[str]:
+    return [(await bus.publish(channel, type="insight", tenant_id="t", data={"n": i})).id for i in range(n)]
+
+
+async def test_replay_after_an_id_returns_later_events_in_order(bus: EventBus) -> None:
+    ids = await publish(bus, "t:t:customer:replay", 5)
+    replayed = await bus.history("t:t:customer:replay", ids[1])
+    assert [e.id for e in replayed] == ids[2:]
+    assert [e.data["n"] for e in replayed] == [2, 3, 4]
+
+
+async def test_live_subscription_after_history_has_no_gap_or_duplicate(bus: EventBus) -> None:
+    channel = "t:t:customer:live"
+    ids = await publish(bus, channel, 2)
+    subscription = await bus.subscribe(channel)
+    history = await bus.history(channel, ids[0])
+    later = await publish(bus, channel, 2)
+    seen = []
+    async for event in subscription.events(history, ids[0]):
+        seen.append(event.id)
+        if len(seen) == 3:
+            break
+    assert seen == [ids[1], *later]
+
+
+async def test_slow_consumer_overflows_instead_of_growing(bus: EventBus) -> None:
+    channel = "t:t:customer:slow"
+    subscription = await bus.subscribe(channel)
+    await asyncio.sleep(0.3)  # let the Redis reader pick the channel up
+    await publish(bus, channel, 10)
+    for _ in range(50):
+        if subscription.overflowed:
+            break
+        await asyncio.sleep(0.05)
+    assert subscription.overflowed and subscription.queue.qsize() <= 1
+    with pytest.raises(SlowConsumer):
+        async for _ in subscription.events([], None):
+            pass
+
+
+async def test_channels_are_separate(bus: EventBus) -> None:
+    await publish(bus, "t:a:customer:1", 3)
+    assert await bus.history("t:b:customer:1", "0-0") == []

@@ -1,0 +1,66 @@
+"""Push on the embedded defaults (in-process bus): cookie auth, heartbeats, auth timeout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from app.api.chains import INTERACTIONS_PATH
+from app.core.auth import TokenVerifier
+from app.core.config import Settings
+from app.server import create_app
+from tests.conftest import make_settings
+from tests.support.live_server import live_server
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("push"), push_heartbeat_s=0.2, ws_auth_timeout_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def url(settings: Settings) -> Iterator[str]:
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+def mint(settings: Settings, tenant: str = "acme", roles: tuple[str, ...] = ("viewer",)) -> str:
+    return TokenVerifier(settings).mint(tenant_id=tenant, user_id="v", roles=roles)
+
+
+async def test_cookie_signed_in_browser_watches_and_gets_heartbeats(url: str, settings: Settings) -> None:
+    ws_url = url.replace("http", "ws") + "/ws/ai/insights/cust-1"
+    async with connect(ws_url, additional_headers={"Cookie": f"crm_session={mint(settings)}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        assert json.loads(await ws.recv())["type"] == "heartbeat"
+        await ws.send(json.dumps({"type": "ping"}))
+        kinds = {json.loads(await ws.recv())["type"] for _ in range(3)}
+        assert "pong" in kinds
+        async with httpx.AsyncClient(base_url=url, headers={
+                "Authorization": f"Bearer {mint(settings, roles=('rep',))}"}) as http:
+            await http.post(f"{INTERACTIONS_PATH}/invoke", json={"input": {
+                "customer_id": "cust-1", "text": "Thanks for the help!", "channel": "sms"}})
+        while (message := json.loads(await ws.recv()))["type"] == "heartbeat":
+            pass
+        assert message["type"] == "insight" and message["data"]["channel"] == "sms"
+
+
+async def test_silent_websocket_is_closed_with_4401(url: str) -> None:
+    async with connect(url.replace("http", "ws") + "/ws/ai/scoring") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+def test_sse_feed_requires_auth_and_a_watcher_role(url: str, settings: Settings) -> None:
+    path = "/api/v1/ai/stream/insights/cust-1"
+    assert httpx.get(url + path).status_code == 401
+    no_roles = {"Authorization": f"Bearer {mint(settings, roles=())}"}
+    assert httpx.get(url + path, headers=no_roles).status_code == 403
+    assert httpx.get(url + "/api/v1/ai/stream/insights/bad%20id",
+                     headers={"Authorization": f"Bearer {mint(settings)}"}).status_code == 422

@@ -1,0 +1,164 @@
+"""Scheduling under load, graceful degradation, and cancellation of abandoned runs.
+
+The primary provider is the real langchain-openai client against the fake server,
+slowed per token, with few slots, so queues form exactly as they would in front of
+a rate-limited LLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.api.chains import INTERACTIONS_PATH
+from app.core.auth import TokenVerifier
+from app.core.config import Settings
+from app.server import create_app
+from tests.conftest import make_settings
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.live_server import live_server
+
+
+@pytest.fixture(scope="module")
+def busy_settings(tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOpenAI, str]) -> Settings:
+    _, openai_url = fake_openai
+    return make_settings(
+        tmp_path_factory.mktemp("busy"), llm_providers="openai,local", openai_base_url=openai_url,
+        openai_api_key="sk-test", llm_max_retries=0, llm_first_token_timeout_s=10,
+        llm_idle_timeout_s=10, llm_timeout_s=30, scheduler_max_concurrency=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def busy_url(busy_settings: Settings) -> Iterator[str]:
+    with live_server(create_app(busy_settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def auth(busy_settings: Settings) -> Callable[[str], dict[str, str]]:
+    verifier = TokenVerifier(busy_settings)
+    return lambda tenant: {"Authorization": f"Bearer {verifier.mint(tenant_id=tenant, user_id='u')}"}
+
+
+def interaction(text: str, **extra: object) -> dict[str, object]:
+    return {"input": {"customer_id": "cust-load", "text": text, "channel": "chat", **extra}}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def post_all(url: str, headers: dict[str, str], bodies: list[dict[str, object]],
+                   delay_s: float = 0.0) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        async def one(body: dict[str, object], index: int) -> httpx.Response:
+            await asyncio.sleep(delay_s * index)
+            return await http.post(f"{INTERACTIONS_PATH}/invoke", json=body)
+        return list(await asyncio.gather(*(one(b, i) for i, b in enumerate(bodies))))
+
+
+TOPICS = ["invoice for March", "webinar recording", "office in Toronto", "API key location",
+          "Spanish templates", "support time zone", "account manager", "signed documents",
+          "CSV export", "password reset", "Zapier setup", "two-factor login", "dark mode",
+          "seat count", "renewal date", "data retention"]
+
+
+async def test_high_value_request_jumps_a_standard_flood_and_overflow_degrades(
+    busy_url: str, auth: Callable[[str], dict[str, str]], openai_provider: FakeOpenAI
+) -> None:
+    openai_provider.token_delay_s = 0.05  # ~0.6 s per run, 2 slots: ~7 runs fit in 2 s
+    flood = [interaction(f"Question about the {topic}?") for topic in TOPICS]
+    vip = interaction("Our launch is blocked, please call me back.", customer_tier="high_value")
+
+    async def vip_later() -> httpx.Response:
+        await asyncio.sleep(0.3)  # arrives behind a full queue
+        return (await post_all(busy_url, auth("acme"), [vip]))[0]
+
+    flood_responses, vip_response = await asyncio.gather(
+        post_all(busy_url, auth("globex"), flood, delay_s=0.01), vip_later())
+    assert all(r.status_code == 200 for r in [*flood_responses, vip_response])
+    assert vip_response.json()["output"]["degraded"] is False, "high value got a real slot in time"
+    outputs = [r.json()["output"] for r in flood_responses]
+    degraded = [o for o in outputs if o["degraded"]]
+    assert degraded, "the flood exceeded capacity"
+    assert all(o["degraded_reason"].startswith("deadline:") for o in degraded)
+    assert all(o["sentiment"] and o["recommendations"] is not None for o in degraded)
+    assert len(degraded) < len(outputs), "some of the flood was served normally"
+
+
+async def test_overload_answers_from_the_tenants_own_cache(
+    busy_url: str, auth: Callable[[str], dict[str, str]], openai_provider: FakeOpenAI
+) -> None:
+    text = "Can you resend the onboarding checklist for the new marketing hires?"
+    first = (await post_all(busy_url, auth("acme"), [interaction(text)]))[0].json()["output"]
+    assert first["degraded"] is False
+    openai_provider.token_delay_s = 0.4  # each run now holds its slot ~5 s
+    blockers = asyncio.ensure_future(post_all(busy_url, auth("initech"),
+                                              [interaction("Hello, one question."), interaction("Hi, another one.")]))
+    await asyncio.sleep(0.5)
+    same, similar, other_tenant = await asyncio.gather(
+        post_all(busy_url, auth("acme"), [interaction(text)]),
+        post_all(busy_url, auth("acme"), [interaction(text.replace("resend", "send again"))]),
+        post_all(busy_url, auth("globex"), [interaction(text)]),
+    )
+    assert same[0].json()["output"]["degraded_reason"] == "deadline:cache_exact"
+    assert same[0].json()["output"]["summary"] == first["summary"]
+    assert similar[0].json()["output"]["degraded_reason"] == "deadline:cache_similar"
+    assert other_tenant[0].json()["output"]["degraded_reason"] == "deadline:local_analysis"
+    await blockers
+
+
+async def test_disconnected_invoke_is_cancelled_and_frees_its_slot(
+    busy_url: str, auth: Callable[[str], dict[str, str]], openai_provider: FakeOpenAI
+) -> None:
+    openai_provider.token_delay_s = 0.5  # a run would take ~6 s
+    cancelled_before = metric(busy_url, "ai_workflow_cancelled_total", chain="interactions")
+    async with httpx.AsyncClient(base_url=busy_url, headers=auth("acme"), timeout=0.8) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(f"{INTERACTIONS_PATH}/invoke", json=interaction("Slow one, then I hang up."))
+    gone_at = time.monotonic()
+    freed_after = None
+    while time.monotonic() - gone_at < 5:
+        if metric(busy_url, "ai_workflow_running", provider="openai") == 0:
+            freed_after = time.monotonic() - gone_at
+            break
+        await asyncio.sleep(0.05)
+    assert freed_after is not None and freed_after < 1.0, freed_after
+    assert metric(busy_url, "ai_workflow_cancelled_total", chain="interactions") == cancelled_before + 1
+    deadline = time.monotonic() + 5
+    while openai_provider.streams_abandoned == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert openai_provider.streams_abandoned == 1, "the upstream LLM call was cancelled too"
+
+
+async def test_disconnected_stream_is_cancelled_too(
+    busy_url: str, auth: Callable[[str], dict[str, str]], openai_provider: FakeOpenAI
+) -> None:
+    openai_provider.token_delay_s = 0.5
+    async with httpx.AsyncClient(base_url=busy_url, headers=auth("acme"), timeout=30) as http:
+        async with http.stream("POST", f"{INTERACTIONS_PATH}/stream", json=interaction("Stream then leave.")) as r:
+            async for line in r.aiter_lines():
+                if "sentiment" in line:
+                    break
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        openai_provider.streams_abandoned == 0 or metric(busy_url, "ai_workflow_running", provider="openai") != 0
+    ):
+        await asyncio.sleep(0.05)
+    assert openai_provider.streams_abandoned == 1
+    assert metric(busy_url, "ai_workflow_running", provider="openai") == 0
+
+
+def test_queue_depth_is_exported(busy_url: str) -> None:
+    assert "ai_workflow_queue_depth" in httpx.get(f"{busy_url}/metrics").text
