@@ -17,6 +17,7 @@ from langchain_core.runnables.utils import AddableDict
 from chains.identity import identity_from_config
 from chains.prompts import answer_messages
 from chains.providers import ProviderRouter
+from chains.safety import censored, guarded
 from chains.schemas import InsightsAnswer, InsightsQuestion
 from chains.streaming import field_streaming_chain
 
@@ -73,11 +74,16 @@ def build_insights_chain(
             ],
         )
         history = await memory.recent_turns(**session)
+        asked = guarded(question, source="insights.question", config=config)
+        sources = [(p, guarded(p.text, source=f"document:{p.document_id}", config=config)) for p in passages]
         prompt = answer_messages(
-            question, [{"title": p.title, "text": p.text} for p in passages], history
+            asked.text,
+            [{"title": p.title, "text": g.text} for p, g in sources],
+            history,
+            flagged=asked.flagged or any(g.flagged for _, g in sources),
         )
         parts: list[str] = []
-        async for token in router.astream_text(prompt, config=config):
+        async for token in censored(router.astream_text(prompt, config=config)):
             parts.append(token)
             yield AddableDict(answer=token)
         await memory.append_turn(**session, question=question, answer="".join(parts))

@@ -21,6 +21,7 @@ from chains.local.sentiment import analyze_sentiment
 from chains.prompts import summary_messages
 from chains.providers import ProviderError, ProviderRouter, ProviderStreamInterrupted
 from chains.recommendations import recommend
+from chains.safety import censored, guarded
 from chains.schemas import InteractionAnalysis, InteractionInput
 from chains.streaming import field_streaming_chain
 
@@ -69,13 +70,13 @@ def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
         fast = analyze_fast(payload)
         yield AddableDict(sentiment=fast["sentiment"])
         yield AddableDict(intent=fast["intent"], urgency=fast["urgency"])
-        facts = summary_facts(payload, fast)
+        guard = guarded(payload["text"], source="interaction.text", config=config)
+        facts = summary_facts({**payload, "text": guard.text}, fast)
         degraded_reason: str | None = None
         streamed_any = False
+        prompt = summary_messages(guard.text, facts, flagged=guard.flagged)
         try:
-            async for token in router.astream_text(
-                summary_messages(payload["text"], facts), config=config
-            ):
+            async for token in censored(router.astream_text(prompt, config=config)):
                 streamed_any = True
                 yield AddableDict(summary=token)
         except ProviderStreamInterrupted:

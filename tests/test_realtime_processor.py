@@ -151,6 +151,8 @@ async def test_disconnected_stream_is_cancelled_too(
             async for line in r.aiter_lines():
                 if "sentiment" in line:
                     break
+            while not openai_provider.requests:  # leave once the LLM call is under way
+                await asyncio.sleep(0.01)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (
         openai_provider.streams_abandoned == 0 or metric(busy_url, "ai_workflow_running", provider="openai") != 0
