@@ -6,12 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
 from app.api.errors import add_exception_handlers
 from app.api import streaming
-from app.api.routes import documents, health, metrics
+from app.api.access import guard_request
+from app.api.body_limit import BodyLimitMiddleware
+from app.api.routes import documents, health, metrics, usage
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
@@ -49,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await create_schema(services.engine)
+        interrupted = await services.audit.mark_interrupted()
+        if interrupted:
+            log.warning("marked %d runs of stopped processes as interrupted", interrupted)
         announce_dev_sign_in(services)
         yield
         await services.close()
@@ -57,18 +62,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title=settings.app_name,
         description="Real-time interaction analysis, explainable lead scoring and grounded insights chat.",
         lifespan=lifespan,
+        dependencies=[Depends(guard_request)],  # deny by default: see app.api.access
     )
     app.state.settings = settings
     app.state.services = services
     app.state.token_verifier = services.verifier
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.request_max_body_bytes)
     app.add_middleware(
         TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
     )
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(documents.router)
+    app.include_router(usage.router)
     app.include_router(streaming.router)
     add_chain_routes(app, build_chains(services))
     return app

@@ -24,6 +24,9 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "auth_jwt_secret": TEST_SECRET,
         "llm_providers": "local",
+        # Tests reuse a few identities for hundreds of requests; rate limits have their own tests.
+        "rate_limit_tenant": "100000/minute",
+        "rate_limit_user": "100000/minute",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -1,4 +1,4 @@
-"""The contract's chains on LangServe: every endpoint behind auth, identity injected.
+"""The contract's chains on LangServe: every endpoint behind the guard, identity injected.
 
 `per_req_config_modifier` runs for invoke, batch, stream, stream_log and stream_events
 (the `/c/{hash}/` variants too) after the client's config was parsed, so writing
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from langchain_core.runnables import Runnable
 from langserve import add_routes
 
-from app.core.auth import Principal, authenticate
+from app.api.access import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.core.auth import Principal
 from app.core.errors import Unauthenticated
 from app.core.managed_chain import ManagedChain
 from app.core.policies import InsightsPolicy, InteractionPolicy, ScoringPolicy
@@ -24,9 +25,7 @@ from chains.insights import build_insights_chain
 from chains.interactions import build_interaction_chain
 from chains.scoring.chain import build_lead_scoring_chain
 
-INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
-LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
-INSIGHTS_CHAT_PATH = "/api/v1/ai/insights/chat"
+__all__ = ["INSIGHTS_CHAT_PATH", "INTERACTIONS_PATH", "LEAD_SCORING_PATH", "add_chain_routes", "build_chains"]
 
 
 def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -69,11 +68,6 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
 
 
 def add_chain_routes(app: FastAPI, chains: dict[str, Runnable[Any, Any]]) -> None:
+    """Authentication, roles and rate limits come from the app-wide `guard_request`."""
     for path, chain in chains.items():
-        add_routes(
-            app,
-            chain,
-            path=path,
-            dependencies=[Depends(authenticate)],
-            per_req_config_modifier=inject_identity,
-        )
+        add_routes(app, chain, path=path, per_req_config_modifier=inject_identity)

@@ -11,7 +11,12 @@ import logging
 from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import ValidationError
 
 from app.core.errors import AppError, RateLimited, Unauthenticated
 from chains.identity import MissingIdentity
@@ -79,7 +84,41 @@ async def run_error_handler(request: Request, exc: Exception) -> JSONResponse:
                         status_code=info.status_code)
 
 
+async def batch_validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    """LangServe's `batch` validates each input outside its own error translation
+    (langserve/api_handler.py, `batch`), so a bad input escapes as a raw pydantic
+    ValidationError. Only there is it the client's fault; anywhere else it is ours."""
+    assert isinstance(exc, ValidationError)
+    if not request.url.path.endswith("/batch"):
+        raise exc
+    errors = jsonable_encoder(exc.errors(include_url=False, include_context=False))
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def request_validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape for every validation error, LangServe's included: it raises
+    `RequestValidationError(errors=["Invalid JSON body"])` with bare strings."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        error if isinstance(error, dict) else {"loc": ["body"], "msg": str(error), "type": "value_error"}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """LangServe raises `HTTPException(422, "<sentence>")`; 422 bodies keep one shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 422 and isinstance(exc.detail, str):
+        error = {"loc": ["body"], "msg": exc.detail, "type": "value_error"}
+        return JSONResponse({"detail": [error]}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ValidationError, batch_validation_handler)
     app.add_exception_handler(ProviderError, run_error_handler)
     app.add_exception_handler(MissingIdentity, run_error_handler)

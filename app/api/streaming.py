@@ -21,6 +21,7 @@ from fastapi import APIRouter, Header, Path, Query, WebSocket, WebSocketDisconne
 from sse_starlette.sse import EventSourceResponse
 from starlette.websockets import WebSocketState
 
+from app.api.access import policy_for
 from app.api.deps import CurrentPrincipal, ServicesDep
 from app.core.auth import Principal, token_from_connection
 from app.core.errors import Forbidden, Unauthenticated
@@ -35,12 +36,13 @@ router = APIRouter(tags=["real-time push"])
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN_LATER = 1013
-WATCHER_ROLES = frozenset({"admin", "manager", "rep", "viewer"})
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]
 
 
-def ensure_may_watch(principal: Principal) -> None:
-    if not principal.has_any_role(WATCHER_ROLES):
+def ensure_may_watch(websocket: WebSocket, principal: Principal) -> None:
+    """WebSockets authenticate in the handler (first-message auth), so roles are checked here."""
+    policy = policy_for(websocket.scope["route"].path, "WEBSOCKET")
+    if policy is None or (policy.roles is not None and not principal.has_any_role(policy.roles)):
         raise Forbidden("no role that may watch this tenant's channels")
 
 
@@ -147,7 +149,7 @@ async def serve_websocket(websocket: WebSocket, channel_of: Any, last_event_id: 
         await websocket.close(CLOSE_UNAUTHENTICATED, reason=error.detail[:120])
         return
     try:
-        ensure_may_watch(principal)
+        ensure_may_watch(websocket, principal)
     except Forbidden as error:
         await websocket.close(CLOSE_FORBIDDEN, reason=error.detail[:120])
         return
@@ -207,7 +209,6 @@ async def stream_customer_insights(
     last_event_id: str | None = None,
 ) -> EventSourceResponse:
     """Server-sent events of a customer's insights and alerts, resumable with Last-Event-ID."""
-    ensure_may_watch(principal)
     channel = customer_channel(principal.tenant_id, customer_id)
     resume_from = valid_event_id(last_event_id_header or last_event_id)
     return EventSourceResponse(

@@ -68,8 +68,15 @@ class Settings(BaseSettings):
     push_heartbeat_s: float = 15.0
     push_buffer_events: int = Field(default=256, ge=1)
 
-    # Limits.
-    request_max_body_bytes: int = 256 * 1024
+    # Abuse resistance and accounting.
+    request_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    rate_limit_tenant: str = "600/minute"
+    rate_limit_user: str = "120/minute"
+    audit_interrupted_after_s: float = Field(
+        default=900.0, ge=0, description="A run still 'running' after this long died with its process."
+    )
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
 
     @field_validator("llm_providers", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from app.core.errors import ClientDisconnected
 from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_CHUNK
 from app.core.processor import RealtimeProcessor, priority_of
 from app.core.run_context import run_context_of
+from app.core.run_recorder import RunRecorder
 from app.core.scheduler import SlotUnavailable
 from chains.identity import RunIdentity, identity_from_config
 
@@ -115,6 +116,9 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         config = ensure_config(config)
         identity = identity_from_config(config)
         processor: RealtimeProcessor = self.processor
+        recorder = RunRecorder(processor.audit, identity, self.policy.name, config)
+        await recorder.started_run()  # no unaccounted AI decision: refuse if it cannot be recorded
+        config = recorder.config
         started = time.perf_counter()
         cause: str | None = None
         holds_slot = False
@@ -131,6 +135,7 @@ class ManagedChain(RunnableSerializable[Any, Any]):
                 cause = unavailable.reason
         final: Any = None
         outcome = "error"
+        error_code: str | None = None
         try:
             if cause is None:
                 source = self.chain.astream(input, config, **kwargs)
@@ -143,18 +148,25 @@ class ManagedChain(RunnableSerializable[Any, Any]):
                 else:
                     final = final + chunk
                 yield chunk
-            outcome = "degraded" if cause else "ok"
+            degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
+            outcome = "degraded" if degraded else "ok"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
+            raise
+        except Exception as error:
+            error_code = str(getattr(error, "code", type(error).__name__))
             raise
         finally:
             if holds_slot:
                 processor.scheduler.release()
             RUN_LATENCY.labels(self.policy.name, outcome).observe(time.perf_counter() - started)
+            if outcome in ("cancelled", "error"):
+                # Queued, not awaited: a cancelled task cannot wait for the commit.
+                await recorder.finished(final, status=outcome, error_code=error_code, wait=False)
         if cause is not None:
             DEGRADED.labels(self.policy.name, cause).inc()
-        degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
         try:
             await self.policy.on_complete(identity, input, final, degraded)
         except Exception:  # noqa: BLE001 - the client got its answer; delivery is best effort
             log.exception("delivering the result of %s failed", self.policy.name)
+        await recorder.finished(final, status=outcome)

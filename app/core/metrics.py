@@ -28,3 +28,8 @@ RUN_LATENCY = Histogram(
 EVENTS_PUBLISHED = Counter("ai_events_published_total", "Events pushed to channels.", ["type"])
 WEBSOCKET_SESSIONS = Gauge("ai_websocket_sessions", "Open WebSocket sessions.")
 SSE_SESSIONS = Gauge("ai_sse_sessions", "Open SSE insight feeds.")
+TOKENS = Counter(
+    "ai_tokens_total", "Tokens used, by tenant, feature (chain), model and direction.",
+    ["tenant", "feature", "model", "direction"],
+)
+SECURITY_EVENTS = Counter("ai_security_events_total", "Flagged security events.", ["kind"])

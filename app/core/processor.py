@@ -16,6 +16,7 @@ from app.core.scheduler import Priority, Scheduler
 from app.realtime.alerts import SentimentHistory, sentiment_alert
 from app.realtime.bus import EventBus
 from app.realtime.events import Event, customer_channel, scoring_channel
+from app.store.audit import AuditLog
 from chains.identity import RunIdentity
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class RealtimeProcessor:
         bus: EventBus,
         cache: AnalysisCache,
         sentiment_history: SentimentHistory,
+        audit: AuditLog,
     ) -> None:
         self.provider = provider
+        self.audit = audit
         self.deadline_s = deadline_s
         self.bus = bus
         self.cache = cache

@@ -11,12 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
 from app.core.processor import RealtimeProcessor
+from app.core.rate_limit import RequestRateLimiter, limits_storage
 from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
 from app.realtime.bus import EventBus, InProcessBus
 from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
+from app.store.audit import AuditLog
 from app.store.database import create_engine, database_url
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
@@ -75,6 +77,8 @@ class Services:
     redis: Redis | None
     bus: EventBus
     processor: RealtimeProcessor
+    audit: AuditLog
+    rate_limiter: RequestRateLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -90,6 +94,7 @@ class Services:
         else:
             bus = InProcessBus(queue_size=settings.push_buffer_events)
             cache, history = InMemoryAnalysisCache(), InMemorySentimentHistory()
+        audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s)
         return cls(
             settings=settings,
             verifier=TokenVerifier.from_settings(settings),
@@ -111,10 +116,18 @@ class Services:
                 bus=bus,
                 cache=cache,
                 sentiment_history=history,
+                audit=audit,
+            ),
+            audit=audit,
+            rate_limiter=RequestRateLimiter(
+                limits_storage(settings.redis_url),
+                per_tenant=settings.rate_limit_tenant,
+                per_user=settings.rate_limit_user,
             ),
         )
 
     async def close(self) -> None:
+        await self.audit.close()
         await self.bus.close()
         if self.redis is not None:
             await self.redis.aclose()

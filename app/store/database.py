@@ -7,7 +7,9 @@ in the code that happens to call it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     event,
     func,
     text,
@@ -26,6 +29,23 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both backends: SQLite stores no zone and returns naive values."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; use UTC-aware ones")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 documents = Table(
     "kb_documents",
@@ -36,7 +56,7 @@ documents = Table(
     Column("title", String(300), nullable=False),
     Column("text", Text, nullable=False),
     Column("created_by", String(256), nullable=False),
-    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
 )
 
 document_chunks = Table(
@@ -60,7 +80,7 @@ conversation_messages = Table(
     Column("session_id", String(128), nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
     Index("ix_conversation_session", "tenant_id", "user_id", "session_id", "id"),
 )
 

@@ -19,6 +19,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def replica(env: dict[str, str], log_path: Path, *, startup_timeout_s: float = 60.0) -> Iterator[str]:
+    with replica_process(env, log_path, startup_timeout_s=startup_timeout_s) as (url, _):
+        yield url
+
+
+@contextmanager
+def replica_process(
+    env: dict[str, str], log_path: Path, *, startup_timeout_s: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("AUTH_", "APP_", "REDIS_", "DATABASE_", "LLM_", "OPENAI_", "DATA_DIR"))}
@@ -41,7 +49,7 @@ def replica(env: dict[str, str], log_path: Path, *, startup_timeout_s: float = 6
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"replica did not start: {log_path.read_text()[-2000:]}")
                 time.sleep(0.1)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:

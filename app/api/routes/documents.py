@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import KnowledgeWriter, ServicesDep
+from app.api.deps import CurrentPrincipal, ServicesDep
 
 router = APIRouter(prefix="/api/v1/ai/insights", tags=["insights"])
 
@@ -29,7 +29,7 @@ class DocumentCreated(BaseModel):
 
 @router.post("/documents", status_code=status.HTTP_201_CREATED)
 async def create_document(
-    document_in: DocumentCreate, principal: KnowledgeWriter, services: ServicesDep
+    document_in: DocumentCreate, principal: CurrentPrincipal, services: ServicesDep
 ) -> DocumentCreated:
     """Stores a document in the caller's tenant knowledge base."""
     stored = await services.knowledge.add_document(

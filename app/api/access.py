@@ -1,0 +1,118 @@
+"""Who may call which route: one table, enforced for every route, deny by default.
+
+`guard_request` is an app-wide dependency, so it runs for our routes, LangServe's
+endpoints (playground and schemas included) and WebSocket routes alike. A route whose
+path has no entry in `ROUTE_POLICIES` answers 403 at run time, and
+`tests/test_access_policy.py` fails on it before it ships: a new route cannot be
+forgotten open (the LangGraph Server pitfall, where unmatched requests are accepted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fastapi import WebSocketException
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import HTTPConnection, Request
+
+from app.core.auth import authenticate
+from app.core.errors import Forbidden
+
+ADMIN = frozenset({"admin"})
+ANALYSTS = frozenset({"admin", "manager", "rep"})
+EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
+
+INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
+LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
+INSIGHTS_CHAT_PATH = "/api/v1/ai/insights/chat"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """`roles=None` means public. WebSocket handlers authenticate themselves (a first
+    message may carry the token) and check `roles` through `policy_for`."""
+
+    roles: frozenset[str] | None
+    rate_limited: bool = False
+
+    @property
+    def public(self) -> bool:
+        return self.roles is None
+
+
+PUBLIC = Policy(None)
+
+# Exact route paths (FastAPI templates). Chain prefixes cover every LangServe endpoint.
+ROUTE_POLICIES: dict[str, Policy] = {
+    "/health": PUBLIC,
+    "/ready": PUBLIC,
+    "/metrics": PUBLIC,  # the route itself enforces METRICS_TOKEN when set
+    "/api/v1/ai/insights/documents": Policy(ANALYSTS, rate_limited=True),
+    "/api/v1/ai/usage": Policy(ADMIN),
+    "/api/v1/ai/usage/runs": Policy(ADMIN),
+    "/api/v1/ai/security/events": Policy(ADMIN),
+    "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
+    "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
+    "/ws/ai/scoring": Policy(EVERYONE),
+}
+CHAIN_POLICIES: dict[str, frozenset[str]] = {
+    INTERACTIONS_PATH: ANALYSTS,
+    LEAD_SCORING_PATH: ANALYSTS,
+    INSIGHTS_CHAT_PATH: EVERYONE,  # reading what the tenant knows about a customer
+}
+
+
+def policy_for(path: str, method: str) -> Policy | None:
+    if path in ROUTE_POLICIES:
+        return ROUTE_POLICIES[path]
+    for prefix, roles in CHAIN_POLICIES.items():
+        if path.startswith(prefix + "/"):
+            # Running a chain spends budget; reading its schemas or playground does not.
+            return Policy(roles, rate_limited=method == "POST")
+    return None
+
+
+async def _json_body(request: Request) -> object:
+    """Parses the body once up front (Starlette caches it for LangServe to read again):
+    LangServe lets non-UTF-8 bodies escape as a 500, and a bad body should cost nothing."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"body must be UTF-8 JSON: {error}", "type": "json_invalid"}]
+        ) from None
+    # LangServe crashes (TypeError, a 500) on an explicit null config or null batch inputs.
+    if isinstance(body, dict) and "config" in body and body["config"] is None:
+        raise RequestValidationError(
+            [{"loc": ["body", "config"], "msg": "config must be an object when given", "type": "dict_type"}]
+        )
+    if request.url.path.endswith("/batch") and not (isinstance(body, dict) and isinstance(body.get("inputs"), list)):
+        raise RequestValidationError([{"loc": ["body", "inputs"], "msg": "inputs must be a list", "type": "list_type"}])
+    return body
+
+
+def _cost(path: str, body: object) -> int:
+    """A batch costs one unit per input."""
+    inputs = body.get("inputs") if isinstance(body, dict) and path.endswith("/batch") else None
+    return max(1, len(inputs)) if isinstance(inputs, list) else 1
+
+
+async def guard_request(conn: HTTPConnection) -> None:
+    route = conn.scope.get("route")
+    path = getattr(route, "path", conn.url.path)
+    is_websocket = conn.scope["type"] == "websocket"
+    policy = policy_for(path, "WEBSOCKET" if is_websocket else conn.scope["method"])
+    if policy is None:
+        if is_websocket:
+            raise WebSocketException(code=4403, reason="no access policy for this route")
+        raise Forbidden("no access policy for this route")
+    if policy.public or is_websocket:
+        return
+    principal = await authenticate(conn)
+    assert policy.roles is not None
+    if not principal.has_any_role(policy.roles):
+        raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
+    if policy.rate_limited and isinstance(conn, Request):
+        body = await _json_body(conn)
+        await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))

@@ -1,0 +1,114 @@
+"""A tenant admin's view of their own AI usage, runs and security events."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel
+
+from app.api.deps import CurrentPrincipal, ServicesDep
+from app.store.audit import utcnow
+
+router = APIRouter(prefix="/api/v1/ai", tags=["usage and audit"])
+
+
+class UsageLine(BaseModel):
+    feature: str
+    model: str | None
+    provider: str | None
+    outcome: str
+    runs: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    degraded: int
+    latency_ms_avg: float | None
+
+
+class UsageReport(BaseModel):
+    tenant_id: str
+    since: datetime
+    until: datetime
+    lines: list[UsageLine]
+    total_runs: int
+    total_tokens_in: int
+    total_tokens_out: int
+    total_cost_usd: float
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    user_id: str
+    chain: str
+    endpoint: str | None
+    status: str
+    provider: str | None
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: float | None
+    degraded: bool
+    degraded_reason: str | None
+    error_code: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class SecurityEventRecord(BaseModel):
+    id: int
+    user_id: str
+    run_id: str | None
+    kind: str
+    detail: dict[str, Any]
+    created_at: datetime
+
+
+@router.get("/usage")
+async def read_usage(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+) -> UsageReport:
+    """The caller's tenant usage by feature, model and outcome (default: last 30 days)."""
+    until = until or utcnow() + timedelta(seconds=1)
+    since = since or until - timedelta(days=30)
+    rows = await services.audit.usage(principal.tenant_id, since, until)
+    lines = [
+        UsageLine(
+            feature=row["chain"], model=row["model"], provider=row["provider"],
+            outcome=row["effective_status"], runs=row["runs"], tokens_in=row["tokens_in"] or 0,
+            tokens_out=row["tokens_out"] or 0, cost_usd=round(row["cost_usd"] or 0.0, 8),
+            degraded=row["degraded"] or 0, latency_ms_avg=row["latency_ms_avg"],
+        )
+        for row in rows
+    ]
+    return UsageReport(
+        tenant_id=principal.tenant_id, since=since, until=until, lines=lines,
+        total_runs=sum(line.runs for line in lines),
+        total_tokens_in=sum(line.tokens_in for line in lines),
+        total_tokens_out=sum(line.tokens_out for line in lines),
+        total_cost_usd=round(sum(line.cost_usd for line in lines), 8),
+    )
+
+
+@router.get("/usage/runs")
+async def read_recent_runs(
+    principal: CurrentPrincipal, services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[RunRecord]:
+    """The caller's tenant's most recent AI runs, newest first."""
+    return [RunRecord(**row) for row in await services.audit.recent_runs(principal.tenant_id, limit)]
+
+
+@router.get("/security/events")
+async def read_security_events(
+    principal: CurrentPrincipal, services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[SecurityEventRecord]:
+    """Flagged inputs (prompt-injection attempts) of the caller's tenant, newest first."""
+    rows = await services.audit.recent_security_events(principal.tenant_id, limit)
+    return [SecurityEventRecord(**row) for row in rows]

@@ -1,0 +1,232 @@
+"""The audit trail: one durable record per AI decision, and the security events.
+
+A run's record is written *before* the run starts (status `running`) and completed
+when it ends, so a process killed mid-run leaves a record that later reads as
+`interrupted` instead of no record at all. Writes go through one writer task that
+commits whatever has queued up in a single transaction (group commit): each caller
+still waits for its own record to be durable, but a thousand concurrent runs cost a
+handful of commits, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.errors import AppError
+from app.store.database import UTCDateTime, metadata
+
+log = logging.getLogger(__name__)
+
+ai_runs = Table(
+    "ai_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("chain", String(64), nullable=False),
+    Column("endpoint", String(32), nullable=True),
+    Column("status", String(16), nullable=False),  # running, ok, degraded, error, cancelled, interrupted
+    Column("provider", String(64), nullable=True),
+    Column("model", String(128), nullable=True),
+    Column("tokens_in", Integer, nullable=False, default=0),
+    Column("tokens_out", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("latency_ms", Float, nullable=True),
+    Column("degraded", Boolean, nullable=False, default=False),
+    Column("degraded_reason", String(64), nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ix_ai_runs_tenant_started", "tenant_id", "started_at"),
+    Index("ix_ai_runs_status_started", "status", "started_at"),
+)
+
+security_events = Table(
+    "security_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("run_id", String(64), nullable=True),
+    Column("kind", String(64), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_security_events_tenant", "tenant_id", "created_at"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Write:
+    kind: str  # run_started, run_finished, security_event
+    values: dict[str, Any]
+    done: asyncio.Future[None] | None = field(default=None)
+
+
+class AuditUnavailable(AppError):
+    """The start of a run could not be recorded: the run must not happen unaccounted."""
+
+    status_code = 503
+    retryable = True
+
+
+class AuditLog:
+    def __init__(self, engine: AsyncEngine, *, interrupted_after_s: float) -> None:
+        self.engine = engine
+        self.interrupted_after_s = interrupted_after_s
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_forever(), name="audit-writer")
+
+    async def _submit(self, kind: str, values: dict[str, Any], *, wait: bool) -> None:
+        self._ensure_writer()
+        done = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.put_nowait(_Write(kind, values, done))
+        if done is not None:
+            await done
+
+    async def run_started(self, **values: Any) -> None:
+        try:
+            await self._submit("run_started", {**values, "status": "running", "started_at": utcnow()}, wait=True)
+        except Exception as error:
+            raise AuditUnavailable("the audit trail cannot be written") from error
+
+    async def run_finished(self, run_id: str, *, wait: bool = True, **values: Any) -> None:
+        await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
+
+    async def security_event(self, *, wait: bool = True, **values: Any) -> None:
+        await self._submit("security_event", {**values, "created_at": utcnow()}, wait=wait)
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 1_000:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception as error:  # noqa: BLE001 - report to every waiter, keep writing
+                log.exception("audit write of %d records failed", len(batch))
+                for item in batch:
+                    if item.done is not None and not item.done.done():
+                        item.done.set_exception(error)
+                continue
+            for item in batch:
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(None)
+
+    async def _write(self, batch: list[_Write]) -> None:
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for item in batch:
+            by_kind.setdefault(item.kind, []).append(item.values)
+        async with self.engine.begin() as connection:
+            if rows := by_kind.get("run_started"):
+                await connection.execute(insert(ai_runs), rows)
+            for row in by_kind.get("run_finished", ()):
+                # One statement per distinct column set: finished records differ in fields.
+                values = {k: bindparam(k) for k in row if k != "b_run_id"}
+                await connection.execute(
+                    update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
+                )
+            if rows := by_kind.get("security_event"):
+                await connection.execute(insert(security_events), rows)
+
+    async def mark_interrupted(self) -> int:
+        """Runs still `running` long after any run could last died with their process."""
+        cutoff = utcnow() - timedelta(seconds=self.interrupted_after_s)
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(ai_runs)
+                .where(and_(ai_runs.c.status == "running", ai_runs.c.started_at < cutoff))
+                .values(status="interrupted")
+            )
+        return int(result.rowcount or 0)
+
+    def _status(self) -> Any:
+        cutoff = utcnow() - timedelta(seconds=self.interrupted_after_s)
+        return case(
+            (and_(ai_runs.c.status == "running", ai_runs.c.started_at < cutoff), "interrupted"),
+            else_=ai_runs.c.status,
+        )
+
+    async def usage(self, tenant_id: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        status = self._status().label("status")
+        inner = (
+            select(ai_runs, status.label("effective_status"))
+            .where(and_(ai_runs.c.tenant_id == tenant_id, ai_runs.c.started_at >= since,
+                        ai_runs.c.started_at < until))
+            .subquery()
+        )
+        statement = (
+            select(
+                inner.c.chain, inner.c.model, inner.c.provider, inner.c.effective_status,
+                func.count().label("runs"),
+                func.sum(inner.c.tokens_in).label("tokens_in"),
+                func.sum(inner.c.tokens_out).label("tokens_out"),
+                func.sum(inner.c.cost_usd).label("cost_usd"),
+                func.sum(case((inner.c.degraded, 1), else_=0)).label("degraded"),
+                func.avg(inner.c.latency_ms).label("latency_ms_avg"),
+            )
+            .group_by(inner.c.chain, inner.c.model, inner.c.provider, inner.c.effective_status)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [dict(row) for row in rows]
+
+    async def recent_runs(self, tenant_id: str, limit: int) -> list[dict[str, Any]]:
+        statement = (
+            select(*[c for c in ai_runs.c if c.name != "status"], self._status().label("status"))
+            .where(ai_runs.c.tenant_id == tenant_id)
+            .order_by(ai_runs.c.started_at.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
+
+    async def recent_security_events(self, tenant_id: str, limit: int) -> list[dict[str, Any]]:
+        statement = (
+            select(security_events)
+            .where(security_events.c.tenant_id == tenant_id)
+            .order_by(security_events.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            while not self._queue.empty():
+                await asyncio.sleep(0.01)
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,113 @@
+"""Every AI decision is accounted for, durably, per tenant; killed runs read as interrupted."""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.core.auth import TokenVerifier
+from app.core.pricing import estimate_cost_usd
+from app.server import create_app
+from tests.conftest import TEST_SECRET, make_settings
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.live_server import live_server
+from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
+from tests.support.replicas import replica, replica_process
+from tests.support.servers import postgres_server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_server() as url:
+            yield url
+
+
+def headers(tenant: str, roles: tuple[str, ...] = ("rep",)) -> dict[str, str]:
+    verifier = TokenVerifier(make_settings(Path("/nonexistent")))
+    return {"Authorization": f"Bearer {verifier.mint(tenant_id=tenant, user_id=f'{tenant}-u', roles=roles)}"}
+
+
+def test_runs_are_recorded_with_model_tokens_cost_and_outcome(
+    tmp_path: Path, database_url: str | None, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    _, openai_url = fake_openai
+    settings = make_settings(tmp_path, database_url=database_url, llm_providers="openai,local",
+                             openai_base_url=openai_url, openai_api_key="sk-test", openai_model="gpt-4o-mini",
+                             llm_max_retries=0)
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        acme = headers("acme-audit")
+        assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
+        with http.stream("POST", f"{INSIGHTS_CHAT_PATH}/stream", headers=acme,
+                         json={"input": CHAIN_INPUTS[INSIGHTS_CHAT_PATH]}) as response:
+            response.read()
+        assert http.post(f"{LEAD_SCORING_PATH}/batch", headers=acme,
+                         json={"inputs": [LEAD, LEAD]}).status_code == 200
+        openai_provider.mode = "error_500"
+        assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
+        http.post(f"{LEAD_SCORING_PATH}/invoke", headers=headers("other-audit"), json={"input": LEAD})
+
+        admin = headers("acme-audit", roles=("admin",))
+        runs = http.get("/api/v1/ai/usage/runs", headers=admin).json()
+        assert len(runs) == 5 and {r["status"] for r in runs} == {"ok"}
+        by_chain: dict[str, list[dict]] = {}
+        for run in runs:
+            by_chain.setdefault(run["chain"], []).append(run)
+        served = sorted((r["provider"], r["model"]) for r in by_chain["interactions"])
+        assert served == [("local", "local-composer-v1"), ("openai", "gpt-4o-mini")], "failover is on the record"
+        llm_run = next(r for r in by_chain["interactions"] if r["provider"] == "openai")
+        assert llm_run["tokens_in"] == 12 and llm_run["tokens_out"] == len(openai_provider.tokens())
+        assert llm_run["cost_usd"] == pytest.approx(estimate_cost_usd("gpt-4o-mini", 12, llm_run["tokens_out"]))
+        assert llm_run["endpoint"] == "invoke" and llm_run["latency_ms"] > 0 and llm_run["degraded"] is False
+        assert by_chain["insights"][0]["endpoint"] == "stream"
+        assert [r["model"] for r in by_chain["scoring"]] == ["logreg-v2", "logreg-v2"]
+        assert all(r["user_id"] == "acme-audit-u" for r in runs)
+
+        usage = http.get("/api/v1/ai/usage", headers=admin).json()
+        assert usage["tenant_id"] == "acme-audit" and usage["total_runs"] == 5
+        lines = {(line["feature"], line["model"]): line for line in usage["lines"]}
+        assert lines[("scoring", "logreg-v2")]["runs"] == 2
+        assert lines[("interactions", "gpt-4o-mini")]["tokens_out"] == llm_run["tokens_out"]
+        assert usage["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in runs))
+
+        other = http.get("/api/v1/ai/usage", headers=headers("other-audit", roles=("admin",))).json()
+        assert other["total_runs"] == 1 and {line["feature"] for line in other["lines"]} == {"scoring"}
+
+
+def test_a_run_killed_with_its_process_reads_as_interrupted(
+    tmp_path: Path, database_url: str | None, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    _, openai_url = fake_openai
+    openai_provider.token_delay_s = 1.0  # the run will still be going when the process dies
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(tmp_path),
+           "LLM_PROVIDERS": "openai,local", "OPENAI_BASE_URL": openai_url, "OPENAI_API_KEY": "sk-test",
+           "AUDIT_INTERRUPTED_AFTER_S": "1"}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    tenant = f"killed-{'pg' if database_url else 'sqlite'}"
+    with replica_process(env, tmp_path / "first.log") as (url, process), ThreadPoolExecutor(1) as pool:
+        # The client stays connected: the run must die with the process, not be cancelled.
+        pending = pool.submit(httpx.post, f"{url}{INTERACTIONS_PATH}/invoke", headers=headers(tenant),
+                              json={"input": INTERACTION}, timeout=30)
+        deadline = time.monotonic() + 20
+        while not openai_provider.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert openai_provider.requests, "the run reached its LLM call"
+        process.send_signal(signal.SIGKILL)  # no shutdown hooks, no chance to finish the record
+        process.wait(timeout=10)
+        with pytest.raises(httpx.HTTPError):
+            pending.result()
+    time.sleep(1.5)
+    with replica(env, tmp_path / "second.log") as url:
+        runs = httpx.get(f"{url}/api/v1/ai/usage/runs", headers=headers(tenant, roles=("admin",))).json()
+    assert [r["status"] for r in runs] == ["interrupted"]
+    assert runs[0]["finished_at"] is None and runs[0]["chain"] == "interactions"
