@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,6 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if interrupted:
             log.warning("marked %d runs of stopped processes as interrupted", interrupted)
         announce_dev_sign_in(services)
+        services.warm_up()
+        # Everything loaded so far (models, embeddings, LangChain) lives as long as the
+        # process: move it out of the collector's generations so the per-token garbage
+        # of streaming does not make every collection rescan it (gc.freeze), and
+        # collect the young generation less often. Measured: 63 -> 40 µs of server CPU
+        # per streamed token at 100 concurrent streams (bench/stream_bench.py).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         yield
         await services.close()
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
@@ -81,13 +81,34 @@ class Provider:
 
 @dataclass(slots=True)
 class StreamReport:
-    """What served a call, for the audit trail and token accounting."""
+    """What served the calls of a run, for the audit trail and token accounting.
+
+    A run's report rides in `config["configurable"][STREAM_REPORT_KEY]`; the router adds
+    each successful call's provider, model and the usage the provider reported.
+    """
 
     provider: str | None = None
     model: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     failures: list[str] = field(default_factory=list)
+
+
+STREAM_REPORT_KEY = "__stream_report"
+# Set False by a server when nobody listens to per-token callbacks (no stream_events,
+# no tracer): the model then streams without a callback fan-out per token, which
+# otherwise costs LangChain an asyncio task per handler per token.
+TOKEN_CALLBACKS_KEY = "__token_callbacks"
+
+
+def _call_config(config: RunnableConfig | None) -> tuple[RunnableConfig | None, StreamReport | None]:
+    configurable = (config or {}).get("configurable") or {}
+    report = configurable.get(STREAM_REPORT_KEY)
+    if config is not None and configurable.get(TOKEN_CALLBACKS_KEY) is False:
+        # An empty list, not a missing key: a missing key would be filled from the
+        # parent run's context and bring every handler back.
+        config = {**config, "callbacks": []}
+    return config, report if isinstance(report, StreamReport) else None
 
 
 def build_provider(name: str, settings: ProviderSettings) -> Provider:
@@ -152,11 +173,11 @@ def is_transient(error: BaseException) -> bool:
     return type(error).__name__ in {"APIConnectionError", "APITimeoutError", "ServiceUnavailable"}
 
 
-def _usage(chunk: AIMessageChunk, report: StreamReport) -> None:
-    usage = chunk.usage_metadata
-    if usage:
-        report.input_tokens = max(report.input_tokens, usage.get("input_tokens", 0))
-        report.output_tokens = max(report.output_tokens, usage.get("output_tokens", 0))
+def _add_usage(chunk: AIMessageChunk, usage: list[int]) -> None:
+    reported = chunk.usage_metadata
+    if reported:
+        usage[0] += reported.get("input_tokens", 0)
+        usage[1] += reported.get("output_tokens", 0)
 
 
 class ProviderRouter:
@@ -166,14 +187,11 @@ class ProviderRouter:
         self,
         providers: Sequence[Provider],
         settings: ProviderSettings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not providers:
             raise ValueError("at least one provider is required")
         self.providers = list(providers)
         self.settings = settings
-        self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> ProviderRouter:
@@ -213,9 +231,9 @@ class ProviderRouter:
         messages: list[BaseMessage],
         *,
         config: RunnableConfig | None = None,
-        report: StreamReport | None = None,
     ) -> AsyncIterator[str]:
-        report = report if report is not None else StreamReport()
+        config, run_report = _call_config(config)
+        report = run_report if run_report is not None else StreamReport()
         for provider in self.providers:
             try:
                 iterator, first = await self._open(provider, messages, config)
@@ -225,20 +243,21 @@ class ProviderRouter:
                 continue
             report.provider, report.model = provider.name, provider.model_name
             emitted = False
-            deadline = self._clock() + self.settings.timeout_s
+            usage = [0, 0]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.timeout_s
+            watchdog = _IdleWatchdog(self.settings.idle_timeout_s, deadline)
             try:
                 chunk = first
                 while chunk is not None:
-                    _usage(chunk, report)
+                    _add_usage(chunk, usage)
                     text = chunk.text if isinstance(chunk.content, list) else chunk.content
                     if text:
                         emitted = True
                         yield str(text)
-                    budget = min(self.settings.idle_timeout_s, deadline - self._clock())
-                    if budget <= 0:
-                        raise TimeoutError("provider exceeded its per-call timeout")
-                    async with asyncio.timeout(budget):
-                        chunk = await anext(iterator, None)
+                    chunk = await watchdog.wait(anext(iterator, None))
+                report.input_tokens += usage[0]
+                report.output_tokens += usage[1]
             except Exception as error:  # noqa: BLE001
                 report.failures.append(f"{provider.name}: {type(error).__name__} mid-stream")
                 log.warning("provider %s failed mid-stream: %r", provider.name, error)
@@ -248,9 +267,57 @@ class ProviderRouter:
                     ) from error
                 continue
             finally:
+                watchdog.close()
                 await _close(iterator)
             return
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
+
+
+class _IdleWatchdog:
+    """Idle and total timeouts for a stream without a timer per token.
+
+    A per-token `asyncio.timeout` costs a timer-heap push and a cancelled entry per
+    token; with hundreds of streams that heap churn was a quarter of the server's CPU.
+    Instead one check per second looks at whether the stream is *waiting for the
+    provider* and for how long, and only then cancels the waiting task. The task is
+    only ever cancelled inside `wait`, never while the consumer holds a chunk.
+    """
+
+    CHECK_EVERY_S = 1.0
+
+    def __init__(self, idle_s: float, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._idle_s = idle_s
+        self._deadline = deadline
+        self._waiting_since: float | None = None
+        self._fired = False
+        self._handle = self._loop.call_later(min(self.CHECK_EVERY_S, idle_s), self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        waiting = self._waiting_since
+        if waiting is not None and (now - waiting >= self._idle_s or now >= self._deadline):
+            self._fired = True
+            assert self._task is not None
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_later(self.CHECK_EVERY_S, self._check)
+
+    async def wait(self, awaitable: Any) -> Any:
+        self._waiting_since = self._loop.time()
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._fired and self._task is not None:
+                self._task.uncancel()
+                raise TimeoutError("provider went silent or exceeded its per-call timeout") from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 async def _close(iterator: AsyncIterator[AIMessageChunk]) -> None:

@@ -1,8 +1,8 @@
 """Accounting for one chain run: which model served it, its tokens, cost and outcome.
 
-The model and token counts come from LangChain's own callbacks (`on_chat_model_start`
-carries the provider and model name, `on_llm_end` the usage the provider reported),
-so they are what actually ran, failover included.
+The provider router writes what actually served each call (failover included) and the
+usage the provider reported into the run's `StreamReport`; the recorder turns that
+into the audit record and the token counters.
 """
 
 from __future__ import annotations
@@ -11,50 +11,18 @@ import time
 import uuid
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackManager
-from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
+from langsmith.utils import tracing_is_enabled
 
 from app.core.metrics import SECURITY_EVENTS, TOKENS
 from app.core.pricing import estimate_cost_usd
 from app.store.audit import AuditLog
 from chains.identity import RunIdentity
+from chains.providers import STREAM_REPORT_KEY, TOKEN_CALLBACKS_KEY, StreamReport
 from chains.safety import SECURITY_SINK_KEY
 
-
-class UsageCollector(AsyncCallbackHandler):
-    """Sums token usage of every chat-model call in the run; remembers the last model."""
-
-    def __init__(self) -> None:
-        self.provider: str | None = None
-        self.model: str | None = None
-        self.tokens_in = 0
-        self.tokens_out = 0
-
-    async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, **kwargs: Any) -> None:
-        metadata = kwargs.get("metadata") or {}
-        self.provider = metadata.get("ls_provider", self.provider)
-        self.model = metadata.get("ls_model_name", self.model)
-
-    async def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for generations in response.generations:
-            for generation in generations:
-                usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
-                if usage:
-                    self.tokens_in += int(usage.get("input_tokens", 0))
-                    self.tokens_out += int(usage.get("output_tokens", 0))
-
-
-def with_handler(config: RunnableConfig, handler: AsyncCallbackHandler) -> RunnableConfig:
-    callbacks = config.get("callbacks")
-    if callbacks is None:
-        callbacks = [handler]
-    elif isinstance(callbacks, list):
-        callbacks = [*callbacks, handler]
-    elif isinstance(callbacks, BaseCallbackManager):
-        callbacks = callbacks.copy()
-        callbacks.add_handler(handler, inherit=True)
-    return {**config, "callbacks": callbacks}
+# Endpoints whose clients receive per-token callback events.
+TOKEN_EVENT_ENDPOINTS = frozenset({"stream_log", "stream_events"})
 
 
 class RunRecorder:
@@ -64,11 +32,16 @@ class RunRecorder:
         self.chain = chain
         self.run_id = str(config.get("run_id") or uuid.uuid4())
         self.endpoint = (config.get("metadata") or {}).get("__langserve_endpoint")
-        self.usage = UsageCollector()
+        self.report = StreamReport()
         self.security_events: list[dict[str, Any]] = []
         self.started = time.perf_counter()
-        configurable = {**(config.get("configurable") or {}), SECURITY_SINK_KEY: self.security_events}
-        self.config = with_handler({**config, "configurable": configurable}, self.usage)
+        configurable = {
+            **(config.get("configurable") or {}),
+            SECURITY_SINK_KEY: self.security_events,
+            STREAM_REPORT_KEY: self.report,
+            TOKEN_CALLBACKS_KEY: self.endpoint in TOKEN_EVENT_ENDPOINTS or bool(tracing_is_enabled()),
+        }
+        self.config: RunnableConfig = {**config, "configurable": configurable}
 
     async def started_run(self) -> None:
         await self.audit.run_started(
@@ -77,15 +50,15 @@ class RunRecorder:
         )
 
     def _fields(self, status: str, output: Any, error_code: str | None) -> dict[str, Any]:
-        model = self.usage.model
-        provider = self.usage.provider
+        model = self.report.model
+        provider = self.report.provider
         if model is None and isinstance(output, dict) and output.get("model_version"):
             model, provider = str(output["model_version"]), "scikit-learn"
         degraded = bool(isinstance(output, dict) and output.get("degraded"))
         return {
             "status": status, "provider": provider, "model": model,
-            "tokens_in": self.usage.tokens_in, "tokens_out": self.usage.tokens_out,
-            "cost_usd": estimate_cost_usd(model, self.usage.tokens_in, self.usage.tokens_out),
+            "tokens_in": self.report.input_tokens, "tokens_out": self.report.output_tokens,
+            "cost_usd": estimate_cost_usd(model, self.report.input_tokens, self.report.output_tokens),
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
             "degraded": degraded,
             "degraded_reason": output.get("degraded_reason") if degraded and isinstance(output, dict) else None,

@@ -22,6 +22,7 @@ from app.store.audit import AuditLog
 from app.store.database import create_engine, database_url
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
+from chains.local.embeddings import embed_one
 from chains.providers import ProviderRouter, ProviderSettings, build_provider
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
@@ -125,6 +126,11 @@ class Services:
                 per_user=settings.rate_limit_user,
             ),
         )
+
+    def warm_up(self) -> None:
+        """Loads what the first request would otherwise wait for: embeddings, scoring models."""
+        embed_one("warm up")
+        self.scoring.for_tenant("warm-up")
 
     async def close(self) -> None:
         await self.audit.close()

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -184,8 +185,11 @@ def _placeholder(factor: str) -> Any:
     )
 
 
+@lru_cache(maxsize=4)
 def train_models(seed: int = 7) -> dict[str, LeadScoringModel]:
-    """Trains every version on the same synthetic funnel and records its held-out AUC."""
+    """Trains every version on the same synthetic funnel and records its held-out AUC.
+
+    Deterministic for a seed, so one training serves every app in the process."""
     train = generate_leads(TRAINING_SIZE, seed=seed)
     holdout = generate_leads(HOLDOUT_SIZE, seed=seed + 1)
     models: dict[str, LeadScoringModel] = {}

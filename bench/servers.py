@@ -1,0 +1,83 @@
+"""The three servers the streaming benchmark compares, each in its own process.
+
+    python -m bench.servers raw|langserve|full --port PORT [--data-dir DIR]
+
+- raw: an sse-starlette endpoint sending the 400 chunks (the transport's floor).
+- langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
+- full: this service (auth, tenant injection, scheduler, audit, event publish,
+  metrics) with the interaction chain's provider replaced by the same fixed model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from sse_starlette.sse import EventSourceResponse
+
+from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel
+
+BENCH_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
+
+
+def raw_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/stream")
+    async def stream() -> EventSourceResponse:
+        async def events():  # type: ignore[no-untyped-def]
+            for text in ANSWER_CHUNKS:
+                yield {"event": "data", "data": json.dumps(text)}
+            yield {"event": "end"}
+
+        return EventSourceResponse(events())
+
+    return app
+
+
+def langserve_app() -> FastAPI:
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langserve import add_routes
+
+    app = FastAPI()
+    chain = ChatPromptTemplate.from_messages([("human", "{text}")]) | FixedAnswerChatModel() | StrOutputParser()
+    add_routes(app, chain, path="/chain")
+    return app
+
+
+def full_app(data_dir: Path) -> FastAPI:
+    os.environ.update({
+        "AUTH_JWT_SECRET": BENCH_SECRET, "APP_ENV": "test", "DATA_DIR": str(data_dir),
+        "LLM_PROVIDERS": "local", "RATE_LIMIT_TENANT": "100000000/minute",
+        "RATE_LIMIT_USER": "100000000/minute", "SCHEDULER_MAX_CONCURRENCY": os.environ.get(
+            "SCHEDULER_MAX_CONCURRENCY", "2000"),
+    })
+    from app.server import create_app
+    from chains.providers import Provider
+
+    app = create_app()
+    services = app.state.services
+    services.router.providers[:] = [Provider("local", FixedAnswerChatModel(), "bench-fixed-400")]
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["raw", "langserve", "full"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
+    args = parser.parse_args()
+    app = {"raw": raw_app, "langserve": langserve_app}.get(args.kind)
+    application = app() if app else full_app(args.data_dir)
+    uvicorn.run(application, host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="on")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Streaming throughput and latency: raw SSE vs plain LangServe vs this service.
+
+    .venv/bin/python -m bench.stream_bench [--levels 1,10,100,500,1000] [--out bench/results]
+
+Each server runs in its own process on loopback and streams the same 400-chunk
+answer; a bounded async client drives each concurrency level and the server's own
+CPU time and peak memory are read from the OS. Prints one table per level plus the
+ratios the targets are stated in, and saves latency-vs-concurrency as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from bench.fake_model import CHUNKS
+from bench.load import LevelResult, count_text_chunk, run_level
+from bench.servers import BENCH_SECRET
+
+SERVERS = ("raw", "langserve", "full")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def server(kind: str, data_dir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "bench.servers", kind, "--port", str(port),
+                                "--data-dir", str(data_dir / kind)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(url + "/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def request_for(kind: str, url: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    if kind == "raw":
+        return f"{url}/stream", {}, {}
+    if kind == "langserve":
+        return f"{url}/chain/stream", {"input": {"text": "hello"}}, {}
+    from app.core.auth import TokenVerifier
+    from app.core.config import Settings
+
+    token = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=BENCH_SECRET, app_env="test")).mint(
+        tenant_id="bench", user_id="bench", roles=("rep",), ttl_s=24 * 3600)
+    body = {"input": {"customer_id": "bench-1", "channel": "chat",
+                      "text": "Our dashboard is slow again, can you look at it today?"}}
+    return f"{url}/api/v1/ai/realtime/interactions/stream", body, {"Authorization": f"Bearer {token}"}
+
+
+def streams_for(concurrency: int) -> int:
+    return max(50, concurrency * 2) if concurrency <= 100 else concurrency
+
+
+def print_level(results: list[LevelResult]) -> None:
+    print(f"\nconcurrency {results[0].concurrency}")
+    header = (f"{'server':<10} {'streams':>7} {'streams/s':>9} {'tokens/s':>9} {'ttft p50':>9} "
+              f"{'p95':>8} {'p99':>8} {'e2e p50':>8} {'p95':>8} {'errors':>6} {'cpu s':>6} "
+              f"{'µs/token':>8} {'peak MB':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        tokens = r.tokens
+        print(f"{r.server:<10} {r.streams:>7} {len(r.completed) / r.wall_s:>9.1f} {tokens / r.wall_s:>9.0f} "
+              f"{r.percentile('ttft_s', .5) * 1e3:>7.1f}ms {r.percentile('ttft_s', .95) * 1e3:>6.1f}ms "
+              f"{r.percentile('ttft_s', .99) * 1e3:>6.1f}ms {r.percentile('e2e_s', .5) * 1e3:>6.0f}ms "
+              f"{r.percentile('e2e_s', .95) * 1e3:>6.0f}ms {r.errors:>6} {r.cpu_s:>6.1f} "
+              f"{(r.cpu_s / tokens * 1e6 if tokens else float('nan')):>8.1f} {r.peak_rss_mb:>7.0f}")
+
+
+def plot(all_results: dict[str, list[LevelResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (ttft_axis, e2e_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, results in all_results.items():
+        levels = [r.concurrency for r in results]
+        ttft_axis.plot(levels, [r.percentile("ttft_s", .5) * 1e3 for r in results], marker="o", label=f"{kind} p50")
+        ttft_axis.plot(levels, [r.percentile("ttft_s", .95) * 1e3 for r in results], marker="x", ls="--",
+                       label=f"{kind} p95")
+        e2e_axis.plot(levels, [r.percentile("e2e_s", .5) * 1e3 for r in results], marker="o", label=kind)
+    for axis, title in ((ttft_axis, "time to first token (ms)"), (e2e_axis, "end-to-end p50 (ms)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("concurrent streams")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{CHUNKS}-chunk streams on {os.cpu_count()} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--levels", default="1,10,100,500,1000")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    kinds = [k for k in args.servers.split(",") if k]
+    args.out.mkdir(parents=True, exist_ok=True)
+    all_results: dict[str, list[LevelResult]] = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        running = {kind: stack.enter_context(server(kind, Path(tmp))) for kind in kinds}
+        for kind, (url, pid) in running.items():  # warm up: imports, model training, pools
+            target, body, headers = request_for(kind, url)
+            asyncio.run(run_level(kind, target, body, headers, pid, 2, 4, count_text_chunk))
+        for level in levels:
+            level_results = []
+            for kind, (url, pid) in running.items():
+                target, body, headers = request_for(kind, url)
+                result = asyncio.run(run_level(kind, target, body, headers, pid, level,
+                                               streams_for(level), count_text_chunk))
+                level_results.append(result)
+                all_results[kind].append(result)
+            print_level(level_results)
+    print("\nratios (same run)")
+    by = {k: {r.concurrency: r for r in v} for k, v in all_results.items()}
+    if "full" in by and "langserve" in by and 100 in by["full"]:
+        full, plain = by["full"][100], by["langserve"][100]
+        print(f"  tokens/s at concurrency 100, full / plain LangServe: "
+              f"{(full.tokens / full.wall_s) / (plain.tokens / plain.wall_s):.2f}x (target >= 3x)")
+        print(f"  server CPU per token at 100: full {full.cpu_s / full.tokens * 1e6:.0f} µs, "
+              f"LangServe {plain.cpu_s / plain.tokens * 1e6:.0f} µs")
+    if "full" in by and "raw" in by and 10 in by["full"]:
+        overhead = (by["full"][10].percentile("ttft_s", .5) - by["raw"][10].percentile("ttft_s", .5)) * 1e3
+        print(f"  TTFT p50 overhead over raw SSE at concurrency 10: {overhead:.1f} ms (target < 5 ms)")
+    if "full" in by and 1000 in by["full"]:
+        print(f"  errors at 1,000 concurrent streams (full): {by['full'][1000].errors} (target 0)")
+    png = args.out / "stream_latency.png"
+    plot(all_results, png)
+    print(f"\nplot: {png}")
+
+
+if __name__ == "__main__":
+    main()
