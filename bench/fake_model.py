@@ -5,6 +5,7 @@ Async-native (`_astream`), so what is measured is the serving path, not the mode
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,23 +19,30 @@ ANSWER_CHUNKS = [f"tok{i} " for i in range(CHUNKS)]
 
 
 class FixedAnswerChatModel(BaseChatModel):
+    """`chunks` pieces of answer; `delay_s` before each one models a provider's pace."""
+
+    chunks: int = CHUNKS
+    delay_s: float = 0.0
+
     @property
     def _llm_type(self) -> str:
         return "bench-fixed"
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(ANSWER_CHUNKS)))])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(ANSWER_CHUNKS[: self.chunks])))])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for text in ANSWER_CHUNKS:
+        for text in ANSWER_CHUNKS[: self.chunks]:
             yield ChatGenerationChunk(message=AIMessageChunk(content=text))
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        for text in ANSWER_CHUNKS:
+        for text in ANSWER_CHUNKS[: self.chunks]:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if run_manager is not None:
                 await run_manager.on_llm_new_token(text, chunk=chunk)

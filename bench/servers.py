@@ -63,7 +63,9 @@ def full_app(data_dir: Path) -> FastAPI:
 
     app = create_app()
     services = app.state.services
-    services.router.providers[:] = [Provider("local", FixedAnswerChatModel(), "bench-fixed-400")]
+    model = FixedAnswerChatModel(chunks=int(os.environ.get("BENCH_CHUNKS", "400")),
+                                 delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
+    services.router.providers[:] = [Provider("local", model, "bench-fixed")]
     return app
 
 

@@ -86,3 +86,18 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     assert scheduler.running == 0
     async with scheduler.slot(tenant_id="c", priority="standard", deadline=loop.time() + 0.1):
         assert scheduler.running == 1
+
+
+async def test_a_hopeless_wait_is_refused_at_once() -> None:
+    scheduler = Scheduler(1)
+    loop = asyncio.get_running_loop()
+    async with scheduler.slot(tenant_id="a", priority="standard", deadline=loop.time() + 1):
+        pass
+    scheduler.average_hold_s = 1.0  # runs hold a slot for a second
+    async with scheduler.slot(tenant_id="a", priority="standard", deadline=loop.time() + 5):
+        started = loop.time()
+        with pytest.raises(SlotUnavailable) as raised:
+            async with scheduler.slot(tenant_id="b", priority="standard", deadline=loop.time() + 0.5):
+                pass
+        assert raised.value.reason == "predicted_wait"
+        assert loop.time() - started < 0.4, "refused without waiting out the deadline"

@@ -8,6 +8,7 @@ configurable field, so LangServe's schema drops client attempts before that anyw
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,7 +37,8 @@ def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
     configurable.update(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
-        **{RUN_CONTEXT_KEY: RunContext(principal=principal, request=request)},
+        **{RUN_CONTEXT_KEY: RunContext(principal=principal, request=request,
+                                       arrived_at=asyncio.get_running_loop().time())},
     )
     return {**config, "configurable": configurable}
 

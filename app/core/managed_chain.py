@@ -36,6 +36,8 @@ from chains.identity import RunIdentity, identity_from_config
 
 log = logging.getLogger(__name__)
 
+DEGRADED_ANSWER_MARGIN_S = 0.25
+
 
 class ChainPolicy(Protocol):
     name: str
@@ -123,16 +125,19 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         cause: str | None = None
         holds_slot = False
         if self.policy.scheduled:
-            loop = asyncio.get_running_loop()
+            context = run_context_of(config)
+            arrived_at = context.arrived_at if context and context.arrived_at else asyncio.get_running_loop().time()
             try:
                 await processor.scheduler.acquire(
                     tenant_id=identity.tenant_id,
                     priority=priority_of(input),
-                    deadline=loop.time() + processor.deadline_s,
+                    # Leave the degraded answer time to arrive inside the deadline too.
+                    deadline=arrived_at + processor.deadline_s - DEGRADED_ANSWER_MARGIN_S,
                 )
                 holds_slot = True
             except SlotUnavailable as unavailable:
                 cause = unavailable.reason
+        slot_taken_at = time.perf_counter()
         final: Any = None
         outcome = "error"
         error_code: str | None = None
@@ -158,7 +163,7 @@ class ManagedChain(RunnableSerializable[Any, Any]):
             raise
         finally:
             if holds_slot:
-                processor.scheduler.release()
+                processor.scheduler.release(held_s=time.perf_counter() - slot_taken_at)
             RUN_LATENCY.labels(self.policy.name, outcome).observe(time.perf_counter() - started)
             if outcome in ("cancelled", "error"):
                 # Queued, not awaited: a cancelled task cannot wait for the commit.

@@ -23,6 +23,7 @@ DISCONNECT_POLL_S = 0.2
 class RunContext:
     principal: Principal
     request: Request | None = None
+    arrived_at: float | None = None  # loop.time() when the request reached the chain layer
 
     async def wait_disconnected(self) -> None:
         """Returns once the client has gone. Polls: the body is read, so the next

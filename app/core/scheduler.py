@@ -6,6 +6,11 @@ requests keep their arrival order, so one tenant's flood cannot starve another's
 single request. A waiter that cannot get a slot before its absolute deadline
 (`loop.time()`) gives up with `SlotUnavailable`, and so does one that finds the queue
 full: the caller then answers degraded instead of making the client wait.
+
+A request whose predicted wait already passes its deadline gives up at once
+(`predicted_wait`): the queue ahead of it divided among the slots, times the recent
+average time a slot is held. Without this, overflow requests would wait out the whole
+deadline only to be answered degraded anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ _LEVELS: tuple[Priority, ...] = ("high", "standard")
 
 
 class SlotUnavailable(Exception):
-    def __init__(self, reason: Literal["deadline", "queue_full"]) -> None:
+    def __init__(self, reason: Literal["deadline", "queue_full", "predicted_wait"]) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -44,6 +49,7 @@ class Scheduler:
         }
         self._waiting = 0
         self._on_change = on_change or (lambda waiting, running: None)
+        self.average_hold_s: float | None = None  # EWMA of how long runs keep a slot
 
     @property
     def queue_depth(self) -> int:
@@ -52,10 +58,20 @@ class Scheduler:
     @asynccontextmanager
     async def slot(self, *, tenant_id: str, priority: Priority, deadline: float) -> AsyncIterator[None]:
         await self.acquire(tenant_id=tenant_id, priority=priority, deadline=deadline)
+        started = asyncio.get_running_loop().time()
         try:
             yield
         finally:
-            self.release()
+            self.release(held_s=asyncio.get_running_loop().time() - started)
+
+    def _predicted_start(self, priority: Priority, now: float) -> float:
+        if self.average_hold_s is None:
+            return now
+        ahead = sum(len(q) for q in self._queues["high"].values())
+        if priority == "standard":
+            ahead = self._waiting
+        rounds = (ahead + 1) / self.max_concurrency
+        return now + rounds * self.average_hold_s
 
     async def acquire(self, *, tenant_id: str, priority: Priority, deadline: float) -> None:
         """Waits for a slot; the caller must `release()` it exactly once."""
@@ -65,7 +81,10 @@ class Scheduler:
             return
         if self._waiting >= self.queue_max_size:
             raise SlotUnavailable("queue_full")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._predicted_start(priority, loop.time()) > deadline:
+            raise SlotUnavailable("predicted_wait")
+        waiter: asyncio.Future[None] = loop.create_future()
         self._queues[priority].setdefault(tenant_id, deque()).append(waiter)
         self._waiting += 1
         self._notify()
@@ -92,7 +111,11 @@ class Scheduler:
                 del tenants[tenant_id]
         self._notify()
 
-    def release(self) -> None:
+    def release(self, held_s: float | None = None) -> None:
+        """Frees a slot; `held_s` (how long it was held) feeds the wait prediction."""
+        if held_s is not None:
+            previous = self.average_hold_s
+            self.average_hold_s = held_s if previous is None else 0.8 * previous + 0.2 * held_s
         self.running -= 1
         for level in _LEVELS:
             tenants = self._queues[level]

@@ -1,0 +1,112 @@
+"""WebSocket fan-out: many watching screens on one process, publish-to-receive latency.
+
+    .venv/bin/python -m bench.fanout_bench [--sessions 10000] [--customers 100] [--publishes 50]
+
+Opens `--sessions` WebSocket sessions to one service process, spread over
+`--customers` customer channels, then analyses interactions through the HTTP chain
+(which publishes each finished analysis) and measures, on every watching session, the
+time from the event's `created_at` to its arrival. Reports p50/p99 and the server's
+memory per connected session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import psutil
+from websockets.asyncio.client import connect
+
+from bench.stream_bench import request_for, server
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def run(base: str, pid: int, sessions: int, customers: int, publishes: int) -> None:
+    _, _, headers = request_for("full", base)
+    process = psutil.Process(pid)
+    latencies: list[float] = []
+    by_event: dict[str, list[float]] = {}
+    received = 0
+    ready = 0
+    ws_base = base.replace("http://", "ws://")
+    rss_before = process.memory_info().rss
+
+    async def watch(index: int) -> None:
+        nonlocal received, ready
+        async with connect(f"{ws_base}/ws/ai/insights/fan-{index % customers}", additional_headers=headers,
+                           open_timeout=120, ping_interval=None, max_queue=64) as ws:
+            ready += 1
+            async for raw in ws:  # no per-session timers: the client must not be the bottleneck
+                message = json.loads(raw)
+                if message.get("type") == "insight":
+                    created = datetime.fromisoformat(message["created_at"]).timestamp()
+                    latencies.append(time.time() - created)
+                    by_event.setdefault(message["id"], []).append(latencies[-1])
+                    received += 1
+
+    started = time.perf_counter()
+    tasks = []
+    for batch_start in range(0, sessions, 500):
+        tasks += [asyncio.create_task(watch(i)) for i in range(batch_start, min(sessions, batch_start + 500))]
+        while ready < len(tasks):
+            await asyncio.sleep(0.05)
+            failed = [t for t in tasks if t.done() and t.exception()]
+            if failed:
+                raise RuntimeError(f"session failed: {failed[0].exception()!r}")
+    connect_s = time.perf_counter() - started
+    await asyncio.sleep(1.0)
+    rss_connected = process.memory_info().rss
+    url, body, _ = request_for("full", base)
+    invoke = url.replace("/stream", "/invoke")
+    async with aiohttp.ClientSession() as http:
+        for n in range(publishes):
+            payload = {"input": {**body["input"], "customer_id": f"fan-{n % customers}",
+                                 "text": f"Update {n}: the report is ready, thanks!"}}
+            async with http.post(invoke, json=payload, headers=headers) as response:
+                assert response.status == 200, await response.text()
+            await asyncio.sleep(0.1)
+    expected = publishes * (sessions // customers)
+    deadline = time.perf_counter() + 30
+    while received < expected and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else float("nan")
+
+    per_session_kb = (rss_connected - rss_before) / sessions / 1024
+    print(f"sessions {sessions} over {customers} customers, connected in {connect_s:.1f} s")
+    print(f"server RSS {rss_before / 2**20:.0f} MB -> {rss_connected / 2**20:.0f} MB: {per_session_kb:.1f} KB per session")
+    worst = sorted(by_event.items(), key=lambda item: max(item[1]), reverse=True)[:3]
+    print("slowest events (id: max ms):", ", ".join(f"{k}: {max(v) * 1e3:.0f}" for k, v in worst))
+    print(f"deliveries {received}/{expected}; publish-to-receive p50 {pct(.5):.1f} ms, p99 {pct(.99):.1f} ms, "
+          f"max {pct(1.0):.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--customers", type=int, default=100)
+    parser.add_argument("--publishes", type=int, default=50)
+    args = parser.parse_args()
+    raise_fd_limit()  # inherited by the server process too
+    with tempfile.TemporaryDirectory() as tmp, server("full", Path(tmp)) as (base, pid):
+        asyncio.run(run(base, pid, args.sessions, args.customers, args.publishes))
+
+
+if __name__ == "__main__":
+    main()
