@@ -75,6 +75,43 @@ class Subscription:
 _OVERFLOW = Event(id="0-0", type="overflow", tenant_id="", data={})
 
 
+class LocalFanout:
+    """This process's subscriptions per channel, shared by both bus implementations."""
+
+    def __init__(self, queue_size: int, on_last_left: Callable[[str], None] | None = None) -> None:
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._queue_size = queue_size
+        self._on_last_left = on_last_left
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._subscribers
+
+    def add(self, channel: str) -> Subscription:
+        subscription = Subscription(channel, self._remove, self._queue_size)
+        self._subscribers.setdefault(channel, set()).add(subscription)
+        return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.channel)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.channel]
+                if self._on_last_left is not None:
+                    self._on_last_left(subscription.channel)
+
+    def deliver(self, channel: str, event: Event) -> None:
+        for subscription in tuple(self._subscribers.get(channel, ())):
+            subscription.offer(event)
+
+    def clear(self) -> None:
+        self._subscribers.clear()
+
+    @property
+    def count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+
 class EventBus(Protocol):
     async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
                       customer_id: str | None = None) -> Event: ...
@@ -92,9 +129,8 @@ class InProcessBus:
     def __init__(
         self, *, max_events: int = 10 * REPLAY_MIN_EVENTS, queue_size: int = SUBSCRIPTION_QUEUE_SIZE
     ) -> None:
-        self._queue_size = queue_size
         self._logs: dict[str, deque[tuple[float, Event]]] = {}
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._local = LocalFanout(queue_size)
         self._clock = IdClock()
         self._max_events = max_events
 
@@ -110,21 +146,11 @@ class InProcessBus:
             len(log) > REPLAY_MIN_EVENTS and now - log[0][0] > REPLAY_MIN_AGE_S
         ):
             log.popleft()
-        for subscription in tuple(self._subscribers.get(channel, ())):
-            subscription.offer(event)
+        self._local.deliver(channel, event)
         return event
 
     async def subscribe(self, channel: str) -> Subscription:
-        subscription = Subscription(channel, self._unsubscribe, self._queue_size)
-        self._subscribers.setdefault(channel, set()).add(subscription)
-        return subscription
-
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        subscribers = self._subscribers.get(subscription.channel)
-        if subscribers is not None:
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[subscription.channel]
+        return self._local.add(channel)
 
     async def history(self, channel: str, after_id: str | None) -> list[Event]:
         if after_id is None:
@@ -133,7 +159,7 @@ class InProcessBus:
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
+        return self._local.count
 
     async def close(self) -> None:
-        self._subscribers.clear()
+        self._local.clear()

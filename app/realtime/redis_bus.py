@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.realtime.bus import REPLAY_MIN_EVENTS, SUBSCRIPTION_QUEUE_SIZE, Subscription
+from app.realtime.bus import REPLAY_MIN_EVENTS, SUBSCRIPTION_QUEUE_SIZE, LocalFanout, Subscription
 from app.realtime.events import Event
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,8 @@ def _decode(event_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
 class RedisStreamBus:
     def __init__(self, redis: Redis, *, queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
         self.redis = redis
-        self._queue_size = queue_size
-        self._subscribers: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}
+        self._local = LocalFanout(queue_size, on_last_left=lambda channel: self._cursors.pop(channel, None))
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -65,27 +64,18 @@ class RedisStreamBus:
         return [_decode(event_id, fields) for event_id, fields in entries]
 
     async def subscribe(self, channel: str) -> Subscription:
-        subscription = Subscription(channel, self._unsubscribe, self._queue_size)
-        if channel not in self._subscribers:
+        if channel not in self._local:
             latest = await self.redis.xrevrange(KEY_PREFIX + channel, count=1)
             self._cursors[channel] = latest[0][0].decode() if latest else "0-0"
-        self._subscribers.setdefault(channel, set()).add(subscription)
+        subscription = self._local.add(channel)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
         self._wake.set()
         return subscription
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        subscribers = self._subscribers.get(subscription.channel)
-        if subscribers is not None:
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[subscription.channel]
-                self._cursors.pop(subscription.channel, None)
-
     @property
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
+        return self._local.count
 
     async def _read_forever(self) -> None:
         while True:
@@ -109,8 +99,7 @@ class RedisStreamBus:
                 for event_id, fields in entries:
                     event = _decode(event_id, fields)
                     self._cursors[channel] = event.id
-                    for subscription in tuple(self._subscribers.get(channel, ())):
-                        subscription.offer(event)
+                    self._local.deliver(channel, event)
 
     async def close(self) -> None:
         if self._reader is not None:
