@@ -76,7 +76,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: dict[str, A
             return StreamResult(False, error="no end event")
         now = time.perf_counter()
         return StreamResult(True, (first or now) - started, now - started, chunks)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         return StreamResult(False, error=type(error).__name__)
 
 

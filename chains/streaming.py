@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from pydantic import BaseModel
 
-InputT = TypeVar("InputT", bound=BaseModel)
 
 ChainBody = Callable[[dict[str, Any], RunnableConfig], AsyncIterator[dict[str, Any]]]
 

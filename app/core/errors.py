@@ -30,10 +30,6 @@ class PayloadTooLarge(AppError):
     status_code = 413
 
 
-class InvalidInput(AppError):
-    status_code = 422
-
-
 class RateLimited(AppError):
     status_code = 429
     retryable = True
@@ -41,13 +37,6 @@ class RateLimited(AppError):
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
-
-
-class ProviderUnavailable(AppError):
-    """Every configured LLM provider failed for this call."""
-
-    status_code = 503
-    retryable = True
 
 
 class ClientDisconnected(AppError):

@@ -107,10 +107,6 @@ class LocalFanout:
     def clear(self) -> None:
         self._subscribers.clear()
 
-    @property
-    def count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
-
 
 class EventBus(Protocol):
     async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
@@ -157,9 +153,6 @@ class InProcessBus:
             return []
         return [event for _, event in self._logs.get(channel, ()) if event.after(after_id)]
 
-    @property
-    def subscriber_count(self) -> int:
-        return self._local.count
 
     async def close(self) -> None:
         self._local.clear()

@@ -73,9 +73,6 @@ class RedisStreamBus:
         self._wake.set()
         return subscription
 
-    @property
-    def subscriber_count(self) -> int:
-        return self._local.count
 
     async def _read_forever(self) -> None:
         while True:
