@@ -18,6 +18,12 @@ if [[ "${1:-}" == "--test" ]]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
   # The packages' own services are not needed: tests start private servers on free ports.
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  (cd examples/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
