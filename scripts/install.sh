@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-DEBIAN_TEST_PACKAGES=(postgresql redis-server)
+DEBIAN_TEST_PACKAGES=(postgresql redis-server chromium chromium-driver)
 
 if [[ "${1:-}" == "--test" ]]; then
   missing=()

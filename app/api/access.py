@@ -55,6 +55,7 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),
+    "/console": Policy(EVERYONE),
 }
 CHAIN_POLICIES: dict[str, frozenset[str]] = {
     INTERACTIONS_PATH: ANALYSTS,
