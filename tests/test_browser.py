@@ -10,7 +10,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app.api.chains import INTERACTIONS_PATH
 from tests.support.browser import chromium
@@ -66,8 +66,6 @@ def test_console_refuses_a_browser_that_is_not_signed_in(browser: webdriver.Chro
 def test_playground_run_completes_for_a_browser_signed_in_with_token(
     browser: webdriver.Chrome, service_url: str, mint: Callable[..., str], tmp_path: Path
 ) -> None:
-    from selenium.webdriver.support.ui import Select
-
     wait = WebDriverWait(browser, 30)
     browser.get(f"{service_url}{INTERACTIONS_PATH}/playground/?token={mint('acme', 'pat', roles=('rep',))}")
     assert browser.current_url.endswith("/playground/")
