@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.live_server import free_port
+from tests.support.servers import stop
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,8 +52,4 @@ def replica_process(
                 time.sleep(0.1)
             yield url, process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)

@@ -35,6 +35,16 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """SIGTERM, then SIGKILL if the process does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _wait_until(check: callable, what: str, timeout_s: float = 30.0) -> None:  # type: ignore[valid-type]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -84,11 +94,7 @@ def postgres_server() -> Iterator[str]:
             connection.execute("CREATE DATABASE crm")
         yield f"postgresql://postgres@127.0.0.1:{port}/crm"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
         shutil.rmtree(base_dir, ignore_errors=True)
 
@@ -111,5 +117,4 @@ def redis_server(base_dir: Path) -> Iterator[str]:
         _wait_until(lambda: redis.Redis.from_url(url).ping(), "Redis")
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
