@@ -74,9 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(guard_request)],  # deny by default: see app.api.access
     )
-    app.state.settings = settings
     app.state.services = services
-    app.state.token_verifier = services.verifier
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.request_max_body_bytes)

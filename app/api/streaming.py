@@ -28,7 +28,7 @@ from app.core.errors import Forbidden, Unauthenticated
 from app.core.metrics import SSE_SESSIONS, WEBSOCKET_SESSIONS
 from app.core.services import Services
 from app.realtime.bus import SlowConsumer, Subscription
-from app.realtime.events import Event, customer_channel, is_event_id, scoring_channel
+from app.realtime.events import Event, customer_channel, is_event_id, parse_event_id, scoring_channel
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["real-time push"])
@@ -91,7 +91,8 @@ class WebSocketFeed:
                 self.delivered.add(event.id)
                 await self.send(event.as_message())
         if len(self.delivered) > 4 * self.services.settings.push_buffer_events:
-            self.delivered = set(sorted(self.delivered)[-self.services.settings.push_buffer_events:])
+            keep = self.services.settings.push_buffer_events
+            self.delivered = set(sorted(self.delivered, key=parse_event_id)[-keep:])
 
     async def run(self, subscription: Subscription, last_event_id: str | None) -> None:
         await self.deliver(await self.services.bus.history(self.channel, last_event_id))

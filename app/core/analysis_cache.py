@@ -76,8 +76,9 @@ class InMemoryAnalysisCache:
 
     async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None:
         entries = self._tenants.setdefault(tenant_id, OrderedDict())
-        entries[cache_key(payload)] = (embed_one(payload["text"]), output)
-        entries.move_to_end(cache_key(payload))
+        key = cache_key(payload)
+        entries[key] = (embed_one(payload["text"]), output)
+        entries.move_to_end(key)
         while len(entries) > self._max:
             entries.popitem(last=False)
 

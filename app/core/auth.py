@@ -181,8 +181,9 @@ async def authenticate(conn: HTTPConnection) -> Principal:
     cached = getattr(conn.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
-    verifier: TokenVerifier = conn.app.state.token_verifier
-    token = token_from_connection(conn, conn.app.state.settings.auth_cookie_name)
+    services = conn.app.state.services  # app.core.services.Services (imports this module)
+    verifier: TokenVerifier = services.verifier
+    token = token_from_connection(conn, services.settings.auth_cookie_name)
     if token is None:
         raise Unauthenticated("missing bearer token")
     principal = await verifier.verify(token)
