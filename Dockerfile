@@ -9,7 +9,7 @@ COPY app ./app
 COPY chains ./chains
 RUN /opt/venv/bin/pip install --upgrade pip && /opt/venv/bin/pip install .
 # Train once at build time as a smoke check that the models and the embeddings load offline.
-RUN /opt/venv/bin/python -c "from chains.scoring.model import train_models; from chains.local.embeddings import embed; train_models(); embed(['ok'])"
+RUN /opt/venv/bin/python -c "from chains.scoring.model import train_models; from chains.embeddings import embed; train_models(); embed(['ok'])"
 
 # Runtime stage: only the virtualenv, run as an unprivileged user.
 FROM python:3.11-slim-bookworm AS runtime

@@ -8,43 +8,20 @@ the answer completed, so a cancelled run leaves no half answer behind.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import AddableDict
 
-from chains.identity import identity_from_config
+from chains.context import run_context
+from chains.local.composer import compose_answer
+from chains.ports import KnowledgeSearch, Memory
 from chains.prompts import answer_messages
-from chains.providers import ProviderRouter
+from chains.providers.router import ProviderRouter
 from chains.safety import censored, guarded
 from chains.schemas import InsightsAnswer, InsightsQuestion
 from chains.streaming import field_streaming_chain
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    document_id: str
-    customer_id: str | None
-    title: str
-    text: str
-    score: float
-
-
-class KnowledgeSearch(Protocol):
-    async def search(
-        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4
-    ) -> list[Passage]: ...
-
-
-class Memory(Protocol):
-    async def recent_turns(
-        self, *, tenant_id: str, user_id: str, session_id: str, limit: int = 8
-    ) -> list[tuple[str, str]]: ...
-
-    async def append_turn(
-        self, *, tenant_id: str, user_id: str, session_id: str, question: str, answer: str
-    ) -> None: ...
 
 
 # Passages below this cosine similarity are noise for WordLlama's 256-d embeddings.
@@ -55,7 +32,7 @@ def build_insights_chain(
     router: ProviderRouter, knowledge: KnowledgeSearch, memory: Memory, *, top_k: int = 3
 ) -> Runnable[Any, Any]:
     async def answer(payload: dict[str, Any], config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
-        identity = identity_from_config(config)
+        identity = run_context(config).identity
         session = {"tenant_id": identity.tenant_id, "user_id": identity.user_id,
                    "session_id": payload["session_id"]}
         question = payload["question"]
@@ -76,14 +53,16 @@ def build_insights_chain(
         history = await memory.recent_turns(**session)
         asked = guarded(question, source="insights.question", config=config)
         sources = [(p, guarded(p.text, source=f"document:{p.document_id}", config=config)) for p in passages]
+        cited = [(p.title, g.text) for p, g in sources]
         prompt = answer_messages(
-            asked.text,
-            [{"title": p.title, "text": g.text} for p, g in sources],
-            history,
-            flagged=asked.flagged or any(g.flagged for _, g in sources),
+            asked.text, cited, history, flagged=asked.flagged or any(g.flagged for _, g in sources)
         )
+
+        def local() -> str:
+            return compose_answer(asked.text, cited)
+
         parts: list[str] = []
-        async for token in censored(router.astream_text(prompt, config=config)):
+        async for token in censored(router.astream_text(prompt, config=config, local=local)):
             parts.append(token)
             yield AddableDict(answer=token)
         await memory.append_turn(**session, question=question, answer="".join(parts))

@@ -14,12 +14,12 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import AddableDict
 
-from chains.identity import identity_from_config
+from chains.context import run_context
 from chains.local.composer import compose_summary
 from chains.local.intent import assess_urgency, classify_intent
 from chains.local.sentiment import analyze_sentiment
 from chains.prompts import summary_messages
-from chains.providers import ProviderError, ProviderRouter, ProviderStreamInterrupted
+from chains.providers.router import ProviderError, ProviderRouter, ProviderStreamInterrupted
 from chains.recommendations import recommend
 from chains.safety import censored, guarded
 from chains.schemas import InteractionAnalysis, InteractionInput
@@ -50,33 +50,46 @@ def analyze_fast(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summary_facts(payload: dict[str, Any], fast: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "text": payload["text"],
-        "channel": payload["channel"],
-        "customer_tier": payload.get("customer_tier", "standard"),
-        "sentiment": fast["sentiment"],
-        "intent": fast["intent"],
-        "urgency": fast["urgency"],
-        "cues": fast["cues"],
-    }
+def local_summary(text: str, payload: dict[str, Any], fast: dict[str, Any]) -> str:
+    return compose_summary(
+        text=text,
+        sentiment=fast["sentiment"]["label"],
+        intent=fast["intent"],
+        urgency=fast["urgency"],
+        channel=payload["channel"],
+        customer_tier=payload.get("customer_tier", "standard"),
+        cues=fast["cues"],
+    )
+
+
+def signals_of(fast: dict[str, Any]) -> str:
+    sentiment = fast["sentiment"]
+    return (
+        f"sentiment {sentiment['label']} ({sentiment['score']:+.2f}), intent {fast['intent']}, "
+        f"urgency {fast['urgency']}"
+    )
 
 
 def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
     async def analyse(
         payload: dict[str, Any], config: RunnableConfig
     ) -> AsyncIterator[dict[str, Any]]:
-        identity_from_config(config)  # fail closed before any work
+        run_context(config)  # fail closed before any work
         fast = analyze_fast(payload)
         yield AddableDict(sentiment=fast["sentiment"])
         yield AddableDict(intent=fast["intent"], urgency=fast["urgency"])
         guard = guarded(payload["text"], source="interaction.text", config=config)
-        facts = summary_facts({**payload, "text": guard.text}, fast)
         degraded_reason: str | None = None
         streamed_any = False
-        prompt = summary_messages(guard.text, facts, flagged=guard.flagged)
+        prompt = summary_messages(
+            guard.text, channel=payload["channel"], signals=signals_of(fast), flagged=guard.flagged
+        )
+
+        def local() -> str:
+            return local_summary(guard.text, payload, fast)
+
         try:
-            async for token in censored(router.astream_text(prompt, config=config)):
+            async for token in censored(router.astream_text(prompt, config=config, local=local)):
                 streamed_any = True
                 yield AddableDict(summary=token)
         except ProviderStreamInterrupted:
@@ -84,7 +97,7 @@ def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
         except ProviderError:
             degraded_reason = "providers_unavailable"
         if not streamed_any:
-            yield AddableDict(summary=compose_summary(facts))
+            yield AddableDict(summary=local())
         yield AddableDict(recommendations=fast["recommendations"])
         yield AddableDict(degraded=degraded_reason is not None, degraded_reason=degraded_reason)
 

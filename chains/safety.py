@@ -28,9 +28,9 @@ from typing import Any
 import better_profanity
 from langchain_core.runnables import RunnableConfig
 
-security_log = logging.getLogger("crm.security")
+from chains.context import MissingIdentity, run_context
 
-SECURITY_SINK_KEY = "__security_events"
+security_log = logging.getLogger("crm.security")
 
 _INJECTION_PATTERNS = {
     "override_instructions": r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|guidelines|context)\b",
@@ -67,12 +67,14 @@ def guard_untrusted(text: str) -> GuardResult:
 
 
 def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) -> None:
-    """Logs the event and hands it to the run's sink (the audit trail), if it has one."""
-    configurable = (config or {}).get("configurable") or {}
-    security_log.warning("security event: %s", event, extra={"tenant_id": configurable.get("tenant_id")})
-    sink = configurable.get(SECURITY_SINK_KEY)
-    if sink is not None:
-        sink.append(event)
+    """Logs the event and adds it to the run's record (the audit trail reads it)."""
+    try:
+        context = run_context(config)
+    except MissingIdentity:
+        security_log.warning("security event outside a run: %s", event)
+        return
+    security_log.warning("security event: %s", event, extra={"tenant_id": context.identity.tenant_id})
+    context.record.security_events.append(event)
 
 
 def guarded(text: str, *, source: str, config: RunnableConfig | None) -> GuardResult:

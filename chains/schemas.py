@@ -2,7 +2,7 @@
 
 Inputs ignore fields they do not know (the contract allows more), which is also how
 a `tenant_id` or `user_id` smuggled into an input is dropped: identity comes from the
-verified token only (see `chains.identity`).
+verified token only (see `chains.context`).
 """
 
 from __future__ import annotations

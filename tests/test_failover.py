@@ -25,7 +25,8 @@ def test_healthy_provider_writes_the_summary(client: httpx.Client, openai_provid
     assert output["summary"] == openai_provider.reply
     assert len(openai_provider.requests) == 1
     sent = json.dumps(openai_provider.requests[0]["messages"])
-    assert "Third outage this week" in sent and "cancellation_risk" in sent
+    assert sent.count("Third outage this week") == 1, "the customer's text goes to the LLM once"
+    assert "cancellation_risk" in sent
 
 
 def test_server_errors_are_retried_then_fail_over_to_local(

@@ -15,6 +15,7 @@ from tests.support.payloads import LEAD
 
 SPOOFS = [
     {"configurable": {"tenant_id": "globex", "user_id": "root"}},
+    {"configurable": {"crm_run_context": {"identity": {"tenant_id": "globex", "user_id": "root"}}}},
     {"metadata": {"tenant_id": "globex", "user_id": "root"}},
     {"configurable": {"tenant_id": "globex"}, "metadata": {"tenant_id": "globex"}},
 ]

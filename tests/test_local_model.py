@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from chains.identity import identity_config
+from chains.context import run_config
 from chains.interactions import build_interaction_chain
+from chains.local.composer import compose_answer, compose_summary
 from chains.local.intent import classify_intent
 from chains.local.sentiment import analyze_sentiment
-from chains.prompts import answer_messages, summary_messages
-from chains.providers import ProviderRouter, ProviderSettings
+from chains.providers.router import ProviderRouter
+from chains.providers.settings import ProviderSettings
 
 
 @pytest.mark.parametrize(
@@ -37,22 +38,23 @@ def test_intents(text: str, intent: str) -> None:
 
 
 def router() -> ProviderRouter:
-    return ProviderRouter.from_settings(ProviderSettings(order=("local",)))
+    return ProviderRouter.from_settings(ProviderSettings(llm_providers=["local"]))
 
 
-async def test_summary_quotes_the_most_telling_sentence() -> None:
-    facts = {"text": "Hello team. The export has been broken for three days and we are furious.",
-             "channel": "email", "sentiment": {"label": "negative"}, "intent": "complaint",
-             "urgency": "high", "cues": ["broken"]}
-    text = "".join([t async for t in router().astream_text(summary_messages(facts["text"], facts))])
+def test_summary_quotes_the_most_telling_sentence() -> None:
+    text = compose_summary(
+        text="Hello team. The export has been broken for three days and we are furious.",
+        sentiment="negative", intent="complaint", urgency="high", channel="email",
+        customer_tier="standard", cues=["broken"],
+    )
     assert "broken for three days" in text and "Hello team" not in text
     assert "complaining" in text and "high urgency" in text
 
 
-async def test_answer_cites_the_closest_source() -> None:
-    passages = [{"title": "Contract", "text": "Notice period is 60 days. Payment is net 30."},
-                {"title": "Team", "text": "Dana is the buyer. Luis runs operations."}]
-    text = "".join([t async for t in router().astream_text(answer_messages("Who is the buyer?", passages, []))])
+def test_answer_cites_the_closest_source() -> None:
+    passages = [("Contract", "Notice period is 60 days. Payment is net 30."),
+                ("Team", "Dana is the buyer. Luis runs operations.")]
+    text = compose_answer("Who is the buyer?", passages)
     assert "Dana is the buyer. [2]" in text and "Sources: " in text
 
 
@@ -69,6 +71,6 @@ async def test_local_streaming_never_hops_to_an_executor(monkeypatch: pytest.Mon
     chain = build_interaction_chain(router())
     payload = {"customer_id": "c", "text": "We love it, but the price is too high. Any discount?",
                "channel": "chat", "customer_tier": "standard", "time_sensitive": False}
-    chunks = [chunk async for chunk in chain.astream(payload, identity_config("t", "u"))]
+    chunks = [chunk async for chunk in chain.astream(payload, run_config("t", "u"))]
     assert sum(1 for chunk in chunks if "summary" in chunk) > 5
     assert hops == []

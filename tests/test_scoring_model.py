@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from chains.identity import identity_config
+from chains.context import run_config
 from chains.scoring.chain import ModelRouting, build_lead_scoring_chain, score_lead
 from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
 from chains.scoring.synthetic import generate_leads
@@ -53,8 +53,8 @@ def test_complete_profiles_are_more_confident(models: dict[str, LeadScoringModel
 async def test_ab_routing_by_tenant(models: dict[str, LeadScoringModel]) -> None:
     chain = build_lead_scoring_chain(ModelRouting(models, "logreg-v2", {"acme": "logreg-v1"}))
     lead = {"lead_id": "l", "demo_requested": True}
-    assert (await chain.ainvoke(lead, identity_config("acme", "u")))["model_version"] == "logreg-v1"
-    assert (await chain.ainvoke(lead, identity_config("globex", "u")))["model_version"] == "logreg-v2"
+    assert (await chain.ainvoke(lead, run_config("acme", "u")))["model_version"] == "logreg-v1"
+    assert (await chain.ainvoke(lead, run_config("globex", "u")))["model_version"] == "logreg-v2"
 
 
 def test_unknown_version_is_refused_at_start(models: dict[str, LeadScoringModel]) -> None:
@@ -63,7 +63,7 @@ def test_unknown_version_is_refused_at_start(models: dict[str, LeadScoringModel]
 
 
 async def test_chain_without_identity_fails_closed(models: dict[str, LeadScoringModel]) -> None:
-    from chains.identity import MissingIdentity
+    from chains.context import MissingIdentity
 
     chain = build_lead_scoring_chain(ModelRouting(models, "logreg-v2", {}))
     with pytest.raises(MissingIdentity):

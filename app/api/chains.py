@@ -19,10 +19,11 @@ from app.api.access import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_P
 from app.core.auth import Principal
 from app.core.errors import Unauthenticated
 from app.core.managed_chain import ManagedChain
-from app.core.policies import InsightsPolicy, InteractionPolicy, ScoringPolicy
-from app.core.run_context import RUN_CONTEXT_KEY, RunContext
+from app.core.policies import InsightsPolicy, InteractionPolicy, ScoringDelivery
 from app.core.services import Services
+from chains.context import RunContext, RunIdentity, with_run_context
 from chains.insights import build_insights_chain
+from chains.providers.router import ProviderRouter
 from chains.interactions import build_interaction_chain
 from chains.scoring.chain import build_lead_scoring_chain
 
@@ -30,41 +31,39 @@ __all__ = ["INSIGHTS_CHAT_PATH", "INTERACTIONS_PATH", "LEAD_SCORING_PATH", "add_
 
 
 def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The one place a request's `RunContext` is made: from the verified token only."""
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         raise Unauthenticated("request reached a chain without a verified principal")
-    configurable = dict(config.get("configurable") or {})
-    configurable.update(
-        tenant_id=principal.tenant_id,
-        user_id=principal.user_id,
-        **{RUN_CONTEXT_KEY: RunContext(principal=principal, request=request,
-                                       arrived_at=asyncio.get_running_loop().time())},
+    context = RunContext(
+        RunIdentity(tenant_id=principal.tenant_id, user_id=principal.user_id),
+        arrived_at=asyncio.get_running_loop().time(),
+        client=request,
     )
-    return {**config, "configurable": configurable}
+    return dict(with_run_context(config, context))  # type: ignore[arg-type]
 
 
 def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
     """Each chain wrapped for scheduling, cancellation, degradation and delivery."""
     processor = services.processor
 
-    def insights(router: Any) -> Runnable[Any, Any]:
+    def insights(router: ProviderRouter) -> Runnable[Any, Any]:
         return build_insights_chain(router, services.knowledge, services.memory)
 
+    interactions = InteractionPolicy(processor, build_interaction_chain(services.local_router))
+    chat = InsightsPolicy(insights(services.local_router))
     return {
         INTERACTIONS_PATH: ManagedChain(
-            chain=build_interaction_chain(services.router),
-            policy=InteractionPolicy(processor, build_interaction_chain(services.local_router)),
-            processor=processor,
+            build_interaction_chain(services.router), chain_name="interactions", processor=processor,
+            delivery=interactions, fallback=interactions,
         ),
         LEAD_SCORING_PATH: ManagedChain(
-            chain=build_lead_scoring_chain(services.scoring),
-            policy=ScoringPolicy(processor),
-            processor=processor,
+            build_lead_scoring_chain(services.scoring), chain_name="scoring", processor=processor,
+            delivery=ScoringDelivery(processor),
         ),
         INSIGHTS_CHAT_PATH: ManagedChain(
-            chain=insights(services.router),
-            policy=InsightsPolicy(insights(services.local_router)),
-            processor=processor,
+            insights(services.router), chain_name="insights", processor=processor,
+            delivery=chat, fallback=chat,
         ),
     }
 

@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 
 from app.core.errors import AppError, RateLimited, Unauthenticated
-from chains.identity import MissingIdentity
-from chains.providers import ProviderError
+from app.store.audit import AuditUnavailable
+from chains.context import MissingIdentity
+from chains.providers.router import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def describe_error(error: BaseException) -> ErrorInfo:
         return ErrorInfo(503, error.code, str(error), error.retryable)
     if isinstance(error, MissingIdentity):
         return ErrorInfo(401, "unauthenticated", "run has no verified identity", False)
+    if isinstance(error, AuditUnavailable):
+        return ErrorInfo(503, "audit_unavailable", "the audit trail cannot be written", True)
     if isinstance(error, (TimeoutError,)):
         return ErrorInfo(504, "timeout", "the run took too long", True)
     # Unknown failures keep their details in the server log, never in the response.
@@ -122,3 +125,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, batch_validation_handler)
     app.add_exception_handler(ProviderError, run_error_handler)
     app.add_exception_handler(MissingIdentity, run_error_handler)
+    app.add_exception_handler(AuditUnavailable, run_error_handler)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from redis.asyncio import Redis
 
-from chains.local.embeddings import embed_one
+from chains.embeddings import embed_one
 
 SIMILARITY_THRESHOLD = 0.9
 MAX_ENTRIES_PER_TENANT = 500

@@ -9,11 +9,16 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-KNOWN_PROVIDERS = ("openai", "anthropic", "google", "local")
+from chains.providers.settings import ProviderSettings
 
 
-class Settings(BaseSettings):
-    """Environment variables (and `.env`) under the names the contract fixes."""
+class Settings(BaseSettings, ProviderSettings):
+    """Environment variables (and `.env`) under the names the contract fixes.
+
+    The LLM provider settings (`LLM_PROVIDERS`, timeouts, keys and models) are declared
+    in `ProviderSettings`, which this class inherits, so chains can take them without
+    importing the app.
+    """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -37,20 +42,6 @@ class Settings(BaseSettings):
     # Shared state and durable data.
     redis_url: str | None = None
     database_url: str | None = None
-
-    # Models.
-    llm_providers: Annotated[list[str], NoDecode] = ["local"]
-    llm_timeout_s: float = 30.0
-    llm_first_token_timeout_s: float = 10.0
-    llm_idle_timeout_s: float = 15.0
-    llm_max_retries: int = 2
-    openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
-    anthropic_api_key: SecretStr | None = None
-    anthropic_model: str = "claude-3-5-haiku-latest"
-    google_api_key: SecretStr | None = None
-    google_model: str = "gemini-2.0-flash"
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"
@@ -77,19 +68,6 @@ class Settings(BaseSettings):
     )
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
-
-    @field_validator("llm_providers", mode="before")
-    @classmethod
-    def _split_providers(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [part.strip().lower() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            unknown = [name for name in value if name not in KNOWN_PROVIDERS]
-            if unknown:
-                raise ValueError(f"unknown LLM provider(s) {unknown}; known: {KNOWN_PROVIDERS}")
-            if not value:
-                raise ValueError("LLM_PROVIDERS must name at least one provider")
-        return value
 
     @field_validator("scoring_tenant_models", mode="before")
     @classmethod

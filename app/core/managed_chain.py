@@ -6,11 +6,11 @@ the runnable it serves; the last two (and the default `abatch`) are built on
 
 1. Admission: runs of scheduled chains wait for a slot of the primary provider, high
    priority first, until the real-time deadline. No slot in time (or a full queue)
-   means a degraded answer from the policy, never a failure.
+   means a degraded answer from the chain's `Fallback`, never a failure.
 2. Cancellation: `invoke` and `batch` watch their HTTP client and cancel the run when
    it goes (LangServe alone keeps running them, langserve#397); streams are
    cancelled by sse-starlette. Either way the slot is released in `finally`.
-3. Delivery: the finished output goes to the policy (publish, cache), never failing
+3. Delivery: the finished output goes to the chain's `Delivery` (publish, cache), never failing
    the run if delivery does.
 """
 
@@ -22,42 +22,65 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable, ensure_config
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from pydantic import BaseModel
 
 from app.core.errors import ClientDisconnected
 from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_CHUNK
 from app.core.processor import RealtimeProcessor, priority_of
-from app.core.run_context import run_context_of
 from app.core.run_recorder import RunRecorder
 from app.core.scheduler import SlotUnavailable
-from chains.identity import RunIdentity, identity_from_config
+from chains.context import ClientLink, RunIdentity, run_context
 
 log = logging.getLogger(__name__)
 
 DEGRADED_ANSWER_MARGIN_S = 0.25
+DISCONNECT_POLL_S = 0.2
 
 
-class ChainPolicy(Protocol):
-    name: str
-    scheduled: bool
-
-    def degraded(
-        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
-    ) -> AsyncIterator[Any]: ...
+class Delivery(Protocol):
+    """What happens to a finished run's output (publish, cache)."""
 
     async def on_complete(
         self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
     ) -> None: ...
 
 
-class ManagedChain(RunnableSerializable[Any, Any]):
-    chain: Runnable[Any, Any]
-    policy: Any  # ChainPolicy; pydantic cannot validate a Protocol
-    processor: Any  # RealtimeProcessor
+class Fallback(Protocol):
+    """The answer a queued chain gives when no slot comes in time."""
 
-    model_config = {"arbitrary_types_allowed": True}
+    def degraded(
+        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
+    ) -> AsyncIterator[Any]: ...
+
+
+async def wait_disconnected(client: ClientLink) -> None:
+    """Returns once the client has gone. Polls: the body is read, so the next receive()
+    only ever says `http.disconnect`, and polling is safe to share between the runs of
+    one batch request."""
+    while not await client.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+class ManagedChain(Runnable[Any, Any]):
+    """A chain as the service runs it. With a `fallback` it waits for a provider slot
+    and answers degraded when none comes in time; without one it runs at once."""
+
+    def __init__(
+        self,
+        chain: Runnable[Any, Any],
+        *,
+        chain_name: str,
+        processor: RealtimeProcessor,
+        delivery: Delivery,
+        fallback: Fallback | None = None,
+    ) -> None:
+        self.chain = chain
+        self.chain_name = chain_name  # the audit trail's `chain` and the metrics' label
+        self.processor = processor
+        self.delivery = delivery
+        self.fallback = fallback
 
     def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
         return self.chain.get_name(suffix, name=name)
@@ -71,10 +94,10 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         return self.chain.OutputType
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.chain.get_input_schema(config)
+        return self.chain.get_input_schema(config)  # type: ignore[return-value]  # pydantic v1 is never used
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.chain.get_output_schema(config)
+        return self.chain.get_output_schema(config)  # type: ignore[return-value]
 
     @property
     def config_specs(self) -> list[ConfigurableFieldSpec]:
@@ -84,11 +107,11 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         raise NotImplementedError("the service runs chains asynchronously; use ainvoke")
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        context = run_context_of(config)
+        client = run_context(config).client
         run = asyncio.ensure_future(self._collect(input, config, **kwargs))
-        if context is None or context.request is None:
+        if client is None:
             return await run
-        watcher = asyncio.ensure_future(context.wait_disconnected())
+        watcher = asyncio.ensure_future(wait_disconnected(client))
         try:
             await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -103,7 +126,7 @@ class ManagedChain(RunnableSerializable[Any, Any]):
             await run
         except asyncio.CancelledError:
             pass
-        CANCELLED.labels(self.policy.name).inc()
+        CANCELLED.labels(self.chain_name).inc()
         raise ClientDisconnected("client disconnected; run cancelled")
 
     async def _collect(self, input: Any, config: RunnableConfig | None, **kwargs: Any) -> Any:
@@ -115,18 +138,16 @@ class ManagedChain(RunnableSerializable[Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        config = ensure_config(config)
-        identity = identity_from_config(config)
-        processor: RealtimeProcessor = self.processor
-        recorder = RunRecorder(processor.audit, identity, self.policy.name, config)
+        processor = self.processor
+        recorder = RunRecorder(processor.audit, ensure_config(config), self.chain_name)
+        identity = recorder.identity
         await recorder.started_run()  # no unaccounted AI decision: refuse if it cannot be recorded
         config = recorder.config
         started = time.perf_counter()
         cause: str | None = None
         holds_slot = False
-        if self.policy.scheduled:
-            context = run_context_of(config)
-            arrived_at = context.arrived_at if context and context.arrived_at else asyncio.get_running_loop().time()
+        if self.fallback is not None:
+            arrived_at = recorder.context.arrived_at or asyncio.get_running_loop().time()
             try:
                 await processor.scheduler.acquire(
                     tenant_id=identity.tenant_id,
@@ -142,13 +163,13 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         outcome = "error"
         error_code: str | None = None
         try:
-            if cause is None:
+            if cause is None or self.fallback is None:
                 source = self.chain.astream(input, config, **kwargs)
             else:
-                source = self.policy.degraded(input, config, identity, cause)
+                source = self.fallback.degraded(input, config, identity, cause)
             async for chunk in source:
                 if final is None:
-                    TIME_TO_FIRST_CHUNK.labels(self.policy.name).observe(time.perf_counter() - started)
+                    TIME_TO_FIRST_CHUNK.labels(self.chain_name).observe(time.perf_counter() - started)
                     final = chunk
                 else:
                     final = final + chunk
@@ -164,14 +185,14 @@ class ManagedChain(RunnableSerializable[Any, Any]):
         finally:
             if holds_slot:
                 processor.scheduler.release(held_s=time.perf_counter() - slot_taken_at)
-            RUN_LATENCY.labels(self.policy.name, outcome).observe(time.perf_counter() - started)
+            RUN_LATENCY.labels(self.chain_name, outcome).observe(time.perf_counter() - started)
             if outcome in ("cancelled", "error"):
                 # Queued, not awaited: a cancelled task cannot wait for the commit.
                 await recorder.finished(final, status=outcome, error_code=error_code, wait=False)
         if cause is not None:
-            DEGRADED.labels(self.policy.name, cause).inc()
+            DEGRADED.labels(self.chain_name, cause).inc()
         try:
-            await self.policy.on_complete(identity, input, final, degraded)
+            await self.delivery.on_complete(identity, input, final, degraded)
         except Exception:  # noqa: BLE001 - the client got its answer; delivery is best effort
-            log.exception("delivering the result of %s failed", self.policy.name)
+            log.exception("delivering the result of %s failed", self.chain_name)
         await recorder.finished(final, status=outcome)

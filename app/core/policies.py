@@ -1,4 +1,5 @@
-"""What each chain does when it cannot get a slot in time, and with its finished output."""
+"""Per chain: what it answers when it cannot get a slot in time (`Fallback`), and
+what happens to its finished output (`Delivery`). See `app.core.managed_chain`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from langchain_core.runnables.utils import AddableDict
 
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.processor import RealtimeProcessor
-from chains.identity import RunIdentity
+from chains.context import RunIdentity
 
 
 def _mark_degraded(chunk: Any, reason: str) -> Any:
@@ -26,8 +27,6 @@ class InteractionPolicy:
 
     processor: RealtimeProcessor
     local_chain: Runnable[Any, Any]
-    name: str = "interactions"
-    scheduled: bool = True
 
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
@@ -56,8 +55,6 @@ class InsightsPolicy:
     """Under overload, the local model answers from the same retrieved sources."""
 
     local_chain: Runnable[Any, Any]
-    name: str = "insights"
-    scheduled: bool = True
 
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
@@ -73,18 +70,11 @@ class InsightsPolicy:
 
 
 @dataclass
-class ScoringPolicy:
-    """Scoring is milliseconds of local CPU: no slot to wait for; scores are published."""
+class ScoringDelivery:
+    """Scores are published to the tenant's scoring channel. Scoring is milliseconds of
+    local CPU, so it has no fallback and never waits for a slot."""
 
     processor: RealtimeProcessor
-    name: str = "scoring"
-    scheduled: bool = False
-
-    async def degraded(
-        self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
-    ) -> AsyncIterator[Any]:
-        raise AssertionError("scoring is never queued")
-        yield  # pragma: no cover
 
     async def on_complete(
         self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool

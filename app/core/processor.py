@@ -17,7 +17,7 @@ from app.realtime.alerts import SentimentHistory, sentiment_alert
 from app.realtime.bus import EventBus
 from app.realtime.events import Event, customer_channel, scoring_channel
 from app.store.audit import AuditLog
-from chains.identity import RunIdentity
+from chains.context import RunIdentity
 
 log = logging.getLogger(__name__)
 

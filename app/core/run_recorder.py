@@ -1,8 +1,9 @@
 """Accounting for one chain run: which model served it, its tokens, cost and outcome.
 
-The provider router writes what actually served each call (failover included) and the
-usage the provider reported into the run's `StreamReport`; the recorder turns that
-into the audit record and the token counters.
+Each run gets its own `RunRecord` inside the request's `RunContext`; the provider
+router writes what actually served it (failover included) and the usage the provider
+reported, the guards add security events, and the recorder turns that into the audit
+record and the token counters.
 """
 
 from __future__ import annotations
@@ -17,31 +18,25 @@ from langsmith.utils import tracing_is_enabled
 from app.core.metrics import SECURITY_EVENTS, TOKENS
 from app.core.pricing import estimate_cost_usd
 from app.store.audit import AuditLog
-from chains.identity import RunIdentity
-from chains.providers import STREAM_REPORT_KEY, TOKEN_CALLBACKS_KEY, StreamReport
-from chains.safety import SECURITY_SINK_KEY
+from chains.context import RunContext, run_context, with_run_context
 
 # Endpoints whose clients receive per-token callback events.
 TOKEN_EVENT_ENDPOINTS = frozenset({"stream_log", "stream_events"})
 
 
 class RunRecorder:
-    def __init__(self, audit: AuditLog, identity: RunIdentity, chain: str, config: RunnableConfig) -> None:
+    def __init__(self, audit: AuditLog, config: RunnableConfig, chain: str) -> None:
         self.audit = audit
-        self.identity = identity
         self.chain = chain
         self.run_id = str(config.get("run_id") or uuid.uuid4())
         self.endpoint = (config.get("metadata") or {}).get("__langserve_endpoint")
-        self.report = StreamReport()
-        self.security_events: list[dict[str, Any]] = []
+        self.context: RunContext = run_context(config).for_run(
+            token_callbacks=self.endpoint in TOKEN_EVENT_ENDPOINTS or bool(tracing_is_enabled())
+        )
+        self.identity = self.context.identity
+        self.record = self.context.record
+        self.config = with_run_context(config, self.context)
         self.started = time.perf_counter()
-        configurable = {
-            **(config.get("configurable") or {}),
-            SECURITY_SINK_KEY: self.security_events,
-            STREAM_REPORT_KEY: self.report,
-            TOKEN_CALLBACKS_KEY: self.endpoint in TOKEN_EVENT_ENDPOINTS or bool(tracing_is_enabled()),
-        }
-        self.config: RunnableConfig = {**config, "configurable": configurable}
 
     async def started_run(self) -> None:
         await self.audit.run_started(
@@ -50,15 +45,15 @@ class RunRecorder:
         )
 
     def _fields(self, status: str, output: Any, error_code: str | None) -> dict[str, Any]:
-        model = self.report.model
-        provider = self.report.provider
+        model = self.record.model
+        provider = self.record.provider
         if model is None and isinstance(output, dict) and output.get("model_version"):
             model, provider = str(output["model_version"]), "scikit-learn"
         degraded = bool(isinstance(output, dict) and output.get("degraded"))
         return {
             "status": status, "provider": provider, "model": model,
-            "tokens_in": self.report.input_tokens, "tokens_out": self.report.output_tokens,
-            "cost_usd": estimate_cost_usd(model, self.report.input_tokens, self.report.output_tokens),
+            "tokens_in": self.record.input_tokens, "tokens_out": self.record.output_tokens,
+            "cost_usd": estimate_cost_usd(model, self.record.input_tokens, self.record.output_tokens),
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
             "degraded": degraded,
             "degraded_reason": output.get("degraded_reason") if degraded and isinstance(output, dict) else None,
@@ -70,7 +65,7 @@ class RunRecorder:
         for direction, count in (("in", fields["tokens_in"]), ("out", fields["tokens_out"])):
             if count:
                 TOKENS.labels(self.identity.tenant_id, self.chain, fields["model"] or "unknown", direction).inc(count)
-        for event in self.security_events:
+        for event in self.record.security_events:
             kind = str(event.get("kind", "unknown"))
             SECURITY_EVENTS.labels(kind).inc()
             await self.audit.security_event(

@@ -22,8 +22,8 @@ from app.store.audit import AuditLog
 from app.store.database import create_engine, database_url
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
-from chains.local.embeddings import embed_one
-from chains.providers import ProviderRouter, ProviderSettings, build_provider
+from chains.embeddings import embed_one
+from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
 
@@ -45,26 +45,6 @@ class TrainedModels(Mapping[str, LeadScoringModel]):
         return len(VERSIONS)
 
 
-def provider_settings(settings: Settings) -> ProviderSettings:
-    def secret(value: object) -> str | None:
-        return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
-
-    return ProviderSettings(
-        order=tuple(settings.llm_providers),
-        timeout_s=settings.llm_timeout_s,
-        first_token_timeout_s=settings.llm_first_token_timeout_s,
-        idle_timeout_s=settings.llm_idle_timeout_s,
-        max_retries=settings.llm_max_retries,
-        openai_api_key=secret(settings.openai_api_key),
-        openai_base_url=settings.openai_base_url,
-        openai_model=settings.openai_model,
-        anthropic_api_key=secret(settings.anthropic_api_key),
-        anthropic_model=settings.anthropic_model,
-        google_api_key=secret(settings.google_api_key),
-        google_model=settings.google_model,
-    )
-
-
 @dataclass
 class Services:
     settings: Settings
@@ -84,7 +64,6 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
-        providers = provider_settings(settings)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         bus: EventBus
         cache: AnalysisCache
@@ -98,19 +77,19 @@ class Services:
         audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s)
         return cls(
             settings=settings,
-            verifier=TokenVerifier.from_settings(settings),
+            verifier=TokenVerifier(settings),
             engine=engine,
             knowledge=KnowledgeBase(engine),
             memory=ConversationMemory(engine),
-            router=ProviderRouter.from_settings(providers),
-            local_router=ProviderRouter([build_provider("local", providers)], providers),
+            router=ProviderRouter.from_settings(settings),
+            local_router=ProviderRouter.local_only(settings),
             scoring=ModelRouting(
                 TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models
             ),
             redis=redis,
             bus=bus,
             processor=RealtimeProcessor(
-                provider=settings.llm_providers[0],
+                provider=settings.primary_provider,
                 max_concurrency=settings.scheduler_max_concurrency,
                 queue_max_size=settings.scheduler_queue_max_size,
                 deadline_s=settings.realtime_deadline_s,

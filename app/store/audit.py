@@ -35,7 +35,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.errors import AppError
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,11 @@ class _Write:
     done: asyncio.Future[None] | None = field(default=None)
 
 
-class AuditUnavailable(AppError):
-    """The start of a run could not be recorded: the run must not happen unaccounted."""
+class AuditUnavailable(RuntimeError):
+    """The start of a run could not be recorded: the run must not happen unaccounted.
 
-    status_code = 503
-    retryable = True
+    The web layer answers it with a retryable 503 (`app.api.errors`).
+    """
 
 
 class AuditLog:

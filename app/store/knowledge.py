@@ -14,9 +14,9 @@ from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.database import document_chunks, documents
-from chains.insights import Passage
-from chains.local.composer import split_sentences
-from chains.local.embeddings import embed, embed_one
+from chains.embeddings import embed, embed_one
+from chains.ports import Passage
+from chains.text import split_sentences
 
 CHUNK_MAX_CHARS = 700
 

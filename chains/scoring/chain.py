@@ -8,7 +8,7 @@ from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
-from chains.identity import identity_from_config
+from chains.context import run_context
 from chains.scoring.model import Explanation, FactorContribution, LeadScoringModel
 from chains.schemas import LeadInput, LeadScore
 
@@ -86,7 +86,7 @@ class ModelRouting:
 
 def build_lead_scoring_chain(routing: ModelRouting) -> Runnable[Any, Any]:
     def score(payload: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        identity = identity_from_config(config)
+        identity = run_context(config).identity
         return score_lead(routing.for_tenant(identity.tenant_id), payload)
 
     async def ascore(payload: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:

@@ -1,26 +1,29 @@
 """Ordered provider failover with retries, timeouts and mid-stream failure handling.
 
-`ProviderRouter.astream_text` tries each configured provider in turn. Before the first
+`ProviderRouter.astream_text` tries each configured LLM in turn. Before the first
 token a provider gets retried with exponential backoff (tenacity) when the failure is
 transient, then the next provider takes over; every call has a first-token and an
 idle-gap timeout so nothing hangs. After text has reached the caller a restart would
 duplicate it, so a failure then raises `ProviderStreamInterrupted` and the transport
 ends the stream with a clear, retryable error event.
 
-Every model is used through its async streaming API (`astream`), which the OpenAI,
-Anthropic, Google and local models implement natively: no executor hop per token.
+`local` is not a chat model: when it is configured (last in `LLM_PROVIDERS`), the
+caller's own composition function writes the text (the embedded analysis has the
+structured facts already; it never parses a prompt), streamed word by word.
+
+Every LLM is used through its async streaming API (`astream`), which the OpenAI,
+Anthropic and Google models implement natively: no executor hop per token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from tenacity import (
@@ -30,11 +33,15 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from chains.local.chat_model import LocalChatModel
+from chains.context import MissingIdentity, RunRecord, run_context
+from chains.providers.models import Provider, build_provider
+from chains.providers.settings import LOCAL, ProviderSettings
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+LOCAL_MODEL_NAME = "local-composer-v1"
+_WORD = re.compile(r"\S+\s*|\s+")
 
 
 class ProviderError(RuntimeError):
@@ -54,110 +61,20 @@ class ProviderStreamInterrupted(ProviderError):
     code = "provider_interrupted"
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderSettings:
-    """What the app's settings say about providers (chains do not read the environment)."""
+def _run_state(config: RunnableConfig | None) -> tuple[RunnableConfig | None, RunRecord]:
+    """The run's record, and the config to call models with.
 
-    order: Sequence[str] = ("local",)
-    timeout_s: float = 30.0
-    first_token_timeout_s: float = 10.0
-    idle_timeout_s: float = 15.0
-    max_retries: int = 2
-    openai_api_key: str | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
-    anthropic_api_key: str | None = None
-    anthropic_model: str = "claude-3-5-haiku-latest"
-    google_api_key: str | None = None
-    google_model: str = "gemini-2.0-flash"
-
-
-@dataclass(slots=True)
-class Provider:
-    name: str
-    model: BaseChatModel
-    model_name: str
-
-
-@dataclass(slots=True)
-class StreamReport:
-    """What served the calls of a run, for the audit trail and token accounting.
-
-    A run's report rides in `config["configurable"][STREAM_REPORT_KEY]`; the router adds
-    each successful call's provider, model and the usage the provider reported.
+    Without per-token listeners the callbacks become an empty list, not a missing key:
+    a missing key would be filled from the parent run's context and bring every
+    handler back (an asyncio task per handler per token).
     """
-
-    provider: str | None = None
-    model: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    failures: list[str] = field(default_factory=list)
-
-
-STREAM_REPORT_KEY = "__stream_report"
-# Set False by a server when nobody listens to per-token callbacks (no stream_events,
-# no tracer): the model then streams without a callback fan-out per token, which
-# otherwise costs LangChain an asyncio task per handler per token.
-TOKEN_CALLBACKS_KEY = "__token_callbacks"
-
-
-def _call_config(config: RunnableConfig | None) -> tuple[RunnableConfig | None, StreamReport | None]:
-    configurable = (config or {}).get("configurable") or {}
-    report = configurable.get(STREAM_REPORT_KEY)
-    if config is not None and configurable.get(TOKEN_CALLBACKS_KEY) is False:
-        # An empty list, not a missing key: a missing key would be filled from the
-        # parent run's context and bring every handler back.
+    try:
+        context = run_context(config)
+    except MissingIdentity:
+        return config, RunRecord()  # in-process callers without a run (tests, tools)
+    if config is not None and not context.token_callbacks:
         config = {**config, "callbacks": []}
-    return config, report if isinstance(report, StreamReport) else None
-
-
-def build_provider(name: str, settings: ProviderSettings) -> Provider:
-    """One LangChain chat model, with its own retries off: the router owns retry policy."""
-    if name == "openai":
-        from langchain_openai import ChatOpenAI
-
-        return Provider(
-            name,
-            ChatOpenAI(
-                model=settings.openai_model,
-                api_key=settings.openai_api_key or "not-needed-for-local-servers",
-                base_url=settings.openai_base_url,
-                max_retries=0,
-                timeout=settings.timeout_s,
-                stream_usage=True,
-            ),
-            settings.openai_model,
-        )
-    if name == "anthropic":
-        from langchain_anthropic import ChatAnthropic
-
-        return Provider(
-            name,
-            ChatAnthropic(
-                model_name=settings.anthropic_model,
-                api_key=settings.anthropic_api_key or "",
-                max_retries=0,
-                timeout=settings.timeout_s,
-                stop=None,
-            ),
-            settings.anthropic_model,
-        )
-    if name == "google":
-        from langchain_google_genai import ChatGoogleGenerativeAI
-
-        return Provider(
-            name,
-            ChatGoogleGenerativeAI(
-                model=settings.google_model,
-                google_api_key=settings.google_api_key,
-                max_retries=0,
-                timeout=settings.timeout_s,
-            ),
-            settings.google_model,
-        )
-    if name == "local":
-        return Provider(name, LocalChatModel(), "local-composer-v1")
-    raise ValueError(f"unknown provider {name!r}")
+    return config, context.record
 
 
 def is_transient(error: BaseException) -> bool:
@@ -180,33 +97,39 @@ def _add_usage(chunk: AIMessageChunk, usage: list[int]) -> None:
         usage[1] += reported.get("output_tokens", 0)
 
 
+async def stream_words(text: str) -> AsyncIterator[str]:
+    """Locally composed text, word by word, yielding to other streams in between."""
+    for token in _WORD.findall(text):
+        yield token
+        await asyncio.sleep(0)
+
+
 class ProviderRouter:
     """Streams text from the first provider that works, in the configured order."""
 
-    def __init__(
-        self,
-        providers: Sequence[Provider],
-        settings: ProviderSettings,
-    ) -> None:
-        if not providers:
+    def __init__(self, providers: Sequence[Provider], settings: ProviderSettings, *, local_fallback: bool) -> None:
+        if not providers and not local_fallback:
             raise ValueError("at least one provider is required")
         self.providers = list(providers)
         self.settings = settings
+        self.local_fallback = local_fallback
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> ProviderRouter:
-        return cls([build_provider(name, settings) for name in settings.order], settings)
+        remote = [build_provider(name, settings) for name in settings.llm_providers if name != LOCAL]
+        return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers)
 
-    @property
-    def primary(self) -> Provider:
-        return self.providers[0]
+    @classmethod
+    def local_only(cls, settings: ProviderSettings) -> ProviderRouter:
+        """The embedded analysis alone: what answers under overload."""
+        return cls([], settings, local_fallback=True)
 
     async def _open(
         self, provider: Provider, messages: list[BaseMessage], config: RunnableConfig | None
     ) -> tuple[AsyncIterator[AIMessageChunk], AIMessageChunk | None]:
         """Starts a stream and waits for its first chunk, retrying transient failures."""
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_retries + 1),
+            stop=stop_after_attempt(self.settings.llm_max_retries + 1),
             wait=wait_exponential_jitter(initial=0.1, max=2.0),
             retry=retry_if_exception(is_transient),
             reraise=True,
@@ -215,7 +138,7 @@ class ProviderRouter:
                 stream = provider.model.astream(messages, config=config)
                 iterator = aiter(stream)
                 try:
-                    async with asyncio.timeout(self.settings.first_token_timeout_s):
+                    async with asyncio.timeout(self.settings.llm_first_token_timeout_s):
                         first = await anext(iterator, None)
                 except TimeoutError as error:
                     await _close(iterator)
@@ -231,9 +154,10 @@ class ProviderRouter:
         messages: list[BaseMessage],
         *,
         config: RunnableConfig | None = None,
+        local: Callable[[], str] | None = None,
     ) -> AsyncIterator[str]:
-        config, run_report = _call_config(config)
-        report = run_report if run_report is not None else StreamReport()
+        """Text of the first provider that answers; `local()` writes it when `local` serves."""
+        config, report = _run_state(config)
         for provider in self.providers:
             try:
                 iterator, first = await self._open(provider, messages, config)
@@ -245,8 +169,8 @@ class ProviderRouter:
             emitted = False
             usage = [0, 0]
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.timeout_s
-            watchdog = _IdleWatchdog(self.settings.idle_timeout_s, deadline)
+            deadline = loop.time() + self.settings.llm_timeout_s
+            watchdog = _IdleWatchdog(self.settings.llm_idle_timeout_s, deadline)
             try:
                 chunk = first
                 while chunk is not None:
@@ -269,6 +193,12 @@ class ProviderRouter:
             finally:
                 watchdog.close()
                 await _close(iterator)
+            return
+        if self.local_fallback and local is not None:
+            report.provider, report.model = LOCAL, LOCAL_MODEL_NAME
+            async for token in stream_words(local()):
+                report.output_tokens += 1
+                yield token
             return
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
 

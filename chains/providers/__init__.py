@@ -1,0 +1,1 @@
+"""LLM providers: their settings, the LangChain chat models, and ordered failover."""
