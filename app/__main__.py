@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     args = parser.parse_args(argv)
 
-    verifier = TokenVerifier.from_settings(get_settings())
+    verifier = TokenVerifier(get_settings())
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     try:
         print(verifier.mint(tenant_id=args.tenant, user_id=args.user, roles=roles, ttl_s=args.ttl))

@@ -45,12 +45,14 @@ def announce_dev_sign_in(services: Services) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """Wires the service. Builds objects only: files, secrets, tables and connections
+    are made in the lifespan (or on first use), so importing this module has no effects."""
     settings = settings or get_settings()
-    configure_logging()
     services = Services.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging()
         await create_schema(services.engine)
         interrupted = await services.audit.mark_interrupted()
         if interrupted:

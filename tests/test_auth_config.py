@@ -127,8 +127,8 @@ def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
 
 def test_dev_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, auth_jwt_secret=None, app_env="development")
-    first = TokenVerifier.from_settings(settings)
-    second = TokenVerifier.from_settings(settings)
+    first = TokenVerifier(settings)
+    second = TokenVerifier(settings)
     assert first.secret_is_generated and first.secret == second.secret
     assert stat.S_IMODE(os.stat(settings.auth_secret_file).st_mode) == 0o600
 

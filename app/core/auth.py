@@ -82,12 +82,19 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
 
 
 class TokenVerifier:
-    """Verifies tokens for the running configuration and mints development ones."""
+    """Verifies tokens for the running configuration and mints development ones.
 
-    def __init__(self, settings: Settings, *, dev_secret: str | None = None) -> None:
+    Without AUTH_JWT_SECRET (and outside production) the development secret is read or
+    generated on first use, not when the verifier is built: importing or building the
+    app writes nothing to disk.
+    """
+
+    def __init__(self, settings: Settings) -> None:
         configured = settings.auth_jwt_secret
-        self.secret: str | None = configured.get_secret_value() if configured else dev_secret
-        self.secret_is_generated = configured is None and dev_secret is not None
+        self._secret: str | None = configured.get_secret_value() if configured else None
+        self._dev_secret_path = (
+            settings.auth_secret_file if configured is None and settings.app_env != "production" else None
+        )
         self.issuer = settings.auth_issuer
         self.audience = settings.auth_audience
         self.leeway_s = settings.auth_leeway_s
@@ -97,12 +104,15 @@ class TokenVerifier:
             else None
         )
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TokenVerifier:
-        dev_secret = None
-        if settings.auth_jwt_secret is None and settings.app_env != "production":
-            dev_secret = load_or_create_dev_secret(settings.auth_secret_file)
-        return cls(settings, dev_secret=dev_secret)
+    @property
+    def secret_is_generated(self) -> bool:
+        return self._dev_secret_path is not None
+
+    @property
+    def secret(self) -> str | None:
+        if self._secret is None and self._dev_secret_path is not None:
+            self._secret = load_or_create_dev_secret(self._dev_secret_path)
+        return self._secret
 
     async def verify(self, token: str) -> Principal:
         """Checks signature, expiry, issuer, audience and the claims we rely on."""
@@ -112,8 +122,9 @@ class TokenVerifier:
             raise Unauthenticated(f"malformed token: {exc}") from exc
         algorithm = header.get("alg")
         key: Any
-        if algorithm in SYMMETRIC_ALGORITHMS and self.secret is not None:
-            key, allowed = self.secret, list(SYMMETRIC_ALGORITHMS)
+        secret = self.secret if algorithm in SYMMETRIC_ALGORITHMS else None
+        if secret is not None:
+            key, allowed = secret, list(SYMMETRIC_ALGORITHMS)
         elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
             try:
                 # PyJWKClient fetches with blocking urllib; keys are cached after the first call.
@@ -141,7 +152,8 @@ class TokenVerifier:
         self, *, tenant_id: str, user_id: str, roles: Iterable[str] = ("rep",), ttl_s: int = 3600
     ) -> str:
         """Signs an HS256 token the running configuration accepts (development and tests)."""
-        if self.secret is None:
+        secret = self.secret
+        if secret is None:
             raise RuntimeError("no HS256 secret configured: tokens come from the identity provider")
         if not TENANT_ID_PATTERN.match(tenant_id):
             raise ValueError(f"invalid tenant id {tenant_id!r}")
@@ -157,7 +169,7 @@ class TokenVerifier:
             claims["iss"] = self.issuer
         if self.audience:
             claims["aud"] = self.audience
-        return jwt.encode(claims, self.secret, algorithm="HS256")
+        return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def token_from_connection(conn: HTTPConnection, cookie_name: str) -> str | None:

@@ -88,7 +88,6 @@ conversation_messages = Table(
 def database_url(configured: str | None, sqlite_path: Path) -> str:
     """Maps the contract's `postgresql://…` to the async psycopg 3 driver."""
     if configured is None:
-        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{sqlite_path}"
     for prefix in ("postgresql://", "postgres://"):
         if configured.startswith(prefix):
@@ -114,6 +113,10 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
+    """Creates missing tables (and, for SQLite, the file's folder): run at start-up."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
 
