@@ -45,8 +45,10 @@ def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]
     fake, _ = fake_openai
 
     def reset() -> None:
+        fresh = FakeOpenAI()
         fake.mode, fake.token_delay_s, fake.requests[:], fake.streams_abandoned = "ok", 0.0, [], 0
-        fake.reply = FakeOpenAI().reply
+        fake.request_times[:] = []
+        fake.reply, fake.retry_after, fake.rate_limited_requests = fresh.reply, fresh.retry_after, fresh.rate_limited_requests
 
     reset()
     yield fake

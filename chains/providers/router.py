@@ -18,16 +18,19 @@ Anthropic and Google models implement natively: no executor hop per token.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 LOCAL_MODEL_NAME = "local-composer-v1"
 _WORD = re.compile(r"\S+\s*|\s+")
+_T = TypeVar("_T")
 
 
 class ProviderError(RuntimeError):
@@ -90,6 +94,26 @@ def is_transient(error: BaseException) -> bool:
     return type(error).__name__ in {"APIConnectionError", "APITimeoutError", "ServiceUnavailable"}
 
 
+def retry_after_s(error: BaseException | None) -> float | None:
+    """The wait a provider asked for (`retry-after-ms`, or `Retry-After` in seconds or as
+    an HTTP date), from the HTTP response an SDK error carries; None without a hint."""
+    headers = getattr(getattr(error, "response", None), "headers", None)
+    if headers is None:
+        return None
+    try:
+        if (millis := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(millis) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        if value.strip().isdigit():
+            return float(value)
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def _add_usage(chunk: AIMessageChunk, usage: list[int]) -> None:
     reported = chunk.usage_metadata
     if reported:
@@ -127,10 +151,25 @@ class ProviderRouter:
     async def _open(
         self, provider: Provider, messages: list[BaseMessage], config: RunnableConfig | None
     ) -> tuple[AsyncIterator[AIMessageChunk], AIMessageChunk | None]:
-        """Starts a stream and waits for its first chunk, retrying transient failures."""
+        """Starts a stream and waits for its first chunk, retrying transient failures.
+
+        A provider's Retry-After is honoured while the wait still ends inside the call's
+        budget (`LLM_TIMEOUT_S`, retries included); a longer one means: fail over now.
+        """
+        loop = asyncio.get_running_loop()
+        budget_ends = loop.time() + self.settings.llm_timeout_s
+        backoff = wait_exponential_jitter(initial=0.1, max=2.0)
+
+        def wait(state: RetryCallState) -> float:
+            hinted = retry_after_s(state.outcome.exception() if state.outcome else None)
+            return hinted if hinted is not None else backoff(state)
+
+        def past_budget(state: RetryCallState) -> bool:
+            return loop.time() + state.upcoming_sleep >= budget_ends
+
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.settings.llm_max_retries + 1),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            stop=stop_after_attempt(self.settings.llm_max_retries + 1) | past_budget,
+            wait=wait,
             retry=retry_if_exception(is_transient),
             reraise=True,
         ):
@@ -170,13 +209,15 @@ class ProviderRouter:
             usage = [0, 0]
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.settings.llm_timeout_s
-            watchdog = _IdleWatchdog(self.settings.llm_idle_timeout_s, deadline)
+            watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
             try:
                 chunk = first
                 while chunk is not None:
                     _add_usage(chunk, usage)
                     text = chunk.text if isinstance(chunk.content, list) else chunk.content
                     if text:
+                        if not emitted:
+                            report.first_model_token_at = time.perf_counter()
                         emitted = True
                         yield str(text)
                     chunk = await watchdog.wait(anext(iterator, None))
@@ -196,6 +237,7 @@ class ProviderRouter:
             return
         if self.local_fallback and local is not None:
             report.provider, report.model = LOCAL, LOCAL_MODEL_NAME
+            report.first_model_token_at = time.perf_counter()
             async for token in stream_words(local()):
                 report.output_tokens += 1
                 yield token
@@ -203,48 +245,56 @@ class ProviderRouter:
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
 
 
-class _IdleWatchdog:
-    """Idle and total timeouts for a stream without a timer per token.
+class _StreamDeadline:
+    """Idle and total timeouts for one provider stream, without a timer per token.
+
+    LangChain runs each chunk of a `RunnableGenerator` in a task of its own, so the task
+    waiting for the provider changes from one chunk to the next. The deadline therefore
+    cancels whichever task is waiting *now*, and only while it waits for the provider,
+    never while the consumer holds a chunk. It tells its own cancellation from anyone
+    else's the way `asyncio.timeout` does (`uncancel()`), so a client that leaves after
+    a timeout fired is still reported as cancelled, not as a provider failure.
 
     A per-token `asyncio.timeout` costs a timer-heap push and a cancelled entry per
     token; with hundreds of streams that heap churn was a quarter of the server's CPU.
-    Instead one check per second looks at whether the stream is *waiting for the
-    provider* and for how long, and only then cancels the waiting task. The task is
-    only ever cancelled inside `wait`, never while the consumer holds a chunk.
+    One check a second costs nothing per token, and fires at most a second late.
     """
 
     CHECK_EVERY_S = 1.0
 
     def __init__(self, idle_s: float, deadline: float) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
         self._idle_s = idle_s
         self._deadline = deadline
-        self._waiting_since: float | None = None
-        self._fired = False
+        self._waiter: asyncio.Task[Any] | None = None
+        self._waiting_since = 0.0
+        self._cancelled: asyncio.Task[Any] | None = None
         self._handle = self._loop.call_later(min(self.CHECK_EVERY_S, idle_s), self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
-        waiting = self._waiting_since
-        if waiting is not None and (now - waiting >= self._idle_s or now >= self._deadline):
-            self._fired = True
-            assert self._task is not None
-            self._task.cancel()
+        waiter = self._waiter
+        if waiter is not None and (now - self._waiting_since >= self._idle_s or now >= self._deadline):
+            self._cancelled = waiter
+            waiter.cancel()
             return
-        self._handle = self._loop.call_later(self.CHECK_EVERY_S, self._check)
+        self._handle = self._loop.call_later(
+            max(0.0, min(self.CHECK_EVERY_S, self._deadline - now)), self._check
+        )
 
-    async def wait(self, awaitable: Any) -> Any:
-        self._waiting_since = self._loop.time()
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        task = asyncio.current_task()
+        self._waiter, self._waiting_since = task, self._loop.time()
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if self._fired and self._task is not None:
-                self._task.uncancel()
-                raise TimeoutError("provider went silent or exceeded its per-call timeout") from None
+            if task is not None and self._cancelled is task:
+                self._cancelled = None
+                if task.uncancel() == 0:  # ours was the only cancellation
+                    raise TimeoutError("provider went silent or exceeded its per-call timeout") from None
             raise
         finally:
-            self._waiting_since = None
+            self._waiter = None
 
     def close(self) -> None:
         self._handle.cancel()

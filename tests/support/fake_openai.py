@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang"]
+Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang", "stall_after_first", "rate_limited"]
 
 
 @dataclass
@@ -28,7 +28,10 @@ class FakeOpenAI:
     token_delay_s: float = 0.0
     fail_after_tokens: int = 3
     requests: list[dict[str, object]] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)  # time.monotonic() of each request
     streams_abandoned: int = 0  # the client went away mid-stream
+    retry_after: str = "1"  # the Retry-After header of a 429
+    rate_limited_requests: int = 1  # "rate_limited": this many 429s, then answers normally
 
     def tokens(self) -> list[str]:
         words = self.reply.split(" ")
@@ -40,6 +43,10 @@ class FakeOpenAI:
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        self.request_times.append(time.monotonic())
+        if self.mode == "rate_limited" and len(self.requests) <= self.rate_limited_requests:
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error"}}, 429,
+                                headers={"Retry-After": self.retry_after})
         if self.mode == "error_500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
         if self.mode == "error_401":
@@ -72,6 +79,8 @@ class FakeOpenAI:
             for index, token in enumerate(self.tokens()):
                 if self.mode == "fail_midstream" and index == self.fail_after_tokens:
                     raise ConnectionResetError("fake provider dropped the connection mid-stream")
+                if self.mode == "stall_after_first" and index == 1:
+                    await asyncio.sleep(3600)
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 yield event({**base, "choices": [{"index": 0, "delta": {"content": token},
