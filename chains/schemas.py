@@ -7,9 +7,10 @@ verified token only (see `chains.context`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 Channel = Literal["email", "sms", "call", "chat", "social", "web"]
 CustomerTier = Literal["standard", "high_value"]
@@ -67,24 +68,45 @@ class InteractionAnalysis(BaseModel):
     recommendations: list[Recommendation]
     degraded: bool = False
     degraded_reason: str | None = None
+    cached_from: str | None = Field(
+        default=None, description="Set when the answer came from the cache: when that analysis was made."
+    )
+    cache_similarity: float | None = Field(
+        default=None, description="Cosine similarity of the cached message to this one (1 for the same text)."
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+# Optional, but published as the bare type with no default: the LangServe playground
+# renders its form from the input schema, shows a blank page on `anyOf: [..., {"type":
+# "null"}]`, and refuses to start a run whose form holds a null it calls invalid.
+# Clients may still send null or leave the field out.
+Omittable = Annotated[_T | SkipJsonSchema[None], Field(default=None, json_schema_extra=_no_default)]
+Count = Annotated[int, Field(ge=0, le=100_000)]
 
 
 class LeadInput(ChainInput):
     """A lead's profile and engagement. Unknown numbers default to typical values."""
 
     lead_id: str = Field(min_length=1, max_length=128)
-    company_size: int | None = Field(default=None, ge=0, le=10_000_000)
-    industry: str | None = Field(default=None, max_length=64)
-    job_title: str | None = Field(default=None, max_length=128)
-    source: str | None = Field(default=None, max_length=64)
-    budget_usd: float | None = Field(default=None, ge=0)
-    email_opens_30d: int | None = Field(default=None, ge=0, le=100_000)
-    email_clicks_30d: int | None = Field(default=None, ge=0, le=100_000)
-    website_visits_30d: int | None = Field(default=None, ge=0, le=100_000)
-    pricing_page_views_30d: int | None = Field(default=None, ge=0, le=100_000)
-    demo_requested: bool | None = None
-    days_since_last_activity: int | None = Field(default=None, ge=0, le=10_000)
-    meetings_held: int | None = Field(default=None, ge=0, le=10_000)
+    company_size: Omittable[Annotated[int, Field(ge=0, le=10_000_000)]]
+    industry: Omittable[Annotated[str, Field(max_length=64)]]
+    job_title: Omittable[Annotated[str, Field(max_length=128)]]
+    source: Omittable[Annotated[str, Field(max_length=64)]]
+    budget_usd: Omittable[Annotated[float, Field(ge=0)]]
+    email_opens_30d: Omittable[Count]
+    email_clicks_30d: Omittable[Count]
+    website_visits_30d: Omittable[Count]
+    pricing_page_views_30d: Omittable[Count]
+    demo_requested: Omittable[bool]
+    days_since_last_activity: Omittable[Annotated[int, Field(ge=0, le=10_000)]]
+    meetings_held: Omittable[Annotated[int, Field(ge=0, le=10_000)]]
 
 
 class ReasoningFactor(BaseModel):

@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from app.api.chains import INTERACTIONS_PATH
+from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from tests.support.browser import chromium
 
 
@@ -63,24 +63,47 @@ def test_console_refuses_a_browser_that_is_not_signed_in(browser: webdriver.Chro
     assert "missing bearer token" in browser.page_source
 
 
-def test_playground_run_completes_for_a_browser_signed_in_with_token(
-    browser: webdriver.Chrome, service_url: str, mint: Callable[..., str], tmp_path: Path
+# Per chain: fields to type into the playground's form, a select to set, and what the
+# output panel must show once the run completes.
+PLAYGROUND_RUNS = {
+    INTERACTIONS_PATH: (
+        {"customer_id": "playground-1", "text": "We are thinking about cancelling, the exports keep failing."},
+        ("channel", "email"),
+        ("cancellation_risk", "recommendations"),
+    ),
+    LEAD_SCORING_PATH: (
+        {"lead_id": "playground-lead", "job_title": "VP Marketing", "pricing_page_views_30d": "6"},
+        None,
+        ("model_version", "reasoning"),
+    ),
+    INSIGHTS_CHAT_PATH: (
+        {"customer_id": "playground-2", "question": "What do we know about this customer?"},
+        None,
+        ("sources", "answer"),
+    ),
+}
+
+
+@pytest.mark.parametrize("path", list(PLAYGROUND_RUNS))
+def test_every_playground_renders_and_runs_for_a_browser_signed_in_with_token(
+    browser: webdriver.Chrome, service_url: str, mint: Callable[..., str], tmp_path: Path, path: str
 ) -> None:
+    fields, select, expected = PLAYGROUND_RUNS[path]
     wait = WebDriverWait(browser, 30)
-    browser.get(f"{service_url}{INTERACTIONS_PATH}/playground/?token={mint('acme', 'pat', roles=('rep',))}")
+    browser.get(f"{service_url}{path}/playground/?token={mint('acme', 'pat', roles=('rep',))}")
     assert browser.current_url.endswith("/playground/")
-    customer = wait.until(EC.presence_of_element_located((By.ID, "#/properties/customer_id-input")))
-    customer.send_keys("playground-1")
-    browser.find_element(By.ID, "#/properties/text-input").send_keys(
-        "We are thinking about cancelling, the exports keep failing.")
-    channel = Select(browser.find_element(By.ID, "#/properties/channel-input"))
-    channel.select_by_index(next(i for i, o in enumerate(channel.options) if "email" in (o.text + (o.get_attribute("value") or ""))))
+    for name, value in fields.items():
+        box = wait.until(EC.presence_of_element_located((By.ID, f"#/properties/{name}-input")))
+        box.send_keys(value)
+    if select is not None:
+        name, wanted = select
+        choice = Select(browser.find_element(By.ID, f"#/properties/{name}-input"))
+        choice.select_by_index(next(i for i, o in enumerate(choice.options)
+                                    if wanted in (o.text + (o.get_attribute("value") or ""))))
     start = next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Start")
     wait.until(lambda _: start.is_enabled())
     start.click()
     # The playground streams through stream_log with the session cookie; the output
-    # panel fills with the analysis once the run completes.
-    wait.until(lambda driver: "cancellation_risk" in driver.find_element(By.TAG_NAME, "body").text)
-    body = browser.find_element(By.TAG_NAME, "body").text
-    assert "retention_outreach" in body or "recommendations" in body
+    # panel fills once the run completes.
+    wait.until(lambda driver: all(word in driver.find_element(By.TAG_NAME, "body").text for word in expected))
     browser.save_screenshot(str(tmp_path / "playground.png"))

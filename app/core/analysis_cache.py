@@ -1,11 +1,18 @@
-"""Tenant-scoped cache of finished analyses, for answering under overload.
+"""Cache of finished analyses per tenant *and customer*, for answering under overload.
 
-Lookup is exact first (same normalised text, channel and tier), then semantic: the
-most similar cached message of the same tenant by WordLlama embedding, if its cosine
-similarity clears `SIMILARITY_THRESHOLD`. Entries never cross tenants: the tenant is
-part of every key and every semantic search runs over that tenant's entries only.
+An answer from the cache must describe the message it answers. So:
 
-`InMemoryAnalysisCache` serves one replica; `RedisAnalysisCache` is shared by all.
+- entries are keyed by tenant and customer: one customer's analysis is never served
+  (nor published) for another customer's message;
+- the exact lookup matches the same normalised text, channel and tier;
+- the semantic lookup (WordLlama cosine ≥ `SIMILARITY_THRESHOLD`) only accepts a
+  message with the same *meaning signature*: the same negations, numbers and amounts,
+  dates and named products. "Please cancel my subscription today." and "Please don't
+  cancel my subscription today." embed at 0.97 but differ in negation: no hit;
+- every hit carries `cached_from`, when the served analysis was made.
+
+`InMemoryAnalysisCache` serves one replica (bounded per customer and in total);
+`RedisAnalysisCache` is shared by all.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -24,13 +32,63 @@ from redis.asyncio import Redis
 from chains.embeddings import embed_one
 
 SIMILARITY_THRESHOLD = 0.9
-MAX_ENTRIES_PER_TENANT = 500
+MAX_ENTRIES_PER_CUSTOMER = 50
+MAX_CUSTOMERS = 20_000  # in memory: least recently used customers go first
+TTL_S = 24 * 3600
+
 _SPACES = re.compile(r"\s+")
+_NEGATION = re.compile(
+    r"\b(?:no|not|never|none|nothing|nobody|nowhere|neither|nor|without|cannot|stop|don'?t|"
+    r"doesn'?t|didn'?t|won'?t|wouldn'?t|can'?t|couldn'?t|shouldn'?t|isn'?t|aren'?t|wasn'?t|"
+    r"weren'?t|haven'?t|hasn'?t|hadn'?t|mustn'?t|needn'?t)\b|n't\b",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"\d[\d,.]*")
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty "
+    "forty fifty hundred thousand million half double twice once".split()
+)
+_DATE_WORDS = frozenset(
+    "today tonight tomorrow yesterday monday tuesday wednesday thursday friday saturday sunday "
+    "week weekend month quarter year morning afternoon evening eod asap jan feb mar apr jun "
+    "jul aug sep sept oct nov dec january february march april june july august september "
+    "october november december".split()
+)
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'&+.-]*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)\s*([A-Za-z][\w'&+.-]*)")
+
+
+def normalised(text: str) -> str:
+    return _SPACES.sub(" ", text.strip().lower())
+
+
+def meaning_signature(text: str) -> str:
+    """What two messages must share for one's analysis to stand for the other's.
+
+    Negation count, numbers and amounts, date words, and named things (capitalised
+    words not opening a sentence, product codes with digits). Coarse on purpose: a
+    missed hit costs a fast local analysis, a wrong hit costs a wrong answer.
+    """
+    sentence_openers = {match.group(1) for match in _SENTENCE_START.finditer(text)}
+    words = _WORD.findall(text)
+    lowered = [word.lower().rstrip(".") for word in words]
+    named = sorted(
+        {
+            word.lower().rstrip(".")
+            for word in words
+            if (word[0].isupper() and word not in sentence_openers and word.lower() != "i")
+            or any(ch.isdigit() for ch in word)
+        }
+    )
+    numbers = sorted({n.rstrip(".,").replace(",", "") for n in _NUMBER.findall(text)})
+    numbers += sorted({word for word in lowered if word in _NUMBER_WORDS})
+    dates = sorted({word for word in lowered if word in _DATE_WORDS})
+    negations = len(_NEGATION.findall(text))
+    return json.dumps([negations, numbers, dates, named], separators=(",", ":"))
 
 
 def cache_key(payload: dict[str, Any]) -> str:
-    text = _SPACES.sub(" ", str(payload["text"]).strip().lower())
-    material = f"{payload['channel']}|{payload.get('customer_tier', 'standard')}|{text}"
+    material = f"{payload['channel']}|{payload.get('customer_tier', 'standard')}|{normalised(str(payload['text']))}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -39,6 +97,25 @@ class CacheHit:
     kind: Literal["exact", "similar"]
     similarity: float
     output: dict[str, Any]
+    cached_from: str  # ISO time the served analysis was made
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    embedding: np.ndarray
+    signature: str
+    output: dict[str, Any]
+    cached_from: str
+
+    def to_json(self) -> str:
+        return json.dumps({"embedding": self.embedding.tobytes().hex(), "signature": self.signature,
+                           "output": self.output, "cached_from": self.cached_from})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> _Entry:
+        data = json.loads(raw)
+        return cls(np.frombuffer(bytes.fromhex(data["embedding"]), dtype=np.float32),
+                   data["signature"], data["output"], data["cached_from"])
 
 
 class AnalysisCache(Protocol):
@@ -47,77 +124,85 @@ class AnalysisCache(Protocol):
     async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None: ...
 
 
-def _best_similar(
-    query: np.ndarray, entries: list[tuple[np.ndarray, dict[str, Any]]]
-) -> CacheHit | None:
-    if not entries:
+def _entry_for(payload: dict[str, Any], output: dict[str, Any]) -> _Entry:
+    text = str(payload["text"])
+    return _Entry(embed_one(text), meaning_signature(text), output, datetime.now(UTC).isoformat())
+
+
+def _best_similar(payload: dict[str, Any], entries: list[_Entry]) -> CacheHit | None:
+    text = str(payload["text"])
+    signature = meaning_signature(text)
+    candidates = [entry for entry in entries if entry.signature == signature]
+    if not candidates:
         return None
-    matrix = np.stack([vector for vector, _ in entries])
-    similarity = matrix @ query
+    similarity = np.stack([entry.embedding for entry in candidates]) @ embed_one(text)
     best = int(np.argmax(similarity))
     if float(similarity[best]) < SIMILARITY_THRESHOLD:
         return None
-    return CacheHit("similar", round(float(similarity[best]), 4), entries[best][1])
+    entry = candidates[best]
+    return CacheHit("similar", round(float(similarity[best]), 4), entry.output, entry.cached_from)
 
 
 class InMemoryAnalysisCache:
-    def __init__(self, max_entries_per_tenant: int = MAX_ENTRIES_PER_TENANT) -> None:
-        self._tenants: dict[str, OrderedDict[str, tuple[np.ndarray, dict[str, Any]]]] = {}
-        self._max = max_entries_per_tenant
+    def __init__(
+        self, max_entries_per_customer: int = MAX_ENTRIES_PER_CUSTOMER, max_customers: int = MAX_CUSTOMERS
+    ) -> None:
+        self._customers: OrderedDict[tuple[str, str], OrderedDict[str, _Entry]] = OrderedDict()
+        self._max_entries = max_entries_per_customer
+        self._max_customers = max_customers
 
     async def get(self, tenant_id: str, payload: dict[str, Any]) -> CacheHit | None:
-        entries = self._tenants.get(tenant_id)
+        entries = self._customers.get((tenant_id, payload["customer_id"]))
         if not entries:
             return None
         exact = entries.get(cache_key(payload))
         if exact is not None:
-            return CacheHit("exact", 1.0, exact[1])
-        return _best_similar(embed_one(payload["text"]), list(entries.values()))
+            return CacheHit("exact", 1.0, exact.output, exact.cached_from)
+        return _best_similar(payload, list(entries.values()))
 
     async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None:
-        entries = self._tenants.setdefault(tenant_id, OrderedDict())
+        owner = (tenant_id, payload["customer_id"])
+        entries = self._customers.setdefault(owner, OrderedDict())
+        self._customers.move_to_end(owner)
         key = cache_key(payload)
-        entries[key] = (embed_one(payload["text"]), output)
+        entries[key] = _entry_for(payload, output)
         entries.move_to_end(key)
-        while len(entries) > self._max:
+        while len(entries) > self._max_entries:
             entries.popitem(last=False)
+        while len(self._customers) > self._max_customers:
+            self._customers.popitem(last=False)
 
 
 class RedisAnalysisCache:
-    """Per tenant: a hash of key → entry and a sorted set of keys by time, for eviction."""
+    """Per tenant and customer: a hash of key → entry and a sorted set of keys by time."""
 
-    TTL_S = 24 * 3600
-
-    def __init__(self, redis: Redis, max_entries_per_tenant: int = MAX_ENTRIES_PER_TENANT) -> None:
+    def __init__(self, redis: Redis, max_entries_per_customer: int = MAX_ENTRIES_PER_CUSTOMER) -> None:
         self.redis = redis
-        self._max = max_entries_per_tenant
+        self._max = max_entries_per_customer
 
     @staticmethod
-    def _keys(tenant_id: str) -> tuple[str, str]:
-        return f"crm:cache:{tenant_id}:analyses", f"crm:cache:{tenant_id}:order"
+    def _keys(tenant_id: str, customer_id: str) -> tuple[str, str]:
+        base = f"crm:cache:{tenant_id}:{customer_id}"
+        return f"{base}:analyses", f"{base}:order"
 
     async def get(self, tenant_id: str, payload: dict[str, Any]) -> CacheHit | None:
-        entries_key, _ = self._keys(tenant_id)
+        entries_key, _ = self._keys(tenant_id, payload["customer_id"])
         exact = await self.redis.hget(entries_key, cache_key(payload))
         if exact is not None:
-            return CacheHit("exact", 1.0, json.loads(exact)["output"])
+            entry = _Entry.from_json(exact)
+            return CacheHit("exact", 1.0, entry.output, entry.cached_from)
         raw = await self.redis.hvals(entries_key)
-        entries = [
-            (np.frombuffer(bytes.fromhex(entry["embedding"]), dtype=np.float32), entry["output"])
-            for entry in map(json.loads, raw)
-        ]
-        return _best_similar(embed_one(payload["text"]), entries)
+        return _best_similar(payload, [_Entry.from_json(value) for value in raw])
 
     async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None:
-        entries_key, order_key = self._keys(tenant_id)
+        entries_key, order_key = self._keys(tenant_id, payload["customer_id"])
         key = cache_key(payload)
-        entry = json.dumps({"embedding": embed_one(payload["text"]).tobytes().hex(), "output": output})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(entries_key, key, entry)
+            pipe.hset(entries_key, key, _entry_for(payload, output).to_json())
             pipe.zadd(order_key, {key: time.time()})
             pipe.zrange(order_key, 0, -self._max - 1)
-            pipe.expire(entries_key, self.TTL_S)
-            pipe.expire(order_key, self.TTL_S)
+            pipe.expire(entries_key, TTL_S)
+            pipe.expire(order_key, TTL_S)
             _, _, stale, _, _ = await pipe.execute()
         if stale:
             async with self.redis.pipeline(transaction=True) as pipe:

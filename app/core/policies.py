@@ -23,7 +23,9 @@ def _mark_degraded(chunk: Any, reason: str) -> Any:
 
 @dataclass
 class InteractionPolicy:
-    """Cached (exact, then similar) or fast local analysis; publish and cache results."""
+    """Under overload: this customer's cached analysis of the same message (exact, or
+    similar with the same meaning signature, see `app.core.analysis_cache`), else the
+    fast local analysis of this message. Finished analyses are published and cached."""
 
     processor: RealtimeProcessor
     local_chain: Runnable[Any, Any]
@@ -37,7 +39,7 @@ class InteractionPolicy:
             reason = f"{cause}:cache_{hit.kind}"
             cached = {k: v for k, v in hit.output.items() if k not in ("degraded", "degraded_reason")}
             yield AddableDict(**cached, degraded=True, degraded_reason=reason,
-                              cache_similarity=hit.similarity)
+                              cache_similarity=hit.similarity, cached_from=hit.cached_from)
             return
         async for chunk in self.local_chain.astream(payload, config):
             yield _mark_degraded(chunk, f"{cause}:local_analysis")
