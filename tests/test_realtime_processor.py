@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,25 +98,36 @@ async def test_high_value_request_jumps_a_standard_flood_and_overflow_degrades(
     assert len(degraded) < len(outputs), "some of the flood was served normally"
 
 
-async def test_overload_answers_from_the_tenants_own_cache(
+async def test_overload_answers_from_this_customers_own_cache_only_when_meaning_matches(
     busy_url: str, auth: Callable[[str], dict[str, str]], openai_provider: FakeOpenAI
 ) -> None:
     text = "Can you resend the onboarding checklist for the new marketing hires?"
     first = (await post_all(busy_url, auth("acme"), [interaction(text)]))[0].json()["output"]
     assert first["degraded"] is False
+    cancel = "Please cancel my subscription today."
+    assert (await post_all(busy_url, auth("acme"), [interaction(cancel)]))[0].json()["output"]["degraded"] is False
     openai_provider.token_delay_s = 0.4  # each run now holds its slot ~5 s
     blockers = asyncio.ensure_future(post_all(busy_url, auth("initech"),
                                               [interaction("Hello, one question."), interaction("Hi, another one.")]))
     await asyncio.sleep(0.5)
-    same, similar, other_tenant = await asyncio.gather(
+    same, similar, other_customer, negated, other_tenant = await asyncio.gather(
         post_all(busy_url, auth("acme"), [interaction(text)]),
         post_all(busy_url, auth("acme"), [interaction(text.replace("resend", "send again"))]),
+        post_all(busy_url, auth("acme"), [{"input": {**interaction(text)["input"], "customer_id": "cust-other"}}]),
+        post_all(busy_url, auth("acme"), [interaction("Please don't cancel my subscription today.")]),
         post_all(busy_url, auth("globex"), [interaction(text)]),
     )
-    assert same[0].json()["output"]["degraded_reason"] == "deadline:cache_exact"
-    assert same[0].json()["output"]["summary"] == first["summary"]
+    exact = same[0].json()["output"]
+    assert exact["degraded_reason"] == "deadline:cache_exact" and exact["summary"] == first["summary"]
+    assert exact["cached_from"] and exact["cache_similarity"] == 1.0
     assert similar[0].json()["output"]["degraded_reason"] == "deadline:cache_similar"
-    assert other_tenant[0].json()["output"]["degraded_reason"] == "deadline:local_analysis"
+    assert similar[0].json()["output"]["cached_from"] == exact["cached_from"]
+    for response in (other_customer, negated, other_tenant):
+        output = response[0].json()["output"]
+        assert output["degraded_reason"] == "deadline:local_analysis", output
+        assert output["cached_from"] is None
+    negated_output = negated[0].json()["output"]
+    assert "don't cancel" in negated_output["summary"], "the local analysis describes this message"
     await blockers
 
 
@@ -164,3 +176,77 @@ async def test_disconnected_stream_is_cancelled_too(
 
 def test_queue_depth_is_exported(busy_url: str) -> None:
     assert "ai_workflow_queue_depth" in httpx.get(f"{busy_url}/metrics").text
+
+
+def test_a_client_that_leaves_while_queued_is_accounted_as_cancelled(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    """One slot, held by a slow run; the next request waits in the queue and its client
+    gives up there. The run must be recorded as cancelled with its latency, not left
+    `running` for the interrupted-run sweep to misreport as a dead process."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("queued"), llm_providers="openai,local", openai_base_url=fake_openai[1],
+        openai_api_key="sk-test", llm_max_retries=0, scheduler_max_concurrency=1,
+    )
+    openai_provider.token_delay_s = 0.3  # the slot holder runs ~4 s
+    verifier = TokenVerifier(settings)
+
+    def auth(tenant: str, roles: tuple[str, ...] = ("rep",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {verifier.mint(tenant_id=tenant, user_id='u', roles=roles)}"}
+
+    async def scenario(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            holder = asyncio.ensure_future(
+                http.post(f"{INTERACTIONS_PATH}/invoke", headers=auth("holder"), json=interaction("Hold it."))
+            )
+            while not openai_provider.requests:
+                await asyncio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=url, timeout=0.6) as impatient:
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.post(f"{INTERACTIONS_PATH}/invoke", headers=auth("queued"),
+                                         json=interaction("I will not wait."))
+            await holder
+
+    with live_server(create_app(settings)) as url:
+        cancelled_latency = metric(url, "ai_request_latency_seconds_count", chain="interactions", outcome="cancelled")
+        asyncio.run(scenario(url))
+        deadline = time.monotonic() + 5
+        runs: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            runs = httpx.get(f"{url}/api/v1/ai/usage/runs", headers=auth("queued", ("admin",))).json()
+            if runs and runs[0]["status"] != "running":
+                break
+            time.sleep(0.1)
+        assert [r["status"] for r in runs] == ["cancelled"], runs
+        assert runs[0]["finished_at"] is not None and runs[0]["latency_ms"] is not None
+        assert metric(url, "ai_request_latency_seconds_count", chain="interactions",
+                      outcome="cancelled") == cancelled_latency + 1
+
+
+def test_first_result_and_first_model_token_are_measured_apart(
+    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    settings = make_settings(tmp_path, llm_providers="openai,local", openai_base_url=fake_openai[1],
+                             openai_api_key="sk-test", llm_max_retries=0)
+    openai_provider.token_delay_s = 0.2  # the model's first token comes well after the local signals
+    headers = {"Authorization": f"Bearer {TokenVerifier(settings).mint(tenant_id='acme-ttft', user_id='u')}"}
+
+    def samples(url: str) -> tuple[float, float, float, float]:
+        # The registry is process-wide: this run's share is the difference before/after.
+        return (
+            metric(url, "ai_time_to_first_token_seconds_count", chain="interactions", provider="openai"),
+            metric(url, "ai_time_to_first_token_seconds_sum", chain="interactions", provider="openai"),
+            metric(url, "ai_time_to_first_result_seconds_sum", chain="interactions"),
+            metric(url, "ai_tokens_total", tenant="acme-ttft", feature="interactions", provider="openai",
+                   direction="out"),
+        )
+
+    with live_server(create_app(settings)) as url:
+        before = samples(url)
+        response = httpx.post(f"{url}{INTERACTIONS_PATH}/invoke", headers=headers, timeout=30,
+                              json=interaction("When does my trial end?"))
+        assert response.status_code == 200 and response.json()["output"]["degraded"] is False
+        after = samples(url)
+    count, first_token, first_result, tokens = (a - b for a, b in zip(after, before, strict=True))
+    assert count == 1 and tokens == len(openai_provider.tokens())
+    assert first_token >= 0.2 > first_result, (first_result, first_token)

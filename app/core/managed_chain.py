@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
@@ -27,7 +28,7 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from pydantic import BaseModel
 
 from app.core.errors import ClientDisconnected
-from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_CHUNK
+from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_RESULT, TIME_TO_FIRST_TOKEN
 from app.core.processor import RealtimeProcessor, priority_of
 from app.core.run_recorder import RunRecorder
 from app.core.scheduler import SlotUnavailable
@@ -135,45 +136,52 @@ class ManagedChain(Runnable[Any, Any]):
             final = chunk if final is None else final + chunk
         return final
 
+    async def _admit(self, slots: AsyncExitStack, payload: dict[str, Any], recorder: RunRecorder) -> str | None:
+        """Waits for a slot of the primary provider (held until `slots` closes), or says
+        why none came in time: the caller then answers from its `Fallback`."""
+        arrived_at = recorder.context.arrived_at or asyncio.get_running_loop().time()
+        try:
+            await slots.enter_async_context(
+                self.processor.scheduler.slot(
+                    tenant_id=recorder.identity.tenant_id,
+                    priority=priority_of(payload),
+                    # Leave the degraded answer time to arrive inside the deadline too.
+                    deadline=arrived_at + self.processor.deadline_s - DEGRADED_ANSWER_MARGIN_S,
+                )
+            )
+        except SlotUnavailable as unavailable:
+            return unavailable.reason
+        return None
+
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        processor = self.processor
-        recorder = RunRecorder(processor.audit, ensure_config(config), self.chain_name)
+        recorder = RunRecorder(self.processor.audit, ensure_config(config), self.chain_name)
         identity = recorder.identity
         await recorder.started_run()  # no unaccounted AI decision: refuse if it cannot be recorded
         config = recorder.config
         started = time.perf_counter()
         cause: str | None = None
-        holds_slot = False
-        if self.fallback is not None:
-            arrived_at = recorder.context.arrived_at or asyncio.get_running_loop().time()
-            try:
-                await processor.scheduler.acquire(
-                    tenant_id=identity.tenant_id,
-                    priority=priority_of(input),
-                    # Leave the degraded answer time to arrive inside the deadline too.
-                    deadline=arrived_at + processor.deadline_s - DEGRADED_ANSWER_MARGIN_S,
-                )
-                holds_slot = True
-            except SlotUnavailable as unavailable:
-                cause = unavailable.reason
-        slot_taken_at = time.perf_counter()
         final: Any = None
         outcome = "error"
         error_code: str | None = None
+        # Every exit, waiting in the queue included, goes through `finally`: a client that
+        # leaves while queued still gets its audit record and latency sample.
         try:
-            if cause is None or self.fallback is None:
-                source = self.chain.astream(input, config, **kwargs)
-            else:
-                source = self.fallback.degraded(input, config, identity, cause)
-            async for chunk in source:
-                if final is None:
-                    TIME_TO_FIRST_CHUNK.labels(self.chain_name).observe(time.perf_counter() - started)
-                    final = chunk
+            async with AsyncExitStack() as slots:
+                if self.fallback is not None:
+                    cause = await self._admit(slots, input, recorder)
+                if cause is None or self.fallback is None:
+                    source = self.chain.astream(input, config, **kwargs)
                 else:
-                    final = final + chunk
-                yield chunk
+                    source = self.fallback.degraded(input, config, identity, cause)
+                async for chunk in source:
+                    if final is None:
+                        TIME_TO_FIRST_RESULT.labels(self.chain_name).observe(time.perf_counter() - started)
+                        final = chunk
+                    else:
+                        final = final + chunk
+                    yield chunk
             degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
             outcome = "degraded" if degraded else "ok"
         except (asyncio.CancelledError, GeneratorExit):
@@ -183,9 +191,12 @@ class ManagedChain(Runnable[Any, Any]):
             error_code = str(getattr(error, "code", type(error).__name__))
             raise
         finally:
-            if holds_slot:
-                processor.scheduler.release(held_s=time.perf_counter() - slot_taken_at)
             RUN_LATENCY.labels(self.chain_name, outcome).observe(time.perf_counter() - started)
+            first_token_at = recorder.record.first_model_token_at
+            if first_token_at is not None:
+                TIME_TO_FIRST_TOKEN.labels(self.chain_name, recorder.record.provider or "unknown").observe(
+                    first_token_at - started
+                )
             if outcome in ("cancelled", "error"):
                 # Queued, not awaited: a cancelled task cannot wait for the commit.
                 await recorder.finished(final, status=outcome, error_code=error_code, wait=False)

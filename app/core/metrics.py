@@ -17,9 +17,16 @@ CANCELLED = Counter(
 CACHE_LOOKUPS = Counter(
     "ai_cache_lookups_total", "Analysis cache lookups.", ["result"]  # exact, similar, miss
 )
-TIME_TO_FIRST_CHUNK = Histogram(
-    "ai_time_to_first_token_seconds", "Time from run start to its first streamed chunk.",
-    ["chain"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+_FIRST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+TIME_TO_FIRST_RESULT = Histogram(
+    "ai_time_to_first_result_seconds",
+    "Time from run start to its first streamed chunk (fast local signals, sources).",
+    ["chain"], buckets=_FIRST_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ai_time_to_first_token_seconds",
+    "Time from run start to the first token of the model that served it (LLM, or the local composer).",
+    ["chain", "provider"], buckets=_FIRST_BUCKETS,
 )
 RUN_LATENCY = Histogram(
     "ai_request_latency_seconds", "Run duration, queueing included.", ["chain", "outcome"],
@@ -29,7 +36,7 @@ EVENTS_PUBLISHED = Counter("ai_events_published_total", "Events pushed to channe
 WEBSOCKET_SESSIONS = Gauge("ai_websocket_sessions", "Open WebSocket sessions.")
 SSE_SESSIONS = Gauge("ai_sse_sessions", "Open SSE insight feeds.")
 TOKENS = Counter(
-    "ai_tokens_total", "Tokens used, by tenant, feature (chain), model and direction.",
-    ["tenant", "feature", "model", "direction"],
+    "ai_tokens_total", "Tokens used, by tenant, feature (chain), provider, model and direction.",
+    ["tenant", "feature", "provider", "model", "direction"],
 )
 SECURITY_EVENTS = Counter("ai_security_events_total", "Flagged security events.", ["kind"])

@@ -64,7 +64,10 @@ class RunRecorder:
         fields = self._fields(status, output, error_code)
         for direction, count in (("in", fields["tokens_in"]), ("out", fields["tokens_out"])):
             if count:
-                TOKENS.labels(self.identity.tenant_id, self.chain, fields["model"] or "unknown", direction).inc(count)
+                TOKENS.labels(
+                    self.identity.tenant_id, self.chain, fields["provider"] or "unknown",
+                    fields["model"] or "unknown", direction,
+                ).inc(count)
         for event in self.record.security_events:
             kind = str(event.get("kind", "unknown"))
             SECURITY_EVENTS.labels(kind).inc()

@@ -57,12 +57,16 @@ class Scheduler:
 
     @asynccontextmanager
     async def slot(self, *, tenant_id: str, priority: Priority, deadline: float) -> AsyncIterator[None]:
-        await self.acquire(tenant_id=tenant_id, priority=priority, deadline=deadline)
+        """Holds a slot for the body; raises `SlotUnavailable` when none comes in time.
+
+        The only way in: every exit (a client leaving while queued included) frees what
+        was taken, and the hold time feeds the wait prediction."""
+        await self._acquire(tenant_id=tenant_id, priority=priority, deadline=deadline)
         started = asyncio.get_running_loop().time()
         try:
             yield
         finally:
-            self.release(held_s=asyncio.get_running_loop().time() - started)
+            self._release(held_s=asyncio.get_running_loop().time() - started)
 
     def _predicted_start(self, priority: Priority, now: float) -> float:
         if self.average_hold_s is None:
@@ -73,8 +77,7 @@ class Scheduler:
         rounds = (ahead + 1) / self.max_concurrency
         return now + rounds * self.average_hold_s
 
-    async def acquire(self, *, tenant_id: str, priority: Priority, deadline: float) -> None:
-        """Waits for a slot; the caller must `release()` it exactly once."""
+    async def _acquire(self, *, tenant_id: str, priority: Priority, deadline: float) -> None:
         if self.running < self.max_concurrency and self._waiting == 0:
             self.running += 1
             self._notify()
@@ -93,7 +96,7 @@ class Scheduler:
                 await waiter
         except BaseException as error:  # timeout, or the client went away
             if waiter.done() and not waiter.cancelled():
-                self.release()  # granted at the same moment: hand the slot on
+                self._release()  # granted at the same moment: hand the slot on
             else:
                 waiter.cancel()
                 self._forget(priority, tenant_id, waiter)
@@ -111,7 +114,7 @@ class Scheduler:
                 del tenants[tenant_id]
         self._notify()
 
-    def release(self, held_s: float | None = None) -> None:
+    def _release(self, held_s: float | None = None) -> None:
         """Frees a slot; `held_s` (how long it was held) feeds the wait prediction."""
         if held_s is not None:
             previous = self.average_hold_s
