@@ -16,7 +16,7 @@ from langchain_core.runnables.utils import AddableDict
 
 from chains.context import run_context
 from chains.local.composer import compose_answer
-from chains.ports import KnowledgeSearch, Memory
+from chains.ports import Conversation, KnowledgeSearch, Memory
 from chains.prompts import answer_messages
 from chains.providers.router import ProviderRouter
 from chains.safety import censored, guarded
@@ -33,8 +33,8 @@ def build_insights_chain(
 ) -> Runnable[Any, Any]:
     async def answer(payload: dict[str, Any], config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
         identity = run_context(config).identity
-        session = {"tenant_id": identity.tenant_id, "user_id": identity.user_id,
-                   "session_id": payload["session_id"]}
+        conversation = Conversation(identity.tenant_id, identity.user_id, payload["customer_id"],
+                                    payload["session_id"])
         question = payload["question"]
         passages = [
             passage
@@ -50,13 +50,16 @@ def build_insights_chain(
                 {k: v for k, v in asdict(p).items() if k != "text"} for p in passages
             ],
         )
-        history = await memory.recent_turns(**session)
+        # Stored turns re-enter the prompt: they pass the same guard as fresh text.
+        history = [
+            (role, guarded(content, source=f"memory:{role}", config=config))
+            for role, content in await memory.recent_turns(conversation)
+        ]
         asked = guarded(question, source="insights.question", config=config)
         sources = [(p, guarded(p.text, source=f"document:{p.document_id}", config=config)) for p in passages]
         cited = [(p.title, g.text) for p, g in sources]
-        prompt = answer_messages(
-            asked.text, cited, history, flagged=asked.flagged or any(g.flagged for _, g in sources)
-        )
+        flagged = asked.flagged or any(g.flagged for _, g in sources) or any(g.flagged for _, g in history)
+        prompt = answer_messages(asked.text, cited, [(role, g.text) for role, g in history], flagged=flagged)
 
         def local() -> str:
             return compose_answer(asked.text, cited)
@@ -65,6 +68,6 @@ def build_insights_chain(
         async for token in censored(router.astream_text(prompt, config=config, local=local)):
             parts.append(token)
             yield AddableDict(answer=token)
-        await memory.append_turn(**session, question=question, answer="".join(parts))
+        await memory.append_turn(conversation, question=question, answer="".join(parts))
 
     return field_streaming_chain("insights_chat", answer, InsightsQuestion, InsightsAnswer)

@@ -24,11 +24,20 @@ class KnowledgeSearch(Protocol):
     ) -> list[Passage]: ...
 
 
-class Memory(Protocol):
-    async def recent_turns(
-        self, *, tenant_id: str, user_id: str, session_id: str, limit: int = 8
-    ) -> list[tuple[str, str]]: ...
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """Whose memory a chat turn belongs to: a rep's session about one customer.
 
-    async def append_turn(
-        self, *, tenant_id: str, user_id: str, session_id: str, question: str, answer: str
-    ) -> None: ...
+    The customer is part of it, so questions about one customer never reach a prompt
+    about another, even in the same (or the default) session."""
+
+    tenant_id: str
+    user_id: str
+    customer_id: str
+    session_id: str
+
+
+class Memory(Protocol):
+    async def recent_turns(self, conversation: Conversation, *, limit: int = 8) -> list[tuple[str, str]]: ...
+
+    async def append_turn(self, conversation: Conversation, *, question: str, answer: str) -> None: ...

@@ -71,17 +71,21 @@ document_chunks = Table(
     Index("ix_kb_chunks_tenant_customer", "tenant_id", "customer_id"),
 )
 
-conversation_messages = Table(
-    "conversation_messages",
+# Turns of a rep's conversation about one customer. (The first schema, table
+# `conversation_messages`, keyed turns by session only, so one session mixed customers;
+# its rows cannot be attributed to a customer and are not read.)
+conversation_turns = Table(
+    "conversation_turns",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("tenant_id", String(128), nullable=False),
     Column("user_id", String(256), nullable=False),
+    Column("customer_id", String(128), nullable=False),
     Column("session_id", String(128), nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
-    Index("ix_conversation_session", "tenant_id", "user_id", "session_id", "id"),
+    Index("ix_conversation_turns_session", "tenant_id", "user_id", "customer_id", "session_id", "id"),
 )
 
 
