@@ -70,3 +70,25 @@ async def test_slow_consumer_overflows_instead_of_growing(bus: EventBus) -> None
 async def test_channels_are_separate(bus: EventBus) -> None:
     await publish(bus, "t:a:customer:1", 3)
     assert await bus.history("t:b:customer:1", "0-0") == []
+
+
+async def test_in_process_replay_memory_is_bounded_across_channels() -> None:
+    """Channel names come from client-chosen customer ids: 5,000 of them must not grow memory."""
+    bus = InProcessBus(max_total_events=1_000)
+    for index in range(5_000):
+        await bus.publish(f"t:acme:customer:c-{index}", type="insight", tenant_id="acme", data={"n": index})
+    assert bus.retained_events <= 1_000
+    assert await bus.history("t:acme:customer:c-0", "0-0") == [], "the least recently written went first"
+    latest = await bus.history("t:acme:customer:c-4999", "0-0")
+    assert [event.data["n"] for event in latest] == [4999]
+
+
+async def test_idle_channels_expire() -> None:
+    now = [0.0]
+    bus = InProcessBus(idle_expiry_s=60, clock=lambda: now[0])
+    await bus.publish("t:acme:customer:old", type="insight", tenant_id="acme", data={})
+    now[0] = 61.0
+    await bus.publish("t:acme:customer:new", type="insight", tenant_id="acme", data={})
+    assert await bus.history("t:acme:customer:old", "0-0") == []
+    assert len(await bus.history("t:acme:customer:new", "0-0")) == 1
+    assert bus.retained_events == 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -24,6 +24,8 @@ from app.realtime.events import Event, IdClock
 SUBSCRIPTION_QUEUE_SIZE = 256
 REPLAY_MIN_EVENTS = 1_000
 REPLAY_MIN_AGE_S = 300.0
+MAX_TOTAL_EVENTS = 200_000  # in-process replay memory across channels (~100 MB of insights)
+CHANNEL_IDLE_EXPIRY_S = 24 * 3600.0  # as the Redis streams expire
 
 
 class SlowConsumer(Exception):
@@ -120,30 +122,66 @@ class EventBus(Protocol):
 
 
 class InProcessBus:
-    """One replica's bus: per-channel replay logs and live fan-out in memory."""
+    """One replica's bus: per-channel replay logs and live fan-out in memory.
+
+    Channel names come from client-chosen customer ids, so memory is bounded as the
+    Redis streams are: a channel's log keeps at least the last 1,000 events and the last
+    5 minutes (within `max_events` per channel), a log not written to for `idle_expiry_s`
+    is dropped, and past `max_total_events` across channels the least recently written
+    channels are dropped first.
+    """
 
     def __init__(
-        self, *, max_events: int = 10 * REPLAY_MIN_EVENTS, queue_size: int = SUBSCRIPTION_QUEUE_SIZE
+        self,
+        *,
+        max_events: int = 10 * REPLAY_MIN_EVENTS,
+        queue_size: int = SUBSCRIPTION_QUEUE_SIZE,
+        max_total_events: int = MAX_TOTAL_EVENTS,
+        idle_expiry_s: float = CHANNEL_IDLE_EXPIRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._logs: dict[str, deque[tuple[float, Event]]] = {}
+        self._logs: OrderedDict[str, deque[tuple[float, Event]]] = OrderedDict()  # least recently written first
         self._local = LocalFanout(queue_size)
         self._clock = IdClock()
+        self._now = clock
         self._max_events = max_events
+        self._max_total = max_total_events
+        self._idle_expiry_s = idle_expiry_s
+        self._total = 0
+
+    @property
+    def retained_events(self) -> int:
+        return self._total
 
     async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
                       customer_id: str | None = None) -> Event:
         event = Event(id=self._clock.next(), type=type, tenant_id=tenant_id, data=data,
                       customer_id=customer_id)
+        now = self._now()
         log = self._logs.setdefault(channel, deque())
-        now = time.monotonic()
+        self._logs.move_to_end(channel)
         log.append((now, event))
+        self._total += 1
         # Keep at least the last 1,000 events and the last 5 minutes, within a hard cap.
         while len(log) > self._max_events or (
             len(log) > REPLAY_MIN_EVENTS and now - log[0][0] > REPLAY_MIN_AGE_S
         ):
             log.popleft()
+            self._total -= 1
+        self._evict(now)
         self._local.deliver(channel, event)
         return event
+
+    def _evict(self, now: float) -> None:
+        while self._logs:
+            oldest_channel, oldest_log = next(iter(self._logs.items()))
+            idle = now - oldest_log[-1][0] > self._idle_expiry_s
+            if not idle and self._total <= self._max_total:
+                return
+            if oldest_channel == next(reversed(self._logs)):  # never the channel just written
+                return
+            del self._logs[oldest_channel]
+            self._total -= len(oldest_log)
 
     async def subscribe(self, channel: str) -> Subscription:
         return self._local.add(channel)
