@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,3 +31,22 @@ def test_importing_the_server_writes_nothing(tmp_path: Path) -> None:
     work.mkdir()
     subprocess.run([sys.executable, "-c", "import app.server"], cwd=work, env=env, check=True)
     assert list(tmp_path.rglob("*")) == [work]
+
+
+def test_the_collector_is_tuned_once_per_process_not_per_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from app.server import create_app
+    from tests.conftest import make_settings
+    from tests.support.live_server import live_server
+
+    freezes: list[None] = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(None) or real_freeze())
+    for name in ("a", "b", "c"):
+        with live_server(create_app(make_settings(tmp_path / name))):
+            pass
+    assert len(freezes) <= 1, "one freeze per process, whatever the number of apps"
+    assert gc.get_threshold() == (20_000, 20, 20)

@@ -148,3 +148,28 @@ def test_cli_token_is_accepted_by_the_running_configuration(tmp_path: Path) -> N
     assert response.status_code == 200, response.text
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["roles"] == ["manager", "rep"] and claims["exp"] - claims["iat"] == 120
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({"port": 9123}, "http://127.0.0.1:9123/api/v1/ai/realtime/interactions/playground/?token="),
+     ({"host": "0.0.0.0", "port": 8080}, "http://127.0.0.1:8080/"),
+     ({"port": 9123, "public_url": "https://crm.example.com/"}, "https://crm.example.com/api/v1/")],
+)
+def test_the_printed_sign_in_link_follows_host_port_and_public_url(
+    tmp_path: Path, overrides: dict[str, Any], expected: str
+) -> None:
+    import logging
+
+    settings = make_settings(tmp_path, auth_jwt_secret=None, app_env="development", **overrides)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("app").addHandler(handler)
+    try:
+        with live_server(create_app(settings)):
+            pass
+    finally:
+        logging.getLogger("app").removeHandler(handler)
+    link = next(line for record in records for line in record.splitlines() if "playground" in line)
+    assert expected in link, link

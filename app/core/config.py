@@ -25,10 +25,12 @@ class Settings(BaseSettings, ProviderSettings):
     app_name: str = "CRM real-time AI"
     app_env: Literal["development", "production", "test"] = "development"
     data_dir: Path = Path("./var")
-    public_url: str = Field(
-        default="http://127.0.0.1:8000",
-        description="Base URL printed in the start-up sign-in link.",
-    )
+    # Where the service listens (scripts/run.sh passes them to uvicorn) and the address
+    # clients reach it at (behind a proxy: the proxy's). The start-up sign-in link and
+    # the WebSocket Origin check use `base_url`.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
 
     # Identity.
     auth_jwt_secret: SecretStr | None = None
@@ -90,6 +92,13 @@ class Settings(BaseSettings, ProviderSettings):
             if secret is not None and len(secret.get_secret_value()) < 32:
                 raise ValueError("AUTH_JWT_SECRET must be at least 32 characters in production")
         return self
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def auth_secret_file(self) -> Path:
