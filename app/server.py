@@ -13,14 +13,14 @@ from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
 from app.api.errors import add_exception_handlers
 from app.api import streaming
 from app.api.access import guard_request
-from app.api.body_limit import BodyLimitMiddleware
+from app.api.request_body import RequestBodyMiddleware
 from app.api.routes import console, documents, health, metrics, usage
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.services import Services
-from app.store.database import create_schema
+from app.store.database import migrate
 
 log = logging.getLogger("app")
 _gc_tuned = False
@@ -73,12 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
-        await create_schema(services.engine)
-        interrupted = await services.audit.mark_interrupted()
+        await migrate(services.engine)
+        interrupted = await services.liveness.start()
         if interrupted:
             log.warning("marked %d runs of stopped processes as interrupted", interrupted)
         announce_dev_sign_in(services)
         services.warm_up()
+        await services.cpu.start()
         tune_gc_once()
         yield
         await services.close()
@@ -92,7 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.request_max_body_bytes)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_body_bytes=settings.request_max_body_bytes,
+        body_timeout_s=settings.request_body_timeout_s,
+    )
     app.add_middleware(
         TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
     )

@@ -53,9 +53,9 @@ class RunRecord:
 
 
 class ClientLink(Protocol):
-    """The client connection a run serves (a Starlette `Request` is one)."""
+    """The client connection a run serves: returns once that client has gone."""
 
-    async def is_disconnected(self) -> bool: ...
+    async def wait_disconnected(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,11 @@ from langchain_core.runnables.utils import AddableDict
 
 from chains.context import run_context
 from chains.local.composer import compose_answer
-from chains.ports import Conversation, KnowledgeSearch, Memory
+from chains.ports import Conversation, CpuRunner, KnowledgeSearch, Memory
 from chains.prompts import answer_messages
 from chains.providers.router import ProviderRouter
-from chains.safety import censored, guarded
+from chains.censor import censored
+from chains.safety import guarded
 from chains.schemas import InsightsAnswer, InsightsQuestion
 from chains.streaming import field_streaming_chain
 
@@ -29,7 +30,7 @@ MIN_RELEVANCE = 0.1
 
 
 def build_insights_chain(
-    router: ProviderRouter, knowledge: KnowledgeSearch, memory: Memory, *, top_k: int = 3
+    router: ProviderRouter, knowledge: KnowledgeSearch, memory: Memory, cpu: CpuRunner, *, top_k: int = 3
 ) -> Runnable[Any, Any]:
     async def answer(payload: dict[str, Any], config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
         identity = run_context(config).identity
@@ -56,13 +57,20 @@ def build_insights_chain(
             for role, content in await memory.recent_turns(conversation)
         ]
         asked = guarded(question, source="insights.question", config=config)
-        sources = [(p, guarded(p.text, source=f"document:{p.document_id}", config=config)) for p in passages]
-        cited = [(p.title, g.text) for p, g in sources]
-        flagged = asked.flagged or any(g.flagged for _, g in sources) or any(g.flagged for _, g in history)
+        # Titles reach the prompt too, so they pass the same guard as the text.
+        sources = [
+            (guarded(p.title, source=f"document_title:{p.document_id}", config=config),
+             guarded(p.text, source=f"document:{p.document_id}", config=config))
+            for p in passages
+        ]
+        cited = [(title.text, text.text) for title, text in sources]
+        flagged = asked.flagged or any(g.flagged for pair in sources for g in pair) or any(
+            g.flagged for _, g in history
+        )
         prompt = answer_messages(asked.text, cited, [(role, g.text) for role, g in history], flagged=flagged)
 
-        def local() -> str:
-            return compose_answer(asked.text, cited)
+        async def local() -> str:
+            return await cpu.run(identity.tenant_id, compose_answer, asked.text, cited)
 
         parts: list[str] = []
         async for token in censored(router.astream_text(prompt, config=config, local=local)):

@@ -15,15 +15,18 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import AddableDict
 
 from chains.context import run_context
+from chains.ports import CpuRunner
 from chains.local.composer import compose_summary
 from chains.local.intent import assess_urgency, classify_intent
 from chains.local.sentiment import analyze_sentiment
 from chains.prompts import summary_messages
 from chains.providers.router import ProviderError, ProviderRouter, ProviderStreamInterrupted
 from chains.recommendations import recommend
-from chains.safety import censored, guarded
+from chains.censor import censored
+from chains.safety import GuardResult, guard_untrusted, reported
 from chains.schemas import InteractionAnalysis, InteractionInput
 from chains.streaming import field_streaming_chain
+from chains.text import excerpt
 
 
 def analyze_fast(payload: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +53,12 @@ def analyze_fast(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def prepare(payload: dict[str, Any]) -> tuple[dict[str, Any], GuardResult]:
+    """The CPU work before any provider is called, in one hop off the loop: the fast
+    signals (on the bounded excerpt) and the injection guard (on the whole text)."""
+    return analyze_fast({**payload, "text": excerpt(payload["text"])[0]}), guard_untrusted(payload["text"])
+
+
 def local_summary(text: str, payload: dict[str, Any], fast: dict[str, Any]) -> str:
     return compose_summary(
         text=text,
@@ -70,23 +79,24 @@ def signals_of(fast: dict[str, Any]) -> str:
     )
 
 
-def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
+def build_interaction_chain(router: ProviderRouter, cpu: CpuRunner) -> Runnable[Any, Any]:
     async def analyse(
         payload: dict[str, Any], config: RunnableConfig
     ) -> AsyncIterator[dict[str, Any]]:
-        run_context(config)  # fail closed before any work
-        fast = analyze_fast(payload)
+        tenant_id = run_context(config).identity.tenant_id  # fail closed before any work
+        truncated = excerpt(payload["text"])[1]
+        fast, checked = await cpu.run(tenant_id, prepare, payload)
         yield AddableDict(sentiment=fast["sentiment"])
         yield AddableDict(intent=fast["intent"], urgency=fast["urgency"])
-        guard = guarded(payload["text"], source="interaction.text", config=config)
+        guard = reported(checked, original=payload["text"], source="interaction.text", config=config)
         degraded_reason: str | None = None
         streamed_any = False
         prompt = summary_messages(
             guard.text, channel=payload["channel"], signals=signals_of(fast), flagged=guard.flagged
         )
 
-        def local() -> str:
-            return local_summary(guard.text, payload, fast)
+        async def local() -> str:
+            return await cpu.run(tenant_id, local_summary, excerpt(guard.text)[0], payload, fast)
 
         try:
             async for token in censored(router.astream_text(prompt, config=config, local=local)):
@@ -97,9 +107,11 @@ def build_interaction_chain(router: ProviderRouter) -> Runnable[Any, Any]:
         except ProviderError:
             degraded_reason = "providers_unavailable"
         if not streamed_any:
-            yield AddableDict(summary=local())
+            yield AddableDict(summary=await local())
         yield AddableDict(recommendations=fast["recommendations"])
-        yield AddableDict(degraded=degraded_reason is not None, degraded_reason=degraded_reason)
+        yield AddableDict(
+            degraded=degraded_reason is not None, degraded_reason=degraded_reason, text_truncated=truncated
+        )
 
     return field_streaming_chain(
         "interaction_analysis", analyse, InteractionInput, InteractionAnalysis

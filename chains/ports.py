@@ -5,8 +5,11 @@ Chains depend on these, never on `app.store`; the app wires the real stores in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +44,9 @@ class Memory(Protocol):
     async def recent_turns(self, conversation: Conversation, *, limit: int = 8) -> list[tuple[str, str]]: ...
 
     async def append_turn(self, conversation: Conversation, *, question: str, answer: str) -> None: ...
+
+
+class CpuRunner(Protocol):
+    """Runs CPU-bound work off the event loop, accounted to a tenant (`app.core.cpu_pool`)."""
+
+    async def run(self, tenant_id: str, fn: Callable[..., _T], /, *args: Any) -> _T: ...

@@ -1,31 +1,33 @@
-"""Untrusted text in, generated text out: the two guards around every model call.
+"""Untrusted text in: the injection guard every field passes before it reaches a prompt.
 
-`guard_untrusted` checks text that reaches a prompt (customer messages, questions,
-knowledge-base passages) for instruction-injection patterns and neutralises the
-sequences that could break out of the data fence or impersonate a chat role. The
-system prompt never changes with the input: flagged text stays data, the flag is
-recorded as a security event, and the model is told the data contains instructions
-to ignore. Exfiltration has nothing to reach anyway: a prompt only ever holds the
-caller's own tenant's data.
+Customer messages, questions, knowledge passages *and their titles*, and replayed
+memory all go through `guarded()`. It looks for instruction-like text on a canonical
+form that tricks do not survive: invisible characters removed, NFKC (fullwidth and
+compatibility forms), confusable look-alikes mapped to Latin (Cyrillic `о`, Greek `ο`…,
+from Unicode's confusables data shipped in `confusable-homoglyphs`), lower case; and on a
+"squashed" form of letters only, so split words and spaced letters (`i g n o r e`,
+`ig-nore previous`) still match. Sequences that could close the prompt's data fence or
+fake a chat role are defused, and an attempt to use them is flagged too.
 
-`StreamingCensor` masks profanity in streamed output word by word, holding back only
-a trailing partial word. The word list is better-profanity's; its own `censor()`
-costs ~4 ms per sentence (it expands every word into variants), too slow for a
-per-token path, so matching here is a set lookup on normalised words.
+The system prompt never changes with the input: flagged text stays data, the flag is
+recorded as a security event (the run's record, then the audit trail), and the model is
+told the data contains instructions to ignore. Exfiltration has nothing to reach anyway:
+a prompt only ever holds the caller's own tenant's data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
 import unicodedata
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import better_profanity
+import confusable_homoglyphs
 from langchain_core.runnables import RunnableConfig
 
 from chains.context import MissingIdentity, run_context
@@ -33,17 +35,73 @@ from chains.context import MissingIdentity, run_context
 security_log = logging.getLogger("crm.security")
 
 _INJECTION_PATTERNS = {
-    "override_instructions": r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|guidelines|context)\b",
-    "role_reassignment": r"\b(you are now|from now on you|act as (an?|the) (ai|assistant|system|admin|developer)|pretend (to be|you are))\b",
+    "override_instructions": r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|guidelines|context|directives?)\b",
+    "role_reassignment": r"\b(you are now|from now on,? you|act as (an?|the) (ai|assistant|system|admin|developer)|pretend (to be|you are))\b",
     "prompt_exfiltration": r"\b(reveal|print|show|repeat|output|leak)\b[^.\n]{0,30}\b(system prompt|your (instructions|prompt|rules)|hidden prompt)\b",
     "cross_tenant_request": r"\b(other|all|every|another)\s+(customers?|tenants?|companies|businesses|accounts?)['’]?s?\s+(data|records|emails?|notes|documents|details)\b",
     "mode_switch": r"\b(developer mode|jailbreak|dan mode|god mode)\b",
-    "role_markers": r"(<\|(im_start|im_end|system|assistant|user)\|>|\[/?INST\]|^\s*#{2,}\s*(system|assistant)\b|^\s*(system|assistant)\s*:)",
+    "role_markers": r"(<\|(im_start|im_end|system|assistant|user)\|>|\[/?inst\]|^\s*#{2,}\s*(system|assistant)\b|^\s*(system|assistant)\s*:)",
+    "fake_facts_block": r"```\s*(facts|system|json|instructions)",
 }
-_COMPILED = {name: re.compile(p, re.IGNORECASE | re.MULTILINE) for name, p in _INJECTION_PATTERNS.items()}
+_COMPILED = {name: re.compile(p, re.MULTILINE) for name, p in _INJECTION_PATTERNS.items()}  # on lower-cased text
+# Letters only: what survives "i g n o r e", "ig-nore" and "ign.ore".
+_SQUASHED = re.compile(
+    r"(ignore|disregard|forget|override)(all|any|the|your|my)*(previous|prior|above|earlier|preceding|system)"
+    r"(instructions?|prompts?|rules|guidelines|directives?)"
+    r"|(reveal|print|show|leak)(me)?(your|the)(system|hidden)?(prompt|instructions)"
+    r"|youarenow(an?|the)?(admin|system|developer|unrestricted|jailbroken)"
+    r"|developermode|jailbreak|danmode"
+)
 # Sequences our prompts use as structure; in untrusted text they are defused.
 _FENCE_BREAKERS = re.compile(r"(<<<|>>>|```|<\|[a-z_]+\|>)", re.IGNORECASE)
-_INVISIBLE = {"Cf", "Cc"}  # format and control characters (zero-width, bidi overrides…)
+_NOT_LETTER = re.compile(r"[^a-z]+")
+
+
+@lru_cache(maxsize=1)
+def _invisible() -> re.Pattern[str]:
+    """Format and control characters (zero-width, bidi overrides…), but newline and tab."""
+    ranges: list[str] = []
+    start = previous = -2
+    for code in range(sys.maxunicode + 1):
+        if code in (9, 10) or unicodedata.category(chr(code)) not in ("Cf", "Cc"):
+            continue
+        if code != previous + 1:
+            if start >= 0:
+                ranges.append(_range(start, previous))
+            start = code
+        previous = code
+    ranges.append(_range(start, previous))
+    return re.compile("[" + "".join(ranges) + "]")
+
+
+def _range(start: int, end: int) -> str:
+    return re.escape(chr(start)) if start == end else f"{re.escape(chr(start))}-{re.escape(chr(end))}"
+
+
+@lru_cache(maxsize=1)
+def _latin_lookalikes() -> dict[int, str]:
+    """Non-ASCII characters that look like an ASCII letter or digit, mapped to it."""
+    data = json.loads((Path(confusable_homoglyphs.__file__).parent / "confusables.json").read_text())
+    table: dict[int, str] = {}
+    for char, homoglyphs in data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        for homoglyph in homoglyphs:
+            target = homoglyph["c"]
+            if len(target) == 1 and target.isascii() and target.isalnum():
+                table[ord(char)] = target.lower()
+                break
+    return table
+
+
+def canonical(text: str) -> str:
+    """The form injection detection reads: visible, NFKC, Latin look-alikes, lower case."""
+    visible = _invisible().sub("", text)
+    return unicodedata.normalize("NFKC", visible).lower().translate(_latin_lookalikes())
+
+
+def warm_up() -> None:
+    canonical("warm up")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +114,16 @@ class GuardResult:
         return bool(self.flags)
 
 
-def _strip_invisible(text: str) -> str:
-    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in _INVISIBLE)
-
-
 def guard_untrusted(text: str) -> GuardResult:
-    visible = _strip_invisible(text)
-    flags = tuple(name for name, pattern in _COMPILED.items() if pattern.search(visible))
-    return GuardResult(_FENCE_BREAKERS.sub(lambda m: " ".join(m.group(0)), visible), flags)
+    """Flags instruction-like text; returns the text visible, NFKC and fence-defused."""
+    form = canonical(text)
+    flags = [name for name, pattern in _COMPILED.items() if pattern.search(form)]
+    if _SQUASHED.search(_NOT_LETTER.sub("", form)) and not flags:
+        flags.append("obfuscated_instructions")
+    if _FENCE_BREAKERS.search(form):
+        flags.append("fence_break")
+    safe = unicodedata.normalize("NFKC", _invisible().sub("", text))
+    return GuardResult(_FENCE_BREAKERS.sub(lambda m: " ".join(m.group(0)), safe), tuple(flags))
 
 
 def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) -> None:
@@ -77,61 +137,13 @@ def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) 
     context.record.security_events.append(event)
 
 
-def guarded(text: str, *, source: str, config: RunnableConfig | None) -> GuardResult:
-    result = guard_untrusted(text)
+def reported(result: GuardResult, *, original: str, source: str, config: RunnableConfig | None) -> GuardResult:
+    """Records a flagged result as a security event of the run; returns it unchanged."""
     if result.flagged:
         record_security_event(config, {"kind": "prompt_injection", "source": source,
-                                       "patterns": list(result.flags), "excerpt": text[:200]})
+                                       "patterns": list(result.flags), "excerpt": original[:200]})
     return result
 
 
-@lru_cache(maxsize=1)
-def _wordlist() -> frozenset[str]:
-    path = Path(better_profanity.__file__).parent / "profanity_wordlist.txt"
-    return frozenset(line.strip().lower() for line in path.read_text().splitlines() if line.strip())
-
-
-_WORD = re.compile(r"[A-Za-z0-9@$*!]+(?:'[A-Za-z]+)?")
-_LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
-
-
-def _censor_words(text: str) -> str:
-    words = _wordlist()
-
-    def mask(match: re.Match[str]) -> str:
-        word = match.group(0)
-        normal = word.lower().translate(_LEET).strip("*")
-        return "****" if normal in words else word
-
-    return _WORD.sub(mask, text)
-
-
-class StreamingCensor:
-    """Masks listed words across token boundaries, holding back only a partial word."""
-
-    def __init__(self) -> None:
-        self._pending = ""
-
-    def feed(self, token: str) -> str:
-        text = self._pending + token
-        cut = max(text.rfind(" "), text.rfind("\n"))
-        if cut < 0:
-            self._pending = text
-            return ""
-        self._pending = text[cut + 1 :]
-        return _censor_words(text[: cut + 1])
-
-    def flush(self) -> str:
-        text, self._pending = self._pending, ""
-        return _censor_words(text)
-
-
-async def censored(tokens: AsyncIterator[str]) -> AsyncIterator[str]:
-    censor = StreamingCensor()
-    async for token in tokens:
-        out = censor.feed(token)
-        if out:
-            yield out
-    tail = censor.flush()
-    if tail:
-        yield tail
+def guarded(text: str, *, source: str, config: RunnableConfig | None) -> GuardResult:
+    return reported(guard_untrusted(text), original=text, source=source, config=config)

@@ -68,6 +68,10 @@ class InteractionAnalysis(BaseModel):
     recommendations: list[Recommendation]
     degraded: bool = False
     degraded_reason: str | None = None
+    text_truncated: bool = Field(
+        default=False,
+        description="The local analysis read the first 2,000 and last 1,000 characters of a longer message.",
+    )
     cached_from: str | None = Field(
         default=None, description="Set when the answer came from the cache: when that analysis was made."
     )
@@ -99,7 +103,7 @@ class LeadInput(ChainInput):
     industry: Omittable[Annotated[str, Field(max_length=64)]]
     job_title: Omittable[Annotated[str, Field(max_length=128)]]
     source: Omittable[Annotated[str, Field(max_length=64)]]
-    budget_usd: Omittable[Annotated[float, Field(ge=0)]]
+    budget_usd: Omittable[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
     email_opens_30d: Omittable[Count]
     email_clicks_30d: Omittable[Count]
     website_visits_30d: Omittable[Count]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sklearn.metrics import accuracy_score, f1_score
 
-from app.store.database import create_engine, create_schema, database_url
+from app.store.database import create_engine, migrate, database_url
 from app.store.knowledge import KnowledgeBase
 from chains.local.intent import assess_urgency, classify_intent
 from chains.local.sentiment import analyze_sentiment
@@ -57,7 +57,7 @@ async def retrieval_metrics() -> list[tuple[str, float, str]]:
     data = json.loads((DATA / "knowledge.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(database_url(None, Path(tmp) / "eval.sqlite3"))
-        await create_schema(engine)
+        await migrate(engine)
         knowledge = KnowledgeBase(engine)
         ids: dict[str, str] = {}
         for document in data["documents"]:

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/uvicorn app.server:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"
+# The guarded protocol closes connections whose headers are slow or huge (see the README).
+exec .venv/bin/uvicorn app.server:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" \
+  --http app.api.http_protocol:GuardedHttpToolsProtocol --timeout-keep-alive 5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
+from app.core.analysis_cache import AnalysisCache, CacheQuery, InMemoryAnalysisCache, RedisAnalysisCache, describe
 from tests.support.servers import redis_server
 
 
@@ -29,8 +29,8 @@ async def cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await client.aclose()
 
 
-def message(text: str, customer: str = "c-1") -> dict[str, str]:
-    return {"customer_id": customer, "text": text, "channel": "email", "customer_tier": "standard"}
+def message(text: str, customer: str = "c-1") -> CacheQuery:
+    return describe({"customer_id": customer, "text": text, "channel": "email", "customer_tier": "standard"})
 
 
 ANALYSIS = {"intent": "cancellation_risk", "summary": "The customer may cancel."}

@@ -83,31 +83,40 @@ def test_runs_are_recorded_with_model_tokens_cost_and_outcome(
         assert other["total_runs"] == 1 and {line["feature"] for line in other["lines"]} == {"scoring"}
 
 
-def test_a_run_killed_with_its_process_reads_as_interrupted(
+def test_a_killed_replicas_runs_read_interrupted_within_seconds_and_no_one_elses(
     tmp_path: Path, database_url: str | None, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
 ) -> None:
+    """Replicas A and B share the database. A is killed (SIGKILL: no shutdown hooks) in
+    the middle of a run while B is running one of its own; B, still alive, marks A's run
+    `interrupted` within a heartbeat or two, and leaves its own `running`."""
     _, openai_url = fake_openai
-    openai_provider.token_delay_s = 1.0  # the run will still be going when the process dies
-    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(tmp_path),
+    openai_provider.token_delay_s = 1.0  # ~13 s per run: both are still going
+    shared_db = database_url or f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATABASE_URL": shared_db,
            "LLM_PROVIDERS": "openai,local", "OPENAI_BASE_URL": openai_url, "OPENAI_API_KEY": "sk-test",
-           "AUDIT_INTERRUPTED_AFTER_S": "1"}
-    if database_url:
-        env["DATABASE_URL"] = database_url
+           "AUDIT_HEARTBEAT_S": "0.5", "AUDIT_PROCESS_DEAD_AFTER_S": "2"}
     tenant = f"killed-{'pg' if database_url else 'sqlite'}"
-    with replica_process(env, tmp_path / "first.log") as (url, process), ThreadPoolExecutor(1) as pool:
-        # The client stays connected: the run must die with the process, not be cancelled.
-        pending = pool.submit(httpx.post, f"{url}{INTERACTIONS_PATH}/invoke", headers=headers(tenant),
-                              json={"input": INTERACTION}, timeout=30)
+    admin = headers(tenant, roles=("admin",))
+    with replica_process({**env, "DATA_DIR": str(tmp_path / "a")}, tmp_path / "a.log") as (a, process), \
+            replica({**env, "DATA_DIR": str(tmp_path / "b")}, tmp_path / "b.log") as b, ThreadPoolExecutor(2) as pool:
+        on_a = pool.submit(httpx.post, f"{a}{INTERACTIONS_PATH}/invoke", headers=headers(tenant),
+                           json={"input": {**INTERACTION, "customer_id": "on-a"}}, timeout=60)
+        on_b = pool.submit(httpx.post, f"{b}{INTERACTIONS_PATH}/invoke", headers=headers(tenant),
+                           json={"input": {**INTERACTION, "customer_id": "on-b"}}, timeout=60)
         deadline = time.monotonic() + 20
-        while not openai_provider.requests and time.monotonic() < deadline:
+        while len(openai_provider.requests) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert openai_provider.requests, "the run reached its LLM call"
+        assert len(openai_provider.requests) == 2, "both runs reached their LLM call"
         process.send_signal(signal.SIGKILL)  # no shutdown hooks, no chance to finish the record
         process.wait(timeout=10)
+        killed_at = time.monotonic()
+        statuses: list[str] = []
+        while time.monotonic() - killed_at < 30:
+            statuses = sorted(r["status"] for r in httpx.get(f"{b}/api/v1/ai/usage/runs", headers=admin).json())
+            if statuses == ["interrupted", "running"]:
+                break
+            time.sleep(0.2)
+        assert statuses == ["interrupted", "running"], statuses
         with pytest.raises(httpx.HTTPError):
-            pending.result()
-    time.sleep(1.5)
-    with replica(env, tmp_path / "second.log") as url:
-        runs = httpx.get(f"{url}/api/v1/ai/usage/runs", headers=headers(tenant, roles=("admin",))).json()
-    assert [r["status"] for r in runs] == ["interrupted"]
-    assert runs[0]["finished_at"] is None and runs[0]["chain"] == "interactions"
+            on_a.result()
+        assert on_b.result().status_code == 200, "B's run was never touched and completed"

@@ -66,6 +66,7 @@ def oidc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             auth_jwks_url=f"{jwks_url}/jwks.json",
             auth_issuer=ISSUER,
             auth_audience=AUDIENCE,
+            metrics_token="scrape-secret",
         )
         with live_server(create_app(settings)) as url:
             yield url

@@ -19,6 +19,7 @@ from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
 from app.server import create_app
+from app.core.cpu_pool import FairCpuPool
 from chains.context import run_config
 from chains.interactions import build_interaction_chain
 from chains.providers.router import ProviderRouter
@@ -44,7 +45,7 @@ def timeouts(tmp_path: Path, openai_url: str, *, total_s: float, **extra: object
 
 
 async def analyse(settings: Settings) -> dict:
-    chain = build_interaction_chain(ProviderRouter.from_settings(settings))
+    chain = build_interaction_chain(ProviderRouter.from_settings(settings), FairCpuPool(1))
     output: dict = {}
     async for chunk in chain.astream(dict(INTERACTION), run_config("acme", "u")):
         for key, value in chunk.items():

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from limits.aio.storage import MemoryStorage
 from websockets.asyncio.client import connect
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH
 from app.core.auth import Principal, TokenVerifier
 from app.core.errors import RateLimited
+from app.core.analysis_cache import describe
 from app.core.rate_limit import RequestRateLimiter
 from app.core.services import Services
 from app.server import create_app
@@ -97,13 +97,14 @@ async def test_cache_channels_and_rate_limits_are_per_tenant(world: tuple[str, S
         response = await http.post(f"{INTERACTIONS_PATH}/invoke", headers=auth(verifier, "tenant-a"),
                                    json={"input": interaction})
         assert response.status_code == 200
-    assert await services.processor.cache.get("tenant-a", interaction) is not None
-    assert await services.processor.cache.get("tenant-b", interaction) is None, "cache"
+    query = describe(interaction)
+    assert await services.processor.cache.get("tenant-a", query) is not None
+    assert await services.processor.cache.get("tenant-b", query) is None, "cache"
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(ws_b.recv(), 1.0)  # channels
     await ws_b.close()
 
-    limiter = RequestRateLimiter(MemoryStorage(), per_tenant="2/minute", per_user="2/minute")
+    limiter = RequestRateLimiter(None, per_tenant="2/minute", per_user="2/minute")
     def principal(tenant: str) -> Principal:
         return Principal(user_id=USER, tenant_id=tenant, roles=frozenset({"rep"}), expires_at=0)
     await limiter.check(principal("tenant-a"), cost=2)

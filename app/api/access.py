@@ -9,13 +9,13 @@ forgotten open (the LangGraph Server pitfall, where unmatched requests are accep
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from fastapi import WebSocketException
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection, Request
 
+from app.api.request_body import BODY_METHODS, PARSED_BODY
 from app.core.auth import authenticate
 from app.core.errors import Forbidden
 
@@ -74,15 +74,12 @@ def policy_for(path: str, method: str) -> Policy | None:
     return None
 
 
-async def _json_body(request: Request) -> object:
-    """Parses the body once up front (Starlette caches it for LangServe to read again):
-    LangServe lets non-UTF-8 bodies escape as a 500, and a bad body should cost nothing."""
-    try:
-        body = json.loads(await request.body())
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError alike
-        raise RequestValidationError(
-            [{"loc": ["body"], "msg": f"body must be UTF-8 JSON: {error}", "type": "json_invalid"}]
-        ) from None
+async def _chain_body(request: Request) -> object:
+    """A chain request's body (already checked by `RequestBodyMiddleware`), with what
+    LangServe itself would crash on refused first: a bad body should cost nothing."""
+    body = getattr(request.state, PARSED_BODY, None)
+    if body is None:
+        raise RequestValidationError([{"loc": ["body"], "msg": "body must be UTF-8 JSON", "type": "json_invalid"}])
     # LangServe crashes (TypeError, a 500) on an explicit null config or null batch inputs.
     if isinstance(body, dict) and "config" in body and body["config"] is None:
         raise RequestValidationError(
@@ -91,6 +88,10 @@ async def _json_body(request: Request) -> object:
     if request.url.path.endswith("/batch") and not (isinstance(body, dict) and isinstance(body.get("inputs"), list)):
         raise RequestValidationError([{"loc": ["body", "inputs"], "msg": "inputs must be a list", "type": "list_type"}])
     return body
+
+
+def _is_chain_run(path: str) -> bool:
+    return any(path.startswith(prefix + "/") for prefix in CHAIN_POLICIES)
 
 
 def _cost(path: str, body: object) -> int:
@@ -114,6 +115,8 @@ async def guard_request(conn: HTTPConnection) -> None:
     assert policy.roles is not None
     if not principal.has_any_role(policy.roles):
         raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
-    if policy.rate_limited and isinstance(conn, Request):
-        body = await _json_body(conn)
+    if not isinstance(conn, Request) or conn.method not in BODY_METHODS:
+        return
+    body = await _chain_body(conn) if _is_chain_run(path) else None
+    if policy.rate_limited:
         await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))

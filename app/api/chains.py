@@ -30,6 +30,26 @@ from chains.scoring.chain import build_lead_scoring_chain
 __all__ = ["INSIGHTS_CHAT_PATH", "INTERACTIONS_PATH", "LEAD_SCORING_PATH", "add_chain_routes", "build_chains"]
 
 
+class RequestDisconnect:
+    """Waits for the client of one request to go: one task per request, whatever the
+    number of runs (a batch) waiting on it. The body has been read already, so the next
+    `receive()` only returns `http.disconnect`: when the client leaves, or when the
+    response is complete. No polling."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._gone: asyncio.Future[None] | None = None
+
+    async def wait_disconnected(self) -> None:
+        if self._gone is None:
+            self._gone = asyncio.ensure_future(self._watch())
+        await asyncio.shield(self._gone)
+
+    async def _watch(self) -> None:
+        while (await self._request.receive())["type"] != "http.disconnect":
+            pass
+
+
 def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
     """The one place a request's `RunContext` is made: from the verified token only."""
     principal = getattr(request.state, "principal", None)
@@ -38,7 +58,7 @@ def inject_identity(config: dict[str, Any], request: Request) -> dict[str, Any]:
     context = RunContext(
         RunIdentity(tenant_id=principal.tenant_id, user_id=principal.user_id),
         arrived_at=asyncio.get_running_loop().time(),
-        client=request,
+        client=RequestDisconnect(request),
     )
     return dict(with_run_context(config, context))  # type: ignore[arg-type]
 
@@ -48,13 +68,13 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
     processor = services.processor
 
     def insights(router: ProviderRouter) -> Runnable[Any, Any]:
-        return build_insights_chain(router, services.knowledge, services.memory)
+        return build_insights_chain(router, services.knowledge, services.memory, services.cpu)
 
-    interactions = InteractionPolicy(processor, build_interaction_chain(services.local_router))
+    interactions = InteractionPolicy(processor, build_interaction_chain(services.local_router, services.cpu), services.cpu)
     chat = InsightsPolicy(insights(services.local_router))
     return {
         INTERACTIONS_PATH: ManagedChain(
-            build_interaction_chain(services.router), chain_name="interactions", processor=processor,
+            build_interaction_chain(services.router, services.cpu), chain_name="interactions", processor=processor,
             delivery=interactions, fallback=interactions,
         ),
         LEAD_SCORING_PATH: ManagedChain(

@@ -8,7 +8,9 @@ The same `describe_error` serves both, so a client sees the same `code` and
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -17,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
+from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
 from app.core.errors import AppError, RateLimited, Unauthenticated
 from app.store.audit import AuditUnavailable
@@ -49,6 +52,8 @@ def describe_error(error: BaseException) -> ErrorInfo:
         return ErrorInfo(401, "unauthenticated", "run has no verified identity", False)
     if isinstance(error, AuditUnavailable):
         return ErrorInfo(503, "audit_unavailable", "the audit trail cannot be written", True)
+    if isinstance(error, DatabaseTimeout):
+        return ErrorInfo(503, "database_busy", "every database connection is busy: retry shortly", True)
     if isinstance(error, (TimeoutError,)):
         return ErrorInfo(504, "timeout", "the run took too long", True)
     # Unknown failures keep their details in the server log, never in the response.
@@ -83,8 +88,27 @@ async def run_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Provider outages and identity faults raised from `invoke`/`batch` chain runs."""
     info = describe_error(exc)
     log.warning("chain run failed: %r", exc)
+    headers = {"Retry-After": "1"} if info.retryable and info.status_code == 503 else None
     return JSONResponse({"detail": info.message, "code": info.code, "retryable": info.retryable},
-                        status_code=info.status_code)
+                        status_code=info.status_code, headers=headers)
+
+
+def _encodable(value: Any) -> Any:
+    """A 422 echoes what the client sent; make sure that can be written as JSON: no
+    non-finite floats, no lone surrogates (either would turn the 422 into a 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    return value
+
+
+def validation_response(errors: list[Any]) -> JSONResponse:
+    return JSONResponse({"detail": _encodable(jsonable_encoder(errors))}, status_code=422)
 
 
 async def batch_validation_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -94,8 +118,7 @@ async def batch_validation_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, ValidationError)
     if not request.url.path.endswith("/batch"):
         raise exc
-    errors = jsonable_encoder(exc.errors(include_url=False, include_context=False))
-    return JSONResponse({"detail": errors}, status_code=422)
+    return validation_response(exc.errors(include_url=False, include_context=False))
 
 
 async def request_validation_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +129,7 @@ async def request_validation_handler(request: Request, exc: Exception) -> JSONRe
         error if isinstance(error, dict) else {"loc": ["body"], "msg": str(error), "type": "value_error"}
         for error in exc.errors()
     ]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    return validation_response(errors)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -126,3 +149,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProviderError, run_error_handler)
     app.add_exception_handler(MissingIdentity, run_error_handler)
     app.add_exception_handler(AuditUnavailable, run_error_handler)
+    app.add_exception_handler(DatabaseTimeout, run_error_handler)

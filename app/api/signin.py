@@ -7,6 +7,7 @@ The token leaves the URL at once (redirect), so it is not kept in history or log
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import urlencode
 
@@ -17,6 +18,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.errors import error_response
 from app.core.auth import TokenVerifier
 from app.core.errors import Unauthenticated
+
+
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def same_origin_path(scope: Scope) -> str:
+    """The request's own path as a redirect target that cannot leave this origin.
+
+    Built from the raw (still percent-encoded) path, so `/%2F%2Fevil.example` stays a
+    path; browsers read `//host`, `/\\host` and `/<tab>/host` as another host, so
+    backslashes, whitespace and controls are encoded and leading slashes collapsed.
+    """
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = _UNSAFE_IN_PATH.sub(lambda m: f"%{ord(m.group(0)):02X}", raw.decode("latin-1"))
+    return "/" + path.lstrip("/")
 
 
 class TokenSignInMiddleware:
@@ -42,7 +58,7 @@ class TokenSignInMiddleware:
             await error_response(error)(scope, receive, send)
             return
         remaining = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        target = request.url.path + (f"?{urlencode(remaining)}" if remaining else "")
+        target = same_origin_path(scope) + (f"?{urlencode(remaining)}" if remaining else "")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             self.cookie_name,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -28,8 +29,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from chains.embeddings import embed_one
+from chains.text import excerpt
+
+log = logging.getLogger(__name__)
 
 SIMILARITY_THRESHOLD = 0.9
 MAX_ENTRIES_PER_CUSTOMER = 50
@@ -93,6 +98,23 @@ def cache_key(payload: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheQuery:
+    """What a lookup or an insert needs, computed once per message (CPU: run it off the
+    loop with `describe`)."""
+
+    customer_id: str
+    key: str
+    signature: str
+    embedding: np.ndarray
+
+
+def describe(payload: dict[str, Any]) -> CacheQuery:
+    # Signature and embedding read the same bounded excerpt the local analysis reads.
+    text = excerpt(str(payload["text"]))[0]
+    return CacheQuery(str(payload["customer_id"]), cache_key(payload), meaning_signature(text), embed_one(text))
+
+
+@dataclass(frozen=True, slots=True)
 class CacheHit:
     kind: Literal["exact", "similar"]
     similarity: float
@@ -119,23 +141,20 @@ class _Entry:
 
 
 class AnalysisCache(Protocol):
-    async def get(self, tenant_id: str, payload: dict[str, Any]) -> CacheHit | None: ...
+    async def get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None: ...
 
-    async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None: ...
-
-
-def _entry_for(payload: dict[str, Any], output: dict[str, Any]) -> _Entry:
-    text = str(payload["text"])
-    return _Entry(embed_one(text), meaning_signature(text), output, datetime.now(UTC).isoformat())
+    async def put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None: ...
 
 
-def _best_similar(payload: dict[str, Any], entries: list[_Entry]) -> CacheHit | None:
-    text = str(payload["text"])
-    signature = meaning_signature(text)
-    candidates = [entry for entry in entries if entry.signature == signature]
+def _entry_for(query: CacheQuery, output: dict[str, Any]) -> _Entry:
+    return _Entry(query.embedding, query.signature, output, datetime.now(UTC).isoformat())
+
+
+def _best_similar(query: CacheQuery, entries: list[_Entry]) -> CacheHit | None:
+    candidates = [entry for entry in entries if entry.signature == query.signature]
     if not candidates:
         return None
-    similarity = np.stack([entry.embedding for entry in candidates]) @ embed_one(text)
+    similarity = np.stack([entry.embedding for entry in candidates]) @ query.embedding
     best = int(np.argmax(similarity))
     if float(similarity[best]) < SIMILARITY_THRESHOLD:
         return None
@@ -151,22 +170,21 @@ class InMemoryAnalysisCache:
         self._max_entries = max_entries_per_customer
         self._max_customers = max_customers
 
-    async def get(self, tenant_id: str, payload: dict[str, Any]) -> CacheHit | None:
-        entries = self._customers.get((tenant_id, payload["customer_id"]))
+    async def get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
+        entries = self._customers.get((tenant_id, query.customer_id))
         if not entries:
             return None
-        exact = entries.get(cache_key(payload))
+        exact = entries.get(query.key)
         if exact is not None:
             return CacheHit("exact", 1.0, exact.output, exact.cached_from)
-        return _best_similar(payload, list(entries.values()))
+        return _best_similar(query, list(entries.values()))
 
-    async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None:
-        owner = (tenant_id, payload["customer_id"])
+    async def put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
+        owner = (tenant_id, query.customer_id)
         entries = self._customers.setdefault(owner, OrderedDict())
         self._customers.move_to_end(owner)
-        key = cache_key(payload)
-        entries[key] = _entry_for(payload, output)
-        entries.move_to_end(key)
+        entries[query.key] = _entry_for(query, output)
+        entries.move_to_end(query.key)
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
         while len(self._customers) > self._max_customers:
@@ -174,7 +192,9 @@ class InMemoryAnalysisCache:
 
 
 class RedisAnalysisCache:
-    """Per tenant and customer: a hash of key → entry and a sorted set of keys by time."""
+    """Per tenant and customer: a hash of key → entry and a sorted set of keys by time.
+
+    While Redis cannot be reached the cache is simply empty: a miss, never an error."""
 
     def __init__(self, redis: Redis, max_entries_per_customer: int = MAX_ENTRIES_PER_CUSTOMER) -> None:
         self.redis = redis
@@ -185,20 +205,33 @@ class RedisAnalysisCache:
         base = f"crm:cache:{tenant_id}:{customer_id}"
         return f"{base}:analyses", f"{base}:order"
 
-    async def get(self, tenant_id: str, payload: dict[str, Any]) -> CacheHit | None:
-        entries_key, _ = self._keys(tenant_id, payload["customer_id"])
-        exact = await self.redis.hget(entries_key, cache_key(payload))
+    async def get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
+        try:
+            return await self._get(tenant_id, query)
+        except (RedisError, OSError) as error:
+            log.warning("analysis cache unavailable: %r", error)
+            return None
+
+    async def put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
+        try:
+            await self._put(tenant_id, query, output)
+        except (RedisError, OSError) as error:
+            log.warning("analysis cache unavailable: %r", error)
+
+    async def _get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
+        entries_key, _ = self._keys(tenant_id, query.customer_id)
+        exact = await self.redis.hget(entries_key, query.key)
         if exact is not None:
             entry = _Entry.from_json(exact)
             return CacheHit("exact", 1.0, entry.output, entry.cached_from)
         raw = await self.redis.hvals(entries_key)
-        return _best_similar(payload, [_Entry.from_json(value) for value in raw])
+        return _best_similar(query, [_Entry.from_json(value) for value in raw])
 
-    async def put(self, tenant_id: str, payload: dict[str, Any], output: dict[str, Any]) -> None:
-        entries_key, order_key = self._keys(tenant_id, payload["customer_id"])
-        key = cache_key(payload)
+    async def _put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
+        entries_key, order_key = self._keys(tenant_id, query.customer_id)
+        key = query.key
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(entries_key, key, _entry_for(payload, output).to_json())
+            pipe.hset(entries_key, key, _entry_for(query, output).to_json())
             pipe.zadd(order_key, {key: time.time()})
             pipe.zrange(order_key, 0, -self._max - 1)
             pipe.expire(entries_key, TTL_S)

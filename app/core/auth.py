@@ -28,7 +28,9 @@ from app.core.errors import Unauthenticated
 SYMMETRIC_ALGORITHMS = ("HS256",)
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
 # Tenant ids end up inside cache keys, Redis stream names and SQL rows: keep them plain.
-TENANT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # use fullmatch: `$` matches before "\n"
+# A JWT with our claims is well under 2 KB; a bigger header is refused before parsing.
+MAX_TOKEN_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ def load_or_create_dev_secret(path: Path) -> str:
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     tenant_id = claims.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.match(tenant_id):
+    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.fullmatch(tenant_id):
         raise Unauthenticated("token has no valid tenant_id claim")
     user_id = claims.get("sub")
     if not isinstance(user_id, str) or not user_id or len(user_id) > 256:
@@ -115,11 +117,16 @@ class TokenVerifier:
         return self._secret
 
     async def verify(self, token: str) -> Principal:
-        """Checks signature, expiry, issuer, audience and the claims we rely on."""
+        """Checks signature, expiry, issuer, audience and the claims we rely on.
+
+        Refusals say what kind of problem it was, never the library's own message (it
+        can echo attacker-chosen content); the detail goes to the security log."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token too large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"malformed token: {exc}") from exc
+            raise Unauthenticated("malformed token") from exc
         algorithm = header.get("alg")
         key: Any
         secret = self.secret if algorithm in SYMMETRIC_ALGORITHMS else None
@@ -130,10 +137,10 @@ class TokenVerifier:
                 # PyJWKClient fetches with blocking urllib; keys are cached after the first call.
                 signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
             except jwt.PyJWTError as exc:
-                raise Unauthenticated(f"no signing key for token: {exc}") from exc
+                raise Unauthenticated("no signing key for this token") from exc
             key, allowed = signing_key.key, list(ASYMMETRIC_ALGORITHMS)
         else:
-            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+            raise Unauthenticated("token algorithm is not accepted")
         try:
             claims = jwt.decode(
                 token,
@@ -144,8 +151,10 @@ class TokenVerifier:
                 leeway=self.leeway_s,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired") from exc
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from exc
+            raise Unauthenticated("invalid token") from exc
         return _principal_from_claims(claims)
 
     def mint(
@@ -155,7 +164,7 @@ class TokenVerifier:
         secret = self.secret
         if secret is None:
             raise RuntimeError("no HS256 secret configured: tokens come from the identity provider")
-        if not TENANT_ID_PATTERN.match(tenant_id):
+        if not TENANT_ID_PATTERN.fullmatch(tenant_id):
             raise ValueError(f"invalid tenant id {tenant_id!r}")
         now = int(time.time())
         claims: dict[str, Any] = {

@@ -43,7 +43,13 @@ class Settings(BaseSettings, ProviderSettings):
 
     # Shared state and durable data.
     redis_url: str | None = None
+    redis_max_connections: int = Field(default=64, ge=2, description="One pool for every Redis use of a process.")
+    redis_pool_timeout_s: float = Field(default=2.0, gt=0, description="How long a caller waits for a free connection.")
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0, description="Connect and reply timeout: an outage is noticed fast.")
     database_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
+    database_pool_timeout_s: float = Field(default=5.0, gt=0, description="Then a retryable 503.")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"
@@ -55,21 +61,45 @@ class Settings(BaseSettings, ProviderSettings):
         default=None, ge=1, description="Slots per process for the primary provider."
     )
     scheduler_queue_max_size: int = Field(default=1_000, ge=0)
+    cpu_workers: int | None = Field(
+        default=None, ge=1, description="Threads for the embedded analysis (default: one per core)."
+    )
 
     # Push transports.
     ws_auth_timeout_s: float = 5.0
+    ws_send_timeout_s: float = Field(default=10.0, gt=0, description="A send that cannot complete in time ends the session with 1013.")
+    ws_slow_close_wait_s: float = Field(default=30.0, gt=0, description="How long the 1013 close frame waits for a slow reader.")
+    # Besides same-origin pages and PUBLIC_URL's, origins whose pages may open
+    # cookie-authenticated WebSockets.
+    allowed_origins: Annotated[list[str], NoDecode] = []
     push_heartbeat_s: float = 15.0
     push_buffer_events: int = Field(default=256, ge=1)
 
     # Abuse resistance and accounting.
     request_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    request_body_timeout_s: float = Field(default=10.0, gt=0, description="The whole body must arrive within this.")
+    # Read by app.api.http_protocol (uvicorn --http app.api.http_protocol:GuardedHttpToolsProtocol).
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=4096)
     rate_limit_tenant: str = "600/minute"
     rate_limit_user: str = "120/minute"
     audit_interrupted_after_s: float = Field(
-        default=900.0, ge=0, description="A run still 'running' after this long died with its process."
+        default=900.0, ge=0, description="Runs recorded before processes had ids: 'running' this long means dead."
+    )
+    audit_heartbeat_s: float = Field(default=10.0, gt=0, description="How often a process says it is alive.")
+    audit_process_dead_after_s: float = Field(
+        default=30.0, gt=0, description="A process silent this long is dead; its runs become 'interrupted'."
     )
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
+    metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("scoring_tenant_models", mode="before")
     @classmethod
@@ -91,6 +121,15 @@ class Settings(BaseSettings, ProviderSettings):
             secret = self.auth_jwt_secret
             if secret is not None and len(secret.get_secret_value()) < 32:
                 raise ValueError("AUTH_JWT_SECRET must be at least 32 characters in production")
+            # Without both, a token of any project of the same identity provider (any
+            # Firebase project) would verify, with the tenant and roles its owner chose.
+            if self.auth_jwks_url is not None and not (self.auth_issuer and self.auth_audience):
+                raise ValueError("AUTH_JWKS_URL in production needs AUTH_ISSUER and AUTH_AUDIENCE")
+            if self.metrics_enabled and self.metrics_token is None and not self.metrics_public:
+                raise ValueError(
+                    "production needs METRICS_TOKEN for /metrics (it names tenants), "
+                    "or METRICS_PUBLIC=true to serve it openly, or METRICS_ENABLED=false"
+                )
         return self
 
     @property

@@ -26,6 +26,10 @@ class NotFound(AppError):
     status_code = 404
 
 
+class RequestTimeout(AppError):
+    status_code = 408
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
 

@@ -32,12 +32,11 @@ from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_RES
 from app.core.processor import RealtimeProcessor, priority_of
 from app.core.run_recorder import RunRecorder
 from app.core.scheduler import SlotUnavailable
-from chains.context import ClientLink, RunIdentity, run_context
+from chains.context import RunIdentity, run_context
 
 log = logging.getLogger(__name__)
 
 DEGRADED_ANSWER_MARGIN_S = 0.25
-DISCONNECT_POLL_S = 0.2
 
 
 class Delivery(Protocol):
@@ -54,14 +53,6 @@ class Fallback(Protocol):
     def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
     ) -> AsyncIterator[Any]: ...
-
-
-async def wait_disconnected(client: ClientLink) -> None:
-    """Returns once the client has gone. Polls: the body is read, so the next receive()
-    only ever says `http.disconnect`, and polling is safe to share between the runs of
-    one batch request."""
-    while not await client.is_disconnected():
-        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 class ManagedChain(Runnable[Any, Any]):
@@ -112,7 +103,7 @@ class ManagedChain(Runnable[Any, Any]):
         run = asyncio.ensure_future(self._collect(input, config, **kwargs))
         if client is None:
             return await run
-        watcher = asyncio.ensure_future(wait_disconnected(client))
+        watcher = asyncio.ensure_future(client.wait_disconnected())
         try:
             await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:

@@ -10,6 +10,8 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import AddableDict
 
+from app.core.analysis_cache import describe
+from app.core.cpu_pool import FairCpuPool
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.processor import RealtimeProcessor
 from chains.context import RunIdentity
@@ -29,11 +31,13 @@ class InteractionPolicy:
 
     processor: RealtimeProcessor
     local_chain: Runnable[Any, Any]
+    cpu: FairCpuPool
 
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
     ) -> AsyncIterator[Any]:
-        hit = await self.processor.cache.get(identity.tenant_id, payload)
+        query = await self.cpu.run(identity.tenant_id, describe, payload)
+        hit = await self.processor.cache.get(identity.tenant_id, query)
         CACHE_LOOKUPS.labels(hit.kind if hit else "miss").inc()
         if hit is not None:
             reason = f"{cause}:cache_{hit.kind}"
@@ -49,7 +53,8 @@ class InteractionPolicy:
     ) -> None:
         await self.processor.publish_interaction(identity, payload, dict(output))
         if not degraded:
-            await self.processor.cache.put(identity.tenant_id, payload, dict(output))
+            query = await self.cpu.run(identity.tenant_id, describe, payload)
+            await self.processor.cache.put(identity.tenant_id, query, dict(output))
 
 
 @dataclass

@@ -2,45 +2,70 @@
 
 Buckets are keyed by tenant and by tenant+user from the token, so one business's burst
 never spends another's budget. With REDIS_URL the windows live in Redis and every
-replica draws from the same budget.
+replica draws from the same budget; while Redis cannot be reached, each process falls
+back to its own in-memory windows (limits stay enforced per replica) and goes back to
+Redis by itself on the next request that reaches it.
+
+Each check is one atomic `hit` per bucket (a Lua script in Redis, a per-key lock in
+memory): testing first and hitting after let concurrent requests overshoot. The user's
+bucket is hit first, so a user over their own limit never spends the tenant's budget.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
-from limits import parse
+from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import ConnectionPool
 
 from app.core.auth import Principal
 from app.core.errors import RateLimited
 
+log = logging.getLogger(__name__)
 
-def limits_storage(redis_url: str | None) -> Storage:
-    if redis_url is None:
-        return MemoryStorage()
-    return RedisStorage("async+" + redis_url, implementation="redispy", key_prefix="crm:ratelimit")
+
+def redis_limits_storage(redis_url: str, pool: ConnectionPool) -> Storage:
+    """Shares the service's one Redis connection pool (a private pool of its own ran out
+    of connections under load)."""
+    return RedisStorage(
+        "async+" + redis_url, implementation="redispy", key_prefix="crm:ratelimit",
+        wrap_exceptions=True, connection_pool=pool,
+    )
 
 
 class RequestRateLimiter:
-    def __init__(self, storage: Storage, *, per_tenant: str, per_user: str) -> None:
-        self._limiter = MovingWindowRateLimiter(storage)
+    def __init__(self, storage: Storage | None, *, per_tenant: str, per_user: str) -> None:
+        self._shared = MovingWindowRateLimiter(storage) if storage is not None else None
+        self._local = MovingWindowRateLimiter(MemoryStorage())
         self._tenant = parse(per_tenant)
         self._user = parse(per_user)
 
+    async def _hit(self, limit: RateLimitItem, keys: tuple[str, ...], cost: int) -> tuple[bool, MovingWindowRateLimiter]:
+        if self._shared is not None:
+            try:
+                return await self._shared.hit(limit, *keys, cost=cost), self._shared
+            except StorageError as error:
+                log.warning("shared rate limits unavailable, using this process's: %r", error)
+        return await self._local.hit(limit, *keys, cost=cost), self._local
+
     async def check(self, principal: Principal, cost: int = 1) -> None:
-        """Spends `cost` from both budgets, or raises `RateLimited` with a Retry-After."""
+        """Spends `cost` from the user's budget, then the tenant's, or raises `RateLimited`."""
         buckets = (
-            (self._tenant, ("tenant", principal.tenant_id), "tenant"),
             (self._user, ("user", principal.tenant_id, principal.user_id), "user"),
+            (self._tenant, ("tenant", principal.tenant_id), "tenant"),
         )
-        # Test both before spending either, so a request refused by one budget costs nothing.
         for limit, keys, scope in buckets:
-            if not await self._limiter.test(limit, *keys, cost=cost):
-                stats = await self._limiter.get_window_stats(limit, *keys)
-                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+            allowed, limiter = await self._hit(limit, keys, cost)
+            if not allowed:
+                retry_after = 1
+                try:
+                    stats = await limiter.get_window_stats(limit, *keys)
+                    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+                except StorageError:
+                    pass
                 raise RateLimited(f"{scope} rate limit of {limit} exceeded", retry_after_s=retry_after)
-        for limit, keys, _ in buckets:
-            await self._limiter.hit(limit, *keys, cost=cost)

@@ -6,23 +6,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from redis.asyncio import Redis
+from limits.aio.storage import Storage
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
 from app.core.processor import RealtimeProcessor
-from app.core.rate_limit import RequestRateLimiter, limits_storage
+from app.core.rate_limit import RequestRateLimiter, redis_limits_storage
 from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
 from app.realtime.bus import EventBus, InProcessBus
 from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
+from app.core.cpu_pool import FairCpuPool
 from app.core.config import Settings
 from app.store.audit import AuditLog
+from app.store.liveness import ProcessLiveness
 from app.store.database import create_engine, database_url
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
 from chains.embeddings import embed_one
+from chains.safety import warm_up as warm_guard
 from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
@@ -59,12 +63,34 @@ class Services:
     bus: EventBus
     processor: RealtimeProcessor
     audit: AuditLog
+    liveness: ProcessLiveness
     rate_limiter: RequestRateLimiter
+    cpu: FairCpuPool
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        engine = create_engine(
+            database_url(settings.database_url, settings.sqlite_path),
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout_s=settings.database_pool_timeout_s,
+        )
+        redis: Redis | None = None
+        limits: Storage | None = None
+        if settings.redis_url:
+            # One pool for every Redis use (bus, cache, alerts, rate limits). A caller
+            # that finds it busy waits up to REDIS_POOL_TIMEOUT_S instead of failing.
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_pool_timeout_s,
+                socket_connect_timeout=settings.redis_socket_timeout_s,
+                socket_timeout=settings.redis_socket_timeout_s,
+                health_check_interval=30,
+                retry_on_timeout=False,
+            )
+            redis = Redis(connection_pool=pool)
+            limits = redis_limits_storage(settings.redis_url, pool)
         bus: EventBus
         cache: AnalysisCache
         history: SentimentHistory
@@ -74,7 +100,12 @@ class Services:
         else:
             bus = InProcessBus(queue_size=settings.push_buffer_events)
             cache, history = InMemoryAnalysisCache(), InMemorySentimentHistory()
-        audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s)
+        liveness = ProcessLiveness(
+            engine, heartbeat_s=settings.audit_heartbeat_s, dead_after_s=settings.audit_process_dead_after_s,
+            interrupted_after_s=settings.audit_interrupted_after_s,
+        )
+        audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s,
+                         process_id=liveness.process_id)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -99,20 +130,26 @@ class Services:
                 audit=audit,
             ),
             audit=audit,
+            liveness=liveness,
             rate_limiter=RequestRateLimiter(
-                limits_storage(settings.redis_url),
+                limits,
                 per_tenant=settings.rate_limit_tenant,
                 per_user=settings.rate_limit_user,
             ),
+            cpu=FairCpuPool(settings.cpu_workers),
         )
 
     def warm_up(self) -> None:
-        """Loads what the first request would otherwise wait for: embeddings, scoring models."""
+        """Loads what the first request would otherwise wait for: embeddings, the guard's
+        Unicode tables, scoring models."""
         embed_one("warm up")
+        warm_guard()
         self.scoring.for_tenant("warm-up")
 
     async def close(self) -> None:
+        self.cpu.close()
         await self.audit.close()
+        await self.liveness.stop()
         await self.bus.close()
         if self.redis is not None:
             await self.redis.aclose()

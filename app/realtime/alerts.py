@@ -6,10 +6,14 @@ configured), so a drop is noticed whichever replica analysed each message.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 SHARP_DROP = 0.6
 
@@ -40,9 +44,14 @@ class RedisSentimentHistory:
         self.redis = redis
 
     async def swap(self, tenant_id: str, customer_id: str, score: float) -> float | None:
-        previous = await self.redis.set(
-            f"crm:sentiment:{tenant_id}:{customer_id}", score, ex=self.TTL_S, get=True
-        )
+        """None while Redis is away too: no alert is better than a failed analysis."""
+        try:
+            previous = await self.redis.set(
+                f"crm:sentiment:{tenant_id}:{customer_id}", score, ex=self.TTL_S, get=True
+            )
+        except (RedisError, OSError) as error:
+            log.warning("sentiment history unavailable: %r", error)
+            return None
         return float(previous) if previous is not None else None
 
 

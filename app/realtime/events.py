@@ -7,6 +7,7 @@ two different channels.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +30,14 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def is_event_id(value: str) -> bool:
-    try:
-        parse_event_id(value)
-    except ValueError:
-        return False
-    return True
+_EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_MAX_ID_PART = 2**64 - 1  # Redis refuses stream ids beyond 64-bit parts
+
+
+def is_event_id(value: object) -> bool:
+    """A client-sent resume point is valid if Redis would accept it as a stream id."""
+    match = _EVENT_ID.fullmatch(value) if isinstance(value, str) else None
+    return match is not None and all(int(part) <= _MAX_ID_PART for part in match.groups())
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,11 @@ blocking XREAD over every channel that has local subscribers, fanning out to the
 10,000 watching screens cost one Redis connection, not 10,000. A channel joins the
 reader at the stream's last id as of subscription, and history comes from XRANGE, so
 nothing published in between is lost.
+
+A Redis outage degrades instead of failing: a publish that cannot reach Redis is
+delivered to this process's own watchers (live, not replayable), a subscription made
+during the outage starts from "now", history is empty until Redis answers again, and
+the reader keeps retrying; every call reconnects by itself once Redis is back.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.realtime.bus import REPLAY_MIN_EVENTS, SUBSCRIPTION_QUEUE_SIZE, LocalFanout, Subscription
-from app.realtime.events import Event
+from app.realtime.events import Event, IdClock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ class RedisStreamBus:
         self._local = LocalFanout(queue_size, on_last_left=lambda channel: self._cursors.pop(channel, None))
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._outage_ids = IdClock()  # ids of events delivered locally while Redis is away
 
     async def publish(self, channel: str, *, type: str, tenant_id: str, data: dict[str, Any],
                       customer_id: str | None = None) -> Event:
@@ -49,24 +57,39 @@ class RedisStreamBus:
         payload = {"type": draft.type, "tenant_id": tenant_id, "customer_id": customer_id,
                    "data": data, "created_at": draft.created_at}
         key = KEY_PREFIX + channel
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"e": json.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.expire(key, STREAM_TTL_S)
-            event_id, _ = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"e": json.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.expire(key, STREAM_TTL_S)
+                event_id, _ = await pipe.execute()
+        except (RedisError, OSError) as error:
+            log.warning("Redis unavailable, event delivered to this process only: %r", error)
+            event = Event(id=self._outage_ids.next(), type=type, tenant_id=tenant_id, data=data,
+                          customer_id=customer_id, created_at=draft.created_at)
+            self._local.deliver(channel, event)
+            return event
         return Event(id=event_id.decode(), type=type, tenant_id=tenant_id, data=data,
                      customer_id=customer_id, created_at=draft.created_at)
 
     async def history(self, channel: str, after_id: str | None) -> list[Event]:
         if after_id is None:
             return []
-        entries = await self.redis.xrange(KEY_PREFIX + channel, min=f"({after_id}", max="+",
-                                          count=STREAM_MAXLEN)
+        try:
+            entries = await self.redis.xrange(KEY_PREFIX + channel, min=f"({after_id}", max="+",
+                                              count=STREAM_MAXLEN)
+        except (RedisError, OSError) as error:
+            log.warning("Redis unavailable, no replay for now: %r", error)
+            return []
         return [_decode(event_id, fields) for event_id, fields in entries]
 
     async def subscribe(self, channel: str) -> Subscription:
         if channel not in self._local:
-            latest = await self.redis.xrevrange(KEY_PREFIX + channel, count=1)
-            self._cursors[channel] = latest[0][0].decode() if latest else "0-0"
+            try:
+                latest = await self.redis.xrevrange(KEY_PREFIX + channel, count=1)
+                self._cursors[channel] = latest[0][0].decode() if latest else "0-0"
+            except (RedisError, OSError) as error:
+                log.warning("Redis unavailable, following %s from now: %r", channel, error)
+                self._cursors[channel] = f"{int(time.time() * 1000)}-0"
         subscription = self._local.add(channel)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
@@ -85,8 +108,8 @@ class RedisStreamBus:
                 batches = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep serving; Redis may come back
-                log.exception("reading the event streams failed; retrying")
+            except Exception as error:  # noqa: BLE001 - keep serving; Redis may come back
+                log.warning("reading the event streams failed, retrying in 1 s: %r", error)
                 await asyncio.sleep(1.0)
                 continue
             for key, entries in batches or ():

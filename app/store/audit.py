@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
+WRITE_RETRY_PAUSES_S = (0.1, 0.5, 1.0)
 
 ai_runs = Table(
     "ai_runs",
@@ -59,8 +60,10 @@ ai_runs = Table(
     Column("error_code", String(64), nullable=True),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=True),
+    Column("process_id", String(64), nullable=True),  # the service process running it
     Index("ix_ai_runs_tenant_started", "tenant_id", "started_at"),
     Index("ix_ai_runs_status_started", "status", "started_at"),
+    Index("ix_ai_runs_process_status", "process_id", "status"),
 )
 
 security_events = Table(
@@ -96,9 +99,10 @@ class AuditUnavailable(RuntimeError):
 
 
 class AuditLog:
-    def __init__(self, engine: AsyncEngine, *, interrupted_after_s: float) -> None:
+    def __init__(self, engine: AsyncEngine, *, interrupted_after_s: float, process_id: str) -> None:
         self.engine = engine
         self.interrupted_after_s = interrupted_after_s
+        self.process_id = process_id  # stamped on every run: see app.store.liveness
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -115,7 +119,11 @@ class AuditLog:
 
     async def run_started(self, **values: Any) -> None:
         try:
-            await self._submit("run_started", {**values, "status": "running", "started_at": utcnow()}, wait=True)
+            await self._submit(
+                "run_started",
+                {**values, "status": "running", "started_at": utcnow(), "process_id": self.process_id},
+                wait=True,
+            )
         except Exception as error:
             raise AuditUnavailable("the audit trail cannot be written") from error
 
@@ -130,17 +138,28 @@ class AuditLog:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 1_000:
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._write(batch)
-            except Exception as error:  # noqa: BLE001 - report to every waiter, keep writing
-                log.exception("audit write of %d records failed", len(batch))
-                for item in batch:
-                    if item.done is not None and not item.done.done():
-                        item.done.set_exception(error)
-                continue
+            error = await self._write_with_retries(batch)
             for item in batch:
                 if item.done is not None and not item.done.done():
-                    item.done.set_result(None)
+                    if error is None:
+                        item.done.set_result(None)
+                    else:
+                        item.done.set_exception(error)
+
+    async def _write_with_retries(self, batch: list[_Write]) -> Exception | None:
+        """A busy pool or a locked database is usually gone in a moment: a record is
+        retried before it is given up (and its waiters told)."""
+        for pause_s in (*WRITE_RETRY_PAUSES_S, None):
+            try:
+                await self._write(batch)
+                return None
+            except Exception as error:  # noqa: BLE001 - report to every waiter, keep writing
+                if pause_s is None:
+                    log.exception("audit write of %d records failed for good", len(batch))
+                    return error
+                log.warning("audit write of %d records failed (%r); retrying in %.1f s", len(batch), error, pause_s)
+                await asyncio.sleep(pause_s)
+        return None
 
     async def _write(self, batch: list[_Write]) -> None:
         by_kind: dict[str, list[dict[str, Any]]] = {}
@@ -158,23 +177,13 @@ class AuditLog:
             if rows := by_kind.get("security_event"):
                 await connection.execute(insert(security_events), rows)
 
-    async def mark_interrupted(self) -> int:
-        """Runs still `running` long after any run could last died with their process."""
-        cutoff = utcnow() - timedelta(seconds=self.interrupted_after_s)
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
-                update(ai_runs)
-                .where(and_(ai_runs.c.status == "running", ai_runs.c.started_at < cutoff))
-                .values(status="interrupted")
-            )
-        return int(result.rowcount or 0)
-
     def _status(self) -> Any:
+        """Runs of processes without ids (before liveness existed) that are still
+        `running` long after any run could last read as interrupted; the others are
+        marked by `app.store.liveness`."""
         cutoff = utcnow() - timedelta(seconds=self.interrupted_after_s)
-        return case(
-            (and_(ai_runs.c.status == "running", ai_runs.c.started_at < cutoff), "interrupted"),
-            else_=ai_runs.c.status,
-        )
+        stale = and_(ai_runs.c.status == "running", ai_runs.c.process_id.is_(None), ai_runs.c.started_at < cutoff)
+        return case((stale, "interrupted"), else_=ai_runs.c.status)
 
     async def usage(self, tenant_id: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
         status = self._status().label("status")

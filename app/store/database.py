@@ -26,6 +26,9 @@ from sqlalchemy import (
     func,
     text,
 )
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -46,6 +49,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+service_processes = Table(
+    "service_processes",
+    metadata,
+    Column("process_id", String(64), primary_key=True),
+    Column("host", String(256), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen", UTCDateTime(), nullable=False),
+)
 
 documents = Table(
     "kb_documents",
@@ -71,9 +83,8 @@ document_chunks = Table(
     Index("ix_kb_chunks_tenant_customer", "tenant_id", "customer_id"),
 )
 
-# Turns of a rep's conversation about one customer. (The first schema, table
-# `conversation_messages`, keyed turns by session only, so one session mixed customers;
-# its rows cannot be attributed to a customer and are not read.)
+# Turns of a rep's conversation about one customer. (The first schema's table,
+# `conversation_messages`, keyed turns by session only; migration 0002 drops it.)
 conversation_turns = Table(
     "conversation_turns",
     metadata,
@@ -99,8 +110,12 @@ def database_url(configured: str | None, sqlite_path: Path) -> str:
     return configured
 
 
-def create_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_pre_ping=True)
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0) -> AsyncEngine:
+    """A caller that finds every connection busy waits `pool_timeout_s`, then gets
+    `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503."""
+    engine = create_async_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s
+    )
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -116,13 +131,30 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Creates missing tables (and, for SQLite, the file's folder): run at start-up."""
+MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 727_274  # a PostgreSQL advisory lock: replicas starting together migrate once
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Brings the schema to the newest revision (and, for SQLite, creates the file's
+    folder): run at start-up. Every schema change is an Alembic revision."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        await connection.run_sync(_upgrade)
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    tables = set(inspect(connection).get_table_names())
+    if "ai_runs" in tables and "alembic_version" not in tables:
+        command.stamp(config, "0001")  # a first-round database, made by create_all
+    command.upgrade(config, "head")
 
 
 async def ping(engine: AsyncEngine) -> None:

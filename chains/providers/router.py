@@ -193,7 +193,7 @@ class ProviderRouter:
         messages: list[BaseMessage],
         *,
         config: RunnableConfig | None = None,
-        local: Callable[[], str] | None = None,
+        local: Callable[[], Awaitable[str]] | None = None,
     ) -> AsyncIterator[str]:
         """Text of the first provider that answers; `local()` writes it when `local` serves."""
         config, report = _run_state(config)
@@ -237,8 +237,9 @@ class ProviderRouter:
             return
         if self.local_fallback and local is not None:
             report.provider, report.model = LOCAL, LOCAL_MODEL_NAME
+            text = await local()
             report.first_model_token_at = time.perf_counter()
-            async for token in stream_words(local()):
+            async for token in stream_words(text):
                 report.output_tokens += 1
                 yield token
             return

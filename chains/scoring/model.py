@@ -115,6 +115,8 @@ class LeadScoringModel:
         self.columns: dict[str, slice] = {}
         self.means = np.zeros(0)
         self.scale = np.ones(0)
+        self.lowest = np.zeros(0)
+        self.highest = np.zeros(0)
         self.classifier = LogisticRegression(C=regularization, max_iter=2_000)
         self.holdout_auc: float | None = None
 
@@ -144,15 +146,21 @@ class LeadScoringModel:
             start += width
         raw, _ = self._raw_rows(leads)
         self.means = np.nanmean(raw, axis=0)
+        # Values beyond what training saw are scored as its extremes: a linear model
+        # extrapolated to a budget of 1e300 would only produce overflowing log-odds.
+        self.lowest, self.highest = np.nanmin(raw, axis=0), np.nanmax(raw, axis=0)
         filled = np.where(np.isnan(raw), self.means, raw)
         self.scale = filled.std(axis=0)
         self.scale[self.scale == 0] = 1.0
         self.classifier.fit((filled - self.means) / self.scale, labels)
         return self
 
+    def _filled(self, raw: np.ndarray) -> np.ndarray:
+        return np.clip(np.where(np.isnan(raw), self.means, raw), self.lowest, self.highest)
+
     def explain(self, lead: dict[str, Any]) -> Explanation:
         raw, present = self._raw_rows([lead])
-        filled = np.where(np.isnan(raw), self.means, raw)[0]
+        filled = self._filled(raw)[0]
         centred = (filled - self.means) / self.scale
         weights = self.classifier.coef_[0]
         base = float(self.classifier.intercept_[0])
@@ -175,8 +183,7 @@ class LeadScoringModel:
 
     def predict_proba(self, leads: list[dict[str, Any]]) -> np.ndarray:
         raw, _ = self._raw_rows(leads)
-        filled = np.where(np.isnan(raw), self.means, raw)
-        return self.classifier.predict_proba((filled - self.means) / self.scale)[:, 1]
+        return self.classifier.predict_proba((self._filled(raw) - self.means) / self.scale)[:, 1]
 
 
 def _placeholder(factor: str) -> Any:

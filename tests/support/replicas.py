@@ -33,7 +33,9 @@ def replica_process(
              if not k.startswith(("AUTH_", "APP_", "REDIS_", "DATABASE_", "LLM_", "OPENAI_", "DATA_DIR"))}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.server:app", "--host", "127.0.0.1", "--port", str(port)],
+            # As scripts/run.sh runs it: the guarded HTTP protocol included.
+            [sys.executable, "-m", "uvicorn", "app.server:app", "--host", "127.0.0.1", "--port", str(port),
+             "--http", "app.api.http_protocol:GuardedHttpToolsProtocol"],
             env={**clean, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"

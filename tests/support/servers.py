@@ -99,22 +99,40 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(base_dir, ignore_errors=True)
 
 
+class RedisServer:
+    """A private redis-server without persistence that can be stopped and started again
+    on the same port, as in an outage."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.binary = _find("/usr/bin/redis-server", "redis-server")
+        self.port = free_port()
+        self.base_dir = base_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.base_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_until(lambda: redis.Redis.from_url(self.url).ping(), "Redis")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
 @contextmanager
 def redis_server(base_dir: Path) -> Iterator[str]:
     """Yields `redis://127.0.0.1:PORT/0` for a private redis-server without persistence."""
-    import redis
-
-    binary = _find("/usr/bin/redis-server", "redis-server")
-    port = free_port()
-    base_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(base_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer(base_dir)
+    server.start()
     try:
-        _wait_until(lambda: redis.Redis.from_url(url).ping(), "Redis")
-        yield url
+        yield server.url
     finally:
-        stop(process)
+        server.stop()

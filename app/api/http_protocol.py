@@ -1,0 +1,82 @@
+"""uvicorn's httptools protocol with the two limits it lacks: slow headers, huge headers.
+
+uvicorn times out idle keep-alive connections but not a client that opens a connection
+and trickles its request line and headers (slowloris: 12 such connections were still
+open after 60 s), and httptools reads headers of any size (an 8 MB `Authorization`
+header was read in full before its 401). This protocol closes a connection whose
+headers do not complete within `HTTP_HEADER_TIMEOUT_S` and answers 431 once they pass
+`HTTP_MAX_HEADER_BYTES`. Use it with
+
+    uvicorn app.server:app --http app.api.http_protocol:GuardedHttpToolsProtocol
+
+(`scripts/run.sh` and the Dockerfile do). Behind a proxy, the proxy's own header
+timeout and size limit do the same (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.core.config import get_settings
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self._header_timeout_s = settings.http_header_timeout_s
+        self._max_header_bytes = settings.http_max_header_bytes
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._header_timer is not None:  # still reading a request line and headers
+            # httptools hands a header over only once it is complete, so its size is
+            # counted here, as it arrives.
+            self._header_bytes += len(data)
+            if self._header_bytes > self._max_header_bytes:
+                self._refuse(b"431 Request Header Fields Too Large")
+                return
+        super().data_received(data)
+
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a request line is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._header_bytes = 0
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(
+                self._header_timeout_s, self._refuse, b"408 Request Timeout"
+            )
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _refuse(self, status: bytes) -> None:
+        self._disarm()
+        self._refused = True
+        if not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+            self.transport.close()

@@ -1,0 +1,197 @@
+"""One WebSocket session following one channel: who it is, how long it may stay, what
+it may send. Transport only; what travels is decided in `app.core.processor`.
+
+- Auth: the `Authorization` header, the session cookie, or a first message
+  `{"type": "auth", "token": ...}` within `WS_AUTH_TIMEOUT_S`. A cookie is sent by the
+  browser on its own, so a cookie-authenticated socket must come from an allowed
+  `Origin` (cross-site WebSocket hijacking); header and message auth carry the token
+  explicitly and need no such check.
+- Lifetime: the session ends when its token expires (close 4401 after an
+  `error/token_expired` message) unless the client sends a fresh token of the same
+  tenant and user as `{"type": "auth", "token": ...}` before then.
+- Slow readers: a send that cannot complete within `WS_SEND_TIMEOUT_S`, or a client more
+  than `PUSH_BUFFER_EVENTS` behind, ends the session with 1013 (reconnect and resume).
+- Bad messages get an `error` message; the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from app.core.auth import Principal
+from app.core.errors import Forbidden, Unauthenticated
+from app.core.services import Services
+from app.realtime.bus import SlowConsumer, Subscription
+from app.realtime.events import Event, is_event_id, parse_event_id
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class TokenExpired(Exception):
+    """The session's token expired and no fresh one arrived."""
+
+
+def valid_event_id(value: object) -> str | None:
+    return value if isinstance(value, str) and is_event_id(value) else None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def check_cookie_origin(websocket: WebSocket, services: Services) -> None:
+    """Same-origin pages (the console, the playground) and the listed origins only."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return  # not a browser: it chose to send the cookie itself
+    if urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower():
+        return
+    settings = services.settings
+    allowed = {_origin(url) for url in settings.allowed_origins}
+    if settings.public_url:
+        allowed.add(_origin(settings.public_url))
+    if _origin(origin) not in allowed:
+        raise Forbidden("cookie sign-in from another site is not accepted")
+
+
+async def authenticate_websocket(websocket: WebSocket, services: Services) -> tuple[Principal, str | None]:
+    """Returns the principal and the resume point an auth message may carry (a browser
+    reconnecting cannot set headers, so it resumes in the same round trip)."""
+    settings = services.settings
+    header = websocket.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+        return await services.verifier.verify(token.strip()), None
+    cookie = websocket.cookies.get(settings.auth_cookie_name)
+    if cookie:
+        check_cookie_origin(websocket, services)
+        return await services.verifier.verify(cookie), None
+    try:
+        async with asyncio.timeout(settings.ws_auth_timeout_s):
+            message = await websocket.receive_json()
+    except (TimeoutError, ValueError, KeyError) as error:
+        raise Unauthenticated("no auth message") from error
+    if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(message.get("token"), str):
+        raise Unauthenticated("first message must be {type: auth, token}")
+    return await services.verifier.verify(message["token"]), valid_event_id(message.get("last_event_id"))
+
+
+class WebSocketFeed:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        services: Services,
+        channel: str,
+        principal: Principal,
+        authorize: Callable[[Principal], None],
+    ) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.channel = channel
+        self.principal = principal
+        self._authorize = authorize  # raises Forbidden: re-checked for every fresh token
+        self.delivered: set[str] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            try:
+                async with asyncio.timeout(self.services.settings.ws_send_timeout_s):
+                    await self.websocket.send_text(json.dumps(message))
+            except TimeoutError:
+                raise SlowConsumer(self.channel) from None
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    async def deliver(self, events: list[Event]) -> None:
+        for event in events:
+            if event.id not in self.delivered:
+                self.delivered.add(event.id)
+                await self.send(event.as_message())
+        if len(self.delivered) > 4 * self.services.settings.push_buffer_events:
+            keep = self.services.settings.push_buffer_events
+            self.delivered = set(sorted(self.delivered, key=parse_event_id)[-keep:])
+
+    async def run(self, subscription: Subscription, last_event_id: str | None) -> None:
+        await self.deliver(await self.services.bus.history(self.channel, last_event_id))
+        await self.send({"type": "ready"})
+        reader = asyncio.create_task(self._read_client())
+        heartbeat_s = self.services.settings.push_heartbeat_s
+        try:
+            while not reader.done():
+                remaining = self.principal.expires_at - time.time()
+                if remaining <= 0:
+                    raise TokenExpired()
+                getter = asyncio.create_task(subscription.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, reader}, timeout=min(heartbeat_s, remaining), return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    if not done and time.time() < self.principal.expires_at:
+                        await self.send({"type": "heartbeat"})
+                    continue
+                event = getter.result()
+                if subscription.overflowed:
+                    raise SlowConsumer(self.channel)
+                await self.deliver([event])
+            reader.result()
+        finally:
+            reader.cancel()
+            with suppress(asyncio.CancelledError, WebSocketDisconnect):
+                await reader
+
+    async def _read_client(self) -> None:
+        """Handles `resume`, `auth` (a fresh token) and `ping`; returns when the client leaves."""
+        while True:
+            raw = await self.websocket.receive()
+            if raw["type"] == "websocket.disconnect":
+                return
+            try:
+                message = json.loads(raw.get("text") or "")
+            except ValueError:
+                await self.error("invalid_message", "messages are JSON text")
+                continue
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "resume":
+                last_event_id = valid_event_id(message.get("last_event_id"))
+                if last_event_id is None:
+                    await self.error("invalid_event_id", "last_event_id must be an event id such as 1700000000000-0")
+                    continue
+                await self.deliver(await self.services.bus.history(self.channel, last_event_id))
+            elif kind == "auth":
+                await self._refresh(message.get("token"))
+            elif kind == "ping":
+                await self.send({"type": "pong"})
+            else:
+                await self.error("invalid_message", "expected a message of type resume, auth or ping")
+
+    async def _refresh(self, token: object) -> None:
+        if not isinstance(token, str):
+            await self.error("invalid_token", "auth needs a token string")
+            return
+        try:
+            fresh = await self.services.verifier.verify(token)
+        except Unauthenticated as refused:
+            await self.error("invalid_token", refused.detail)
+            return
+        if (fresh.tenant_id, fresh.user_id) != (self.principal.tenant_id, self.principal.user_id):
+            await self.error("invalid_token", "a fresh token must name the same tenant and user")
+            return
+        self._authorize(fresh)  # a token that lost the role ends the session (4403)
+        self.principal = fresh
+        await self.send({"type": "auth_ok", "expires_at": fresh.expires_at})

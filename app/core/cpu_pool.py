@@ -1,0 +1,184 @@
+"""CPU-bound work of the chains, off the event loop and shared fairly between tenants.
+
+The embedded analysis is pure CPU (a 20 KB message took half a second of VADER on the
+event loop, and 40 of them stalled every tenant for 16 s). Jobs run in worker
+*processes*, one per core: threads were tried first and measured worse, because pure
+Python analysis in two threads starved the event loop of the GIL (victim p50 1.2 s
+under the bench/cpu_fairness_bench attack, 0.1 s with processes). Workers are spawned
+(not forked from a threaded server), started at start-up, load their models once, and
+die with the service even when it is killed (PR_SET_PDEATHSIG).
+
+Which job runs next is decided here, not first come first served: each tenant's CPU
+time is accounted (decaying with a half-life), and a free worker takes the oldest job
+of the tenant that used least. A tenant flooding the pool waits behind its own share;
+another tenant's job waits for at most the jobs already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+USAGE_HALF_LIFE_S = 10.0
+PR_SET_PDEATHSIG = 1
+def _start_worker() -> None:
+    """In each worker: die with the service, so a killed service leaves no workers
+    behind; then load the models once."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    import chains.interactions  # noqa: F401 - the functions jobs run
+    from chains.embeddings import embed_one
+    from chains.safety import warm_up
+
+    embed_one("warm up")
+    warm_up()
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class _SharedExecutor:
+    """One process pool per process, however many apps it runs (tests start many),
+    shut down when the last app using it closes."""
+
+    def __init__(self) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+        self._users = 0
+
+    def acquire(self, workers: int) -> Executor:
+        if self._executor is None:
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker)
+        self._users += 1
+        return self._executor
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+_SHARED = _SharedExecutor()
+
+
+def _measured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
+    """Runs in a worker: the result and the CPU seconds it cost."""
+    started = time.process_time()
+    return fn(*args), time.process_time() - started
+
+
+@dataclass
+class _Job:
+    tenant_id: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    sequence: int
+
+
+@dataclass
+class _Tenant:
+    usage_s: float = 0.0  # decayed CPU seconds
+    updated: float = field(default_factory=time.monotonic)
+    waiting: deque[_Job] = field(default_factory=deque)
+
+    def decayed(self, now: float) -> float:
+        return self.usage_s * math.pow(0.5, (now - self.updated) / USAGE_HALF_LIFE_S)
+
+
+class FairCpuPool:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._executor: Executor | None = None
+        self._tenants: dict[str, _Tenant] = {}
+        self._running = 0
+        self._sequence = itertools.count()
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = _SHARED.acquire(self.workers)
+        return self._executor
+
+    async def start(self) -> None:
+        """Starts every worker now (forking and loading models takes about a second),
+        so the first requests do not wait for it."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.executor, _ready) for _ in range(self.workers)))
+
+    async def run(self, tenant_id: str, fn: Callable[..., _T], /, *args: Any) -> _T:
+        """`fn(*args)` on a worker, after the jobs of tenants that used less CPU."""
+        loop = asyncio.get_running_loop()
+        job = _Job(tenant_id, fn, args, loop.create_future(), next(self._sequence))
+        self._tenants.setdefault(tenant_id, _Tenant()).waiting.append(job)
+        self._dispatch()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is not None and job in tenant.waiting:
+                tenant.waiting.remove(job)  # never started: costs nothing
+            raise
+
+    def _next_job(self) -> _Job | None:
+        now = time.monotonic()
+        candidates = []
+        for tenant_id, tenant in list(self._tenants.items()):
+            if tenant.waiting:
+                candidates.append((tenant.decayed(now), tenant.waiting[0].sequence, tenant))
+            elif tenant.decayed(now) < 1e-3:
+                del self._tenants[tenant_id]  # idle long enough to be forgotten: memory stays bounded
+        if not candidates:
+            return None
+        _, _, tenant = min(candidates, key=lambda candidate: candidate[:2])
+        return tenant.waiting.popleft()
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running < self.workers:
+            job = self._next_job()
+            if job is None:
+                return
+            self._running += 1
+            loop.run_in_executor(self.executor, _measured, job.fn, job.args).add_done_callback(
+                lambda done, job=job: self._finished(job, done)
+            )
+
+    def _finished(self, job: _Job, done: asyncio.Future[tuple[Any, float]]) -> None:
+        self._running -= 1
+        tenant = self._tenants.setdefault(job.tenant_id, _Tenant())
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        if error is None:
+            result, cpu_s = done.result()
+            now = time.monotonic()
+            tenant.usage_s, tenant.updated = tenant.decayed(now) + cpu_s, now
+            if not job.future.done():
+                job.future.set_result(result)
+        elif not job.future.done():
+            job.future.set_exception(error)
+        self._dispatch()
+
+    def close(self) -> None:
+        """Drops queued jobs and lets go of the shared workers (the last user stops them)."""
+        for tenant in self._tenants.values():
+            for job in tenant.waiting:
+                job.future.cancel()
+        self._tenants.clear()
+        if self._executor is not None:
+            self._executor = None
+            _SHARED.release()

@@ -1,0 +1,96 @@
+"""Which service processes are alive, so runs of a dead one read `interrupted` at once.
+
+Every process registers itself and beats every `AUDIT_HEARTBEAT_S` (a row in
+`service_processes`, in the same database as the audit trail, so every replica sees
+every other). Each beat also sweeps: a `running` run whose process has not beaten for
+`AUDIT_PROCESS_DEAD_AFTER_S` (or has no row any more) died with it and becomes
+`interrupted`. A killed replica's
+runs are so marked within about `DEAD_AFTER + HEARTBEAT` seconds by any live replica (or
+by itself when it restarts), and a live replica's runs are never touched: its beat is
+fresh. Runs recorded before processes had ids fall back to `AUDIT_INTERRUPTED_AFTER_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.audit import ai_runs, utcnow
+from app.store.database import service_processes
+
+log = logging.getLogger(__name__)
+FORGET_PROCESSES_AFTER = timedelta(days=7)
+
+
+class ProcessLiveness:
+    def __init__(
+        self, engine: AsyncEngine, *, heartbeat_s: float, dead_after_s: float, interrupted_after_s: float
+    ) -> None:
+        self.engine = engine
+        self.process_id = uuid.uuid4().hex
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.interrupted_after_s = interrupted_after_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Registers this process, marks runs of dead ones, starts beating."""
+        now = utcnow()
+        async with self.engine.begin() as connection:
+            await connection.execute(insert(service_processes).values(
+                process_id=self.process_id, host=socket.gethostname()[:256], started_at=now, last_seen=now))
+        interrupted = await self.sweep()
+        self._task = asyncio.create_task(self._beat_forever(), name="process-heartbeat")
+        return interrupted
+
+    async def sweep(self) -> int:
+        """Marks the runs of processes that stopped beating as `interrupted`; returns how many."""
+        now = utcnow()
+        alive = select(service_processes.c.process_id).where(
+            service_processes.c.last_seen >= now - timedelta(seconds=self.dead_after_s)
+        )
+        orphaned = and_(ai_runs.c.process_id.is_not(None), ai_runs.c.process_id.not_in(alive))
+        legacy = and_(ai_runs.c.process_id.is_(None),
+                      ai_runs.c.started_at < now - timedelta(seconds=self.interrupted_after_s))
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(ai_runs)
+                .where(and_(ai_runs.c.status == "running", or_(orphaned, legacy)))
+                .values(status="interrupted")
+            )
+            await connection.execute(delete(service_processes).where(
+                service_processes.c.last_seen < now - FORGET_PROCESSES_AFTER))
+        return int(result.rowcount or 0)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                async with self.engine.begin() as connection:
+                    await connection.execute(
+                        update(service_processes)
+                        .where(service_processes.c.process_id == self.process_id)
+                        .values(last_seen=utcnow())
+                    )
+                if interrupted := await self.sweep():
+                    log.warning("marked %d runs of stopped processes as interrupted", interrupted)
+            except Exception as error:  # noqa: BLE001 - a missed beat is retried at the next one
+                log.warning("process heartbeat failed: %r", error)
+
+    async def stop(self) -> None:
+        """A clean stop: this process's own runs have finished or been cancelled."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(service_processes).where(
+                service_processes.c.process_id == self.process_id))

@@ -1,0 +1,125 @@
+"""One tenant's heavy messages cannot stall another tenant (or the process)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import httpx
+
+from app.api.chains import INTERACTIONS_PATH
+from app.core.cpu_pool import FairCpuPool
+from tests.conftest import make_settings
+
+
+def busy(seconds: float) -> str:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return "done"
+
+
+async def test_a_tenant_flooding_the_pool_waits_behind_its_own_share() -> None:
+    pool = FairCpuPool(workers=2)
+    order: list[str] = []
+
+    async def job(tenant: str, name: str) -> None:
+        await pool.run(tenant, busy, 0.02)
+        order.append(name)
+
+    flood = [asyncio.create_task(job("heavy", f"heavy-{n}")) for n in range(20)]
+    await asyncio.sleep(0.05)  # the flood is queued and running
+    victim = asyncio.create_task(job("light", "light"))
+    await asyncio.gather(victim, *flood)
+    pool.close()
+    assert order.index("light") <= 6, order  # only jobs already running (or just finishing) go first
+
+
+def touch(path: str) -> str:
+    Path(path).touch()
+    return "touched"
+
+
+async def test_a_cancelled_job_that_never_started_never_runs(tmp_path: Path) -> None:
+    pool = FairCpuPool(workers=1)
+    running = asyncio.create_task(pool.run("t", busy, 0.5))
+    await asyncio.sleep(0.05)
+    marker = tmp_path / "ran"
+    queued = asyncio.create_task(pool.run("t", touch, str(marker)))
+    await asyncio.sleep(0.05)
+    queued.cancel()
+    assert await running == "done"
+    assert await pool.run("t", touch, str(tmp_path / "after")) == "touched"  # the pool drained past it
+    assert not marker.exists(), "a job cancelled while queued must never start"
+
+
+def text_of(chars: int, seed: int) -> str:
+    rng = random.Random(seed)
+    words = ("our campaign emails land in spam and nobody on the team can log in since the update "
+             "we lose orders every hour please call back today").split()
+    return " ".join(rng.choice(words) for _ in range(chars // 5))[:chars]
+
+
+async def test_heavy_messages_of_one_tenant_do_not_stall_another(tmp_path: Path) -> None:
+    """40 concurrent 20,000-character analyses from one tenant, inside its rate limit: the
+    process keeps answering, and another tenant's time-sensitive message is analysed
+    (not degraded) before the flood has drained."""
+    from app.core.auth import TokenVerifier
+    from app.server import create_app
+    from tests.support.live_server import live_server
+
+    settings = make_settings(tmp_path)
+    verifier = TokenVerifier(settings)
+
+    def auth(tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {verifier.mint(tenant_id=tenant, user_id='u')}"}
+
+    finished: list[str] = []
+
+    async def post(http: httpx.AsyncClient, tenant: str, name: str, text: str, **extra: object) -> dict:
+        response = await http.post(f"{INTERACTIONS_PATH}/invoke", headers=auth(tenant), json={
+            "input": {"customer_id": "c", "text": text, "channel": "email", **extra}})
+        finished.append(name)
+        assert response.status_code == 200, response.text
+        return response.json()["output"]
+
+    with live_server(create_app(settings)) as url:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+            flood = [asyncio.create_task(post(http, "attacker", f"a{n}", text_of(20_000, n))) for n in range(40)]
+            await asyncio.sleep(0.3)
+            health = await http.get("/health")
+            victim = await post(http, "victim", "victim", "Checkout is down for all our customers, fix it today.",
+                                time_sensitive=True)
+            outputs = await asyncio.gather(*flood)
+    assert health.status_code == 200
+    assert victim["degraded"] is False and victim["urgency"] == "high"
+    assert finished.index("victim") < 30, finished
+    assert all(output["text_truncated"] for output in outputs), "long texts are analysed on an excerpt"
+
+
+def test_analysis_workers_die_with_a_killed_service(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import TEST_SECRET
+    from tests.support.replicas import replica_process
+
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(tmp_path), "CPU_WORKERS": "2"}
+    with replica_process(env, tmp_path / "server.log") as (_, process):
+        children = subprocess.run(["ps", "-ww", "--ppid", str(process.pid), "-o", "pid=,args="],
+                                  capture_output=True, text=True).stdout.splitlines()
+        workers = [int(line.split()[0]) for line in children if "spawn_main" in line]
+        assert len(workers) == 2, children
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and "Z" not in
+                 open(f"/proc/{pid}/stat").read().split()[2]]
+        time.sleep(0.1)
+    assert alive == [], "workers outlived the service"

@@ -1,0 +1,175 @@
+"""Connections end when they should: expired tokens, foreign origins, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from app.api.chains import INTERACTIONS_PATH
+from app.core.auth import TokenVerifier
+from tests.conftest import TEST_SECRET, make_settings
+from tests.support.replicas import replica
+
+VERIFIER = TokenVerifier(make_settings(Path("/nonexistent")))
+
+
+def token(ttl_s: int = 600, tenant: str = "acme", user: str = "u") -> str:
+    return VERIFIER.mint(tenant_id=tenant, user_id=user, roles=("rep",), ttl_s=ttl_s)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = tmp_path_factory.mktemp("sessions")
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(base), "PUBLIC_URL": "https://crm.example.com",
+           "AUTH_LEEWAY_S": "0", "PUSH_HEARTBEAT_S": "1", "WS_SEND_TIMEOUT_S": "1",
+           "HTTP_HEADER_TIMEOUT_S": "1", "REQUEST_BODY_TIMEOUT_S": "1",
+           "RATE_LIMIT_TENANT": "100000/minute", "RATE_LIMIT_USER": "100000/minute"}
+    with replica(env, base / "server.log") as url:
+        yield url
+
+
+def ws(url: str, customer: str = "cust-s") -> str:
+    return url.replace("http://", "ws://") + f"/ws/ai/insights/{customer}"
+
+
+async def test_a_websocket_closes_4401_when_its_token_expires(server: str) -> None:
+    started = time.monotonic()
+    async with connect(ws(server), additional_headers={"Authorization": f"Bearer {token(ttl_s=2)}"}) as socket_:
+        messages = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                messages.append(json.loads(await asyncio.wait_for(socket_.recv(), 10)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert any(m.get("code") == "token_expired" for m in messages), messages
+    assert time.monotonic() - started < 6
+
+
+async def test_a_fresh_token_extends_the_session(server: str) -> None:
+    async with connect(ws(server), additional_headers={"Authorization": f"Bearer {token(ttl_s=2)}"}) as socket_:
+        assert json.loads(await socket_.recv())["type"] == "ready"
+        await socket_.send(json.dumps({"type": "auth", "token": token(tenant="globex")}))
+        refused = json.loads(await asyncio.wait_for(socket_.recv(), 5))
+        assert refused["type"] == "error" and refused["code"] == "invalid_token", "another tenant's token"
+        await socket_.send(json.dumps({"type": "auth", "token": token(ttl_s=30)}))
+        while (reply := json.loads(await asyncio.wait_for(socket_.recv(), 5)))["type"] == "heartbeat":
+            pass
+        assert reply["type"] == "auth_ok"
+        await asyncio.sleep(3)  # past the first token's expiry
+        await socket_.send(json.dumps({"type": "ping"}))
+        while (reply := json.loads(await asyncio.wait_for(socket_.recv(), 5)))["type"] == "heartbeat":
+            pass
+        assert reply["type"] == "pong", "still open on the fresh token"
+
+
+def test_an_sse_feed_ends_with_an_error_when_its_token_expires(server: str) -> None:
+    started = time.monotonic()
+    with httpx.Client(base_url=server, timeout=10) as http, http.stream(
+        "GET", "/api/v1/ai/stream/insights/cust-s", headers={"Authorization": f"Bearer {token(ttl_s=2)}"}
+    ) as response:
+        body = "".join(response.iter_text())
+    assert "event: error" in body and "token_expired" in body
+    assert time.monotonic() - started < 6
+
+
+async def test_cookie_websockets_from_another_site_are_refused(server: str) -> None:
+    cookie = {"Cookie": f"crm_session={token()}"}
+    async with connect(ws(server), additional_headers={**cookie, "Origin": "https://evil.example"}) as socket_:
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket_.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    async with connect(ws(server), additional_headers={**cookie, "Origin": "https://crm.example.com"}) as socket_:
+        assert json.loads(await socket_.recv())["type"] == "ready", "the service's own pages may"
+    async with connect(ws(server), additional_headers={"Authorization": f"Bearer {token()}",
+                                                       "Origin": "https://evil.example"}) as socket_:
+        assert json.loads(await socket_.recv())["type"] == "ready", "an explicit token is not ambient authority"
+
+
+def test_slow_headers_are_cut(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        raw.settimeout(5)
+        started = time.monotonic()
+        reply = raw.recv(1024)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert raw.recv(1024) == b"", "and the connection is closed"
+        assert time.monotonic() - started < 4
+
+
+def test_huge_headers_are_refused_before_they_are_read(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")
+        raw.settimeout(5)
+        reply = b""
+        try:
+            for _ in range(8 * 64):  # up to 8 MB, 16 KB at a time
+                raw.sendall(b"a" * 16_384)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = raw.recv(1024)
+    assert reply.startswith(b"HTTP/1.1 431"), reply
+
+
+def test_slow_bodies_get_408(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(f"POST {INTERACTIONS_PATH}/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\"".encode())
+        raw.settimeout(5)
+        started = time.monotonic()
+        reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert time.monotonic() - started < 4
+
+
+def close_code_after(raw: socket.socket, timeout_s: float) -> int | None:
+    """Reads server frames off a raw socket until a close frame; returns its code."""
+    raw.settimeout(timeout_s)
+    buffer = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+        while len(buffer) >= 2:
+            opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                break
+            payload, buffer = buffer[offset:offset + length], buffer[offset + length:]
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big")
+
+
+def test_a_websocket_that_never_reads_is_closed_1013(server: str) -> None:
+    """A client stops reading; the server's sends back up; after WS_SEND_TIMEOUT_S the
+    session ends with 1013 (try again later), which the client sees once it reads again."""
+    host, port = server.removeprefix("http://").split(":")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect((host, int(port)))
+    raw.sendall(f"GET /ws/ai/scoring HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Authorization: Bearer {token(tenant='slow-reader')}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101"), "upgraded; from here on the client never reads"
+    leads = [{"lead_id": f"lead-{n}", "job_title": "VP Marketing", "email_clicks_30d": n % 7} for n in range(100)]
+    with httpx.Client(base_url=server, timeout=60, headers={
+            "Authorization": f"Bearer {token(tenant='slow-reader')}"}) as http:
+        for _ in range(25):  # 2,500 score events of ~2.5 KB: far more than the socket buffers hold
+            assert http.post("/api/v1/ai/scoring/leads/batch", json={"inputs": leads}).status_code == 200
+    time.sleep(2.5)  # past the send timeout
+    with raw:
+        assert close_code_after(raw, timeout_s=10) == 1013
