@@ -8,14 +8,17 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY chains ./chains
 RUN /opt/venv/bin/pip install --upgrade pip && /opt/venv/bin/pip install .
-# Train once at build time as a smoke check that the models and the embeddings load offline.
-RUN /opt/venv/bin/python -c "from chains.scoring.model import train_models; from chains.embeddings import embed; train_models(); embed(['ok'])"
+# Train once at build time: a smoke check that the models and the embeddings load offline,
+# and the interaction models' cache (keyed by the corpus hash), so no replica trains at start.
+RUN /opt/venv/bin/python -c "from pathlib import Path; from chains.scoring.model import train_models; from chains.embeddings import embed; from chains.local.classifier import load_or_train; train_models(); embed(['ok']); load_or_train(Path('/opt/models'))"
 
 # Runtime stage: only the virtualenv, run as an unprivileged user.
 FROM python:3.11-slim-bookworm AS runtime
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DATA_DIR=/var/lib/crm-ai APP_ENV=production
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DATA_DIR=/var/lib/crm-ai APP_ENV=production \
+    MODEL_CACHE_DIR=/opt/models
 RUN useradd --system --uid 10001 --home-dir /var/lib/crm-ai --create-home crm
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/models /opt/models
 USER crm
 WORKDIR /var/lib/crm-ai
 EXPOSE 8000

@@ -36,6 +36,11 @@ def _censor_words(text: str) -> str:
     return _WORD.sub(mask, text)
 
 
+def censor_text(text: str) -> str:
+    """A whole text at once (list items, action descriptions)."""
+    return _censor_words(text)
+
+
 class StreamingCensor:
     """Masks listed words across token boundaries, holding back only a partial word."""
 

@@ -12,7 +12,6 @@ from dataclasses import asdict
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.utils import AddableDict
 
 from chains.context import run_context
 from chains.local.composer import compose_answer
@@ -22,7 +21,7 @@ from chains.providers.router import ProviderRouter
 from chains.censor import censored
 from chains.safety import guarded
 from chains.schemas import InsightsAnswer, InsightsQuestion
-from chains.streaming import field_streaming_chain
+from chains.streaming import FieldChunk, field_streaming_chain
 
 
 # Passages below this cosine similarity are noise for WordLlama's 256-d embeddings.
@@ -45,7 +44,7 @@ def build_insights_chain(
             )
             if passage.score >= MIN_RELEVANCE
         ]
-        yield AddableDict(
+        yield FieldChunk(
             session_id=payload["session_id"],
             sources=[
                 {k: v for k, v in asdict(p).items() if k != "text"} for p in passages
@@ -75,7 +74,7 @@ def build_insights_chain(
         parts: list[str] = []
         async for token in censored(router.astream_text(prompt, config=config, local=local)):
             parts.append(token)
-            yield AddableDict(answer=token)
+            yield FieldChunk(answer=token)
         await memory.append_turn(conversation, question=question, answer="".join(parts))
 
     return field_streaming_chain("insights_chat", answer, InsightsQuestion, InsightsAnswer)

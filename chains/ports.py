@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from chains.customer_context import PastInteraction
+
 _T = TypeVar("_T")
 
 
@@ -50,3 +52,9 @@ class CpuRunner(Protocol):
     """Runs CPU-bound work off the event loop, accounted to a tenant (`app.core.cpu_pool`)."""
 
     async def run(self, tenant_id: str, fn: Callable[..., _T], /, *args: Any) -> _T: ...
+
+
+class InteractionHistory(Protocol):
+    """A customer's earlier analysed interactions, newest first, within one tenant."""
+
+    async def recent(self, tenant_id: str, customer_id: str, *, limit: int = 10) -> list[PastInteraction]: ...

@@ -34,6 +34,21 @@ class ChainInput(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+_T = TypeVar("_T")
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+# Optional, but published as the bare type with no default: the LangServe playground
+# renders its form from the input schema, shows a blank page on `anyOf: [..., {"type":
+# "null"}]`, and refuses to start a run whose form holds a null it calls invalid.
+# Clients may still send null or leave the field out.
+Omittable = Annotated[_T | SkipJsonSchema[None], Field(default=None, json_schema_extra=_no_default)]
+Count = Annotated[int, Field(ge=0, le=100_000)]
+
+
 class InteractionInput(ChainInput):
     """One customer message, call transcript or chat turn to analyse."""
 
@@ -42,6 +57,7 @@ class InteractionInput(ChainInput):
     channel: Channel
     customer_tier: CustomerTier = "standard"
     time_sensitive: bool = False
+    lead_score: Omittable[Annotated[int, Field(ge=0, le=100, description="The customer's latest lead score, if known.")]]
 
 
 class Sentiment(BaseModel):
@@ -56,10 +72,29 @@ class Recommendation(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0)
     estimated_impact: float = Field(ge=0.0, le=1.0)
     next_steps: list[str]
+    reason: str = Field(default="", description="Why this action, for this message and customer.")
+
+
+class FieldConfidence(BaseModel):
+    sentiment: float = Field(ge=0.0, le=1.0)
+    intent: float = Field(ge=0.0, le=1.0)
+    urgency: float = Field(ge=0.0, le=1.0)
+
+
+class CustomerContextOut(BaseModel):
+    recent_interactions: int
+    issues_last_7_days: int
+    open_issues: int
+    sentiment_trend: Literal["unknown", "worsening", "steady", "improving"]
+    sentiment_change: float
+    tier: CustomerTier
+    lead_score: int | None = None
 
 
 class InteractionAnalysis(BaseModel):
-    """Streamed field by field: sentiment first, recommendations last."""
+    """Streamed field by field: provisional local labels first (`provisional: true`), then
+    the final ones, the summary in text pieces (appended), the actions last. Fields other
+    than `summary` are replaced by their latest value."""
 
     sentiment: Sentiment
     intent: Intent
@@ -68,6 +103,13 @@ class InteractionAnalysis(BaseModel):
     recommendations: list[Recommendation]
     degraded: bool = False
     degraded_reason: str | None = None
+    provisional: bool = Field(default=False, description="True while the labels are the fast local ones an LLM will replace.")
+    confidence: FieldConfidence | None = Field(default=None, description="Calibrated confidence of each label.")
+    uncertain: list[str] = Field(default_factory=list, description="Labels whose confidence is too low to trust blindly.")
+    automated: bool = Field(default=False, description="Spam, notifications or auto-replies: no actions.")
+    pain_points: list[str] = Field(default_factory=list)
+    preferences: list[str] = Field(default_factory=list)
+    customer_context: CustomerContextOut | None = None
     text_truncated: bool = Field(
         default=False,
         description="The local analysis read the first 2,000 and last 1,000 characters of a longer message.",
@@ -80,19 +122,7 @@ class InteractionAnalysis(BaseModel):
     )
 
 
-_T = TypeVar("_T")
 
-
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-# Optional, but published as the bare type with no default: the LangServe playground
-# renders its form from the input schema, shows a blank page on `anyOf: [..., {"type":
-# "null"}]`, and refuses to start a run whose form holds a null it calls invalid.
-# Clients may still send null or leave the field out.
-Omittable = Annotated[_T | SkipJsonSchema[None], Field(default=None, json_schema_extra=_no_default)]
-Count = Annotated[int, Field(ge=0, le=100_000)]
 
 
 class LeadInput(ChainInput):

@@ -4,11 +4,57 @@ from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Words after which a period does not end a sentence ("Bright Bakery Co. renews",
+# "Dr. Patel", "approx. 40 seats", "Jan. 5"). Lower-cased, without the period.
+_ABBREVIATIONS = frozenset(
+    """co corp inc ltd llc plc bros dept est approx appt apt assn ave blvd rd st no nos vs etc al
+    mr mrs ms dr prof sr jr st mt ft fig ref vol pp ed eds rev gen col capt lt sgt cmdr gov sen rep
+    jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun
+    e.g i.e a.m p.m u.s u.k e.u u.s.a ph.d m.d b.a m.a d.c cf ca viz incl excl min max avg hr hrs
+    mins sec secs qty pcs pkg tel ext attn dist div intl natl""".split()
+)
+# A candidate boundary: end punctuation, optional closing quotes/brackets, then space.
+_BOUNDARY = re.compile(r"[.!?…]+[\"')\]]*\s+")
+_LAST_TOKEN = re.compile(r"(\S+)$")
+
+
+def _is_abbreviation(before: str, punctuation: str) -> bool:
+    if punctuation != ".":
+        return False
+    match = _LAST_TOKEN.search(before)
+    if match is None:
+        return False
+    token = match.group(1).lstrip("(\"'[").lower()
+    if token in _ABBREVIATIONS:
+        return True
+    if len(token) == 1 and token.isalpha():
+        return True  # an initial: "J. Smith"
+    return bool(re.fullmatch(r"(?:[a-z]\.)+[a-z]", token))  # "u.s", "e.g" written without the last dot
 
 
 def split_sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(text) if len(part.strip()) > 2]
+    """Sentences that survive abbreviations, initials, amounts, versions and URLs.
+
+    A break is taken at `.`, `!`, `?` or `…` followed by whitespace, unless the word
+    before a `.` is a known abbreviation or an initial, or the next character is lower
+    case (a sentence goes on); line breaks always separate.
+    """
+    sentences: list[str] = []
+    for line in text.splitlines():
+        start = 0
+        for match in _BOUNDARY.finditer(line):
+            end = match.end()
+            following = line[end:end + 1]
+            punctuation = match.group(0).strip()[:1]
+            before = line[start:match.start()]
+            if following and following.islower():
+                continue
+            if _is_abbreviation(before, punctuation):
+                continue
+            sentences.append(line[start:end].strip())
+            start = end
+        sentences.append(line[start:].strip())
+    return [sentence for sentence in sentences if len(sentence) > 2]
 
 
 def clip(sentence: str, limit: int = 220) -> str:

@@ -1,49 +1,40 @@
-"""Quality of the embedded models on the labelled data the project ships.
+"""Quality of the embedded models, on data they were not trained on.
 
-    .venv/bin/python -m eval.run
+    .venv/bin/python -m eval.run [--quick] [--write-readme]
 
-Reports sentiment accuracy and macro-F1, intent and urgency accuracy, lead-scoring ROC
-AUC on held-out synthetic leads, and retrieval recall@1/@3 through the real knowledge
-store (SQLite in a temporary directory). See eval/data/README.md for the data.
+Interaction models: per task accuracy, macro-F1, calibration error, per-class precision
+and recall and the confusion matrix, on the dev split, in cross-validation, leaving one
+writer out, and on the test sets (`eval.interactions`). Then lead scoring and retrieval.
+`--write-readme` replaces the table between the README's eval markers with this run's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import csv
 import json
+import re
 import tempfile
 from pathlib import Path
 
-from sklearn.metrics import accuracy_score, f1_score
-
-from app.store.database import create_engine, migrate, database_url
+from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
-from chains.local.intent import assess_urgency, classify_intent
-from chains.local.sentiment import analyze_sentiment
 from chains.scoring.model import train_models
+from eval.interactions import TaskReport, evaluate
 
 DATA = Path(__file__).parent / "data"
+README = Path(__file__).resolve().parents[1] / "README.md"
+TARGETS = {"sentiment": 0.85, "intent": 0.80, "urgency": 0.75}
 
 
-def interaction_metrics() -> list[tuple[str, float, str]]:
-    rows = list(csv.DictReader((DATA / "interactions.csv").open()))
-    sentiments, intents, urgencies = [], [], []
-    for row in rows:
-        sentiment = analyze_sentiment(row["text"])
-        intent = classify_intent(row["text"])
-        sentiments.append(sentiment.label)
-        intents.append(intent.intent)
-        urgencies.append(assess_urgency(row["text"], sentiment=sentiment, intent=intent.intent,
-                                        channel=row["channel"], time_sensitive=False, high_value=False))
-    n = f"{len(rows)} labelled messages"
-    return [
-        ("sentiment accuracy", accuracy_score([r["sentiment"] for r in rows], sentiments), n),
-        ("sentiment macro-F1", f1_score([r["sentiment"] for r in rows], sentiments, average="macro"), n),
-        ("intent accuracy", accuracy_score([r["intent"] for r in rows], intents), n),
-        ("intent macro-F1", f1_score([r["intent"] for r in rows], intents, average="macro"), n),
-        ("urgency accuracy", accuracy_score([r["urgency"] for r in rows], urgencies), n),
-    ]
+def print_report(report: TaskReport) -> None:
+    print(f"\n{report.task} — {report.where}: accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}, "
+          f"calibration error {report.ece:.3f}")
+    width = max(len(c) for c in report.classes)
+    print(f"  {'class':<{width}}  precision  recall  | confusion (rows: truth, columns: predicted)")
+    for index, label in enumerate(report.classes):
+        row = " ".join(f"{int(v):>4}" for v in report.confusion[index])
+        print(f"  {label:<{width}}  {report.precision[index]:>9.3f}  {report.recall[index]:>6.3f}  | {row}")
 
 
 def scoring_metrics() -> list[tuple[str, float, str]]:
@@ -76,13 +67,46 @@ async def retrieval_metrics() -> list[tuple[str, float, str]]:
     return [("retrieval recall@1", hits_at_1 / n, where), ("retrieval recall@3", hits_at_3 / n, where)]
 
 
+def summary_rows(reports: list[TaskReport]) -> list[tuple[str, float, str]]:
+    rows = []
+    for r in reports:
+        if r.task == "automated" or not (r.where.startswith(("test", "leave", "dev"))):
+            continue
+        rows.append((f"{r.task} accuracy / macro-F1 / min recall", r.accuracy, f"{r.where}; F1 {r.macro_f1:.3f}; "
+                     f"min class recall {r.min_recall:.2f}; calibration error {r.ece:.3f}"))
+    return rows
+
+
+def write_readme(rows: list[tuple[str, float, str]]) -> None:
+    table = "| metric | value | data |\n|---|---|---|\n" + "\n".join(
+        f"| {name} | {value:.3f} | {where} |" for name, value, where in rows)
+    text = README.read_text()
+    text, found = re.subn(r"(<!-- eval:start -->\n).*?(<!-- eval:end -->)",
+                          lambda m: m.group(1) + table + "\n" + m.group(2), text, flags=re.DOTALL)
+    if found != 1:
+        raise SystemExit("README.md has no <!-- eval:start --> ... <!-- eval:end --> section to fill")
+    README.write_text(text)
+
+
 def main() -> None:
-    results = interaction_metrics() + scoring_metrics() + asyncio.run(retrieval_metrics())
-    width = max(len(name) for name, _, _ in results)
-    print(f"{'metric':<{width}}  value  data")
-    print(f"{'-' * width}  -----  ----")
-    for name, value, where in results:
+    parser = argparse.ArgumentParser(prog="python -m eval.run")
+    parser.add_argument("--quick", action="store_true", help="dev and test only (no cross-validation)")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as cache:
+        reports = evaluate(Path(cache), quick=args.quick)
+    for report in reports:
+        print_report(report)
+    rows = summary_rows(reports) + scoring_metrics() + asyncio.run(retrieval_metrics())
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'metric':<{width}}  value  data")
+    for name, value, where in rows:
         print(f"{name:<{width}}  {value:.3f}  {where}")
+    misses = [f"{r.task} {r.accuracy:.3f} < {TARGETS[r.task]} on {r.where}" for r in reports
+              if r.where.startswith("test") and r.task in TARGETS and r.accuracy < TARGETS[r.task]]
+    print("\ntargets on the test sets:", "all met" if not misses else "; ".join(misses))
+    if args.write_readme:
+        write_readme(rows)
 
 
 if __name__ == "__main__":

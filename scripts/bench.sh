@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the benchmark extras and runs every benchmark on loopback: streaming
 # throughput and latency (raw SSE vs plain LangServe vs this service), overload at 2x
-# capacity, and WebSocket fan-out. Tables go to stdout; the plot to bench/results/.
+# capacity, WebSocket fan-out, CPU fairness between tenants, and the cost of the local
+# analysis per message. Tables go to stdout; the plot to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -9,3 +10,5 @@ bash scripts/install.sh
 .venv/bin/python -m bench.stream_bench "$@"
 .venv/bin/python -m bench.overload_bench
 .venv/bin/python -m bench.fanout_bench
+.venv/bin/python -m bench.cpu_fairness_bench
+.venv/bin/python -m bench.analysis_bench

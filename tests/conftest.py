@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,10 @@ from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+# One cache of trained local models for every app and replica of the test session:
+# trained once (seconds), then read.
+MODEL_CACHE = Path(tempfile.gettempdir()) / "crm-test-model-cache"
+os.environ.setdefault("MODEL_CACHE_DIR", str(MODEL_CACHE))
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -24,6 +30,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "auth_jwt_secret": TEST_SECRET,
         "llm_providers": "local",
+        "model_cache_dir": MODEL_CACHE,
         # Tests reuse a few identities for hundreds of requests; rate limits have their own tests.
         "rate_limit_tenant": "100000/minute",
         "rate_limit_user": "100000/minute",
@@ -49,6 +56,7 @@ def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]
         fake.mode, fake.token_delay_s, fake.requests[:], fake.streams_abandoned = "ok", 0.0, [], 0
         fake.request_times[:] = []
         fake.reply, fake.retry_after, fake.rate_limited_requests = fresh.reply, fresh.retry_after, fresh.rate_limited_requests
+        fake.json_reply = fresh.json_reply
 
     reset()
     yield fake

@@ -15,6 +15,7 @@ from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_P
 from app.core.auth import TokenVerifier
 from app.core.pricing import estimate_cost_usd
 from app.server import create_app
+from chains.local.classifier import MODEL_VERSION
 from tests.conftest import TEST_SECRET, make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
@@ -58,14 +59,16 @@ def test_runs_are_recorded_with_model_tokens_cost_and_outcome(
 
         admin = headers("acme-audit", roles=("admin",))
         runs = http.get("/api/v1/ai/usage/runs", headers=admin).json()
-        assert len(runs) == 5 and {r["status"] for r in runs} == {"ok"}
+        # The run whose LLM failed was answered by the local analysis: degraded, not failed.
+        assert len(runs) == 5 and sorted(r["status"] for r in runs) == ["degraded", "ok", "ok", "ok", "ok"]
         by_chain: dict[str, list[dict]] = {}
         for run in runs:
             by_chain.setdefault(run["chain"], []).append(run)
         served = sorted((r["provider"], r["model"]) for r in by_chain["interactions"])
-        assert served == [("local", "local-composer-v1"), ("openai", "gpt-4o-mini")], "failover is on the record"
+        assert served == [("local", MODEL_VERSION), ("openai", "gpt-4o-mini")], "failover is on the record"
+        assert next(r for r in by_chain["interactions"] if r["provider"] == "local")["status"] == "degraded"
         llm_run = next(r for r in by_chain["interactions"] if r["provider"] == "openai")
-        assert llm_run["tokens_in"] == 12 and llm_run["tokens_out"] == len(openai_provider.tokens())
+        assert llm_run["tokens_in"] == 12 and llm_run["tokens_out"] == len(openai_provider.tokens(json_mode=True))
         assert llm_run["cost_usd"] == pytest.approx(estimate_cost_usd("gpt-4o-mini", 12, llm_run["tokens_out"]))
         assert llm_run["endpoint"] == "invoke" and llm_run["latency_ms"] > 0 and llm_run["degraded"] is False
         assert by_chain["insights"][0]["endpoint"] == "stream"
@@ -90,7 +93,7 @@ def test_a_killed_replicas_runs_read_interrupted_within_seconds_and_no_one_elses
     the middle of a run while B is running one of its own; B, still alive, marks A's run
     `interrupted` within a heartbeat or two, and leaves its own `running`."""
     _, openai_url = fake_openai
-    openai_provider.token_delay_s = 1.0  # ~13 s per run: both are still going
+    openai_provider.token_delay_s = 1.0  # ~18 s per run: both are still going
     shared_db = database_url or f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
     env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATABASE_URL": shared_db,
            "LLM_PROVIDERS": "openai,local", "OPENAI_BASE_URL": openai_url, "OPENAI_API_KEY": "sk-test",

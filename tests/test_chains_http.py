@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from chains.streaming import FieldChunk
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
 
 
@@ -69,11 +70,11 @@ def test_batch(client: httpx.Client, path: str) -> None:
 
 
 def merge_chunks(chunks: list[dict]) -> dict:
-    merged: dict = {}
+    """Merge the wire chunks by the contract's rule, the one `invoke` applies server-side."""
+    merged = FieldChunk()
     for chunk in chunks:
-        for key, value in chunk.items():
-            merged[key] = merged[key] + value if isinstance(value, str) and key in merged else value
-    return merged
+        merged = merged + chunk
+    return dict(merged)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -88,10 +89,10 @@ def test_stream(client: httpx.Client, path: str) -> None:
     CHECKS[path](merge_chunks(chunks))
 
 
-def test_interaction_stream_sends_sentiment_first_and_recommendations_last(client: httpx.Client) -> None:
+def test_interaction_stream_sends_provisional_labels_first_and_recommendations_last(client: httpx.Client) -> None:
     with client.stream("POST", f"{INTERACTIONS_PATH}/stream", json={"input": INTERACTION}) as response:
         chunks = [json.loads(d) for n, d in sse_events("".join(response.iter_text())) if n == "data"]
-    assert list(chunks[0]) == ["sentiment"]
+    assert chunks[0]["provisional"] is True and "sentiment" in chunks[0], "local labels come first"
     order = [key for chunk in chunks for key in chunk]
     assert order.index("recommendations") > order.index("summary") > order.index("sentiment")
     assert sum(1 for chunk in chunks if "summary" in chunk) > 3, "summary must stream in pieces"

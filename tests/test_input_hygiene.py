@@ -11,9 +11,10 @@ import pytest
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from app.core.auth import TokenVerifier
 from app.server import create_app
-from chains.prompts import FLAGGED_NOTICE, SUMMARY_SYSTEM
+from chains.prompts import FLAGGED_NOTICE
+from chains.structured import ANALYSIS_SYSTEM
 from tests.conftest import make_settings
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import ANALYSIS_REPLY, FakeOpenAI
 from tests.support.live_server import live_server
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION
 from tests.support.servers import redis_server
@@ -74,10 +75,13 @@ def test_prompt_injection_is_flagged_and_cannot_change_the_system_prompt(
                              json={"input": {**INTERACTION, "customer_id": "cust-x", "text": attack}})
         assert response.status_code == 200
         messages = openai_provider.requests[-1]["messages"]
-        assert messages[0] == {"role": "system", "content": SUMMARY_SYSTEM + FLAGGED_NOTICE}
+        assert messages[0] == {"role": "system", "content": ANALYSIS_SYSTEM + FLAGGED_NOTICE}
         human = messages[1]["content"]
-        assert human.count("<<<") == 1 and human.count(">>>") == 1, "the data fence has one opening, one close"
-        assert human.index("<<<") < human.index("Ignore all previous") < human.index(">>>")
+        # Three fenced data sections (history, knowledge, the message): each opened and
+        # closed once, the attack's own fences defused inside the message's.
+        assert human.count("<<<") == 3 and human.count(">>>") == 3
+        message = human.split("Customer message", 1)[1]
+        assert message.index("<<<") < message.index("Ignore all previous") < message.index(">>>")
         events = http.get("/api/v1/ai/security/events",
                           headers={"Authorization": f"Bearer {mint('injected', roles=('admin',))}"}).json()
         assert events and events[0]["kind"] == "prompt_injection"
@@ -92,7 +96,7 @@ def test_clean_text_is_not_flagged(service_url: str, mint: Callable[..., str], o
     with httpx.Client(base_url=service_url, timeout=30) as http:
         http.post(f"{INTERACTIONS_PATH}/invoke", headers={"Authorization": f"Bearer {mint('calm')}"},
                   json={"input": {**INTERACTION, "text": "Please ignore my earlier email about the invoice."}})
-        assert openai_provider.requests[-1]["messages"][0]["content"] == SUMMARY_SYSTEM
+        assert openai_provider.requests[-1]["messages"][0]["content"] == ANALYSIS_SYSTEM
         events = http.get("/api/v1/ai/security/events",
                           headers={"Authorization": f"Bearer {mint('calm', roles=('admin',))}"}).json()
         assert events == []
@@ -100,8 +104,12 @@ def test_clean_text_is_not_flagged(service_url: str, mint: Callable[..., str], o
 
 def test_output_filter_masks_inappropriate_words(client: httpx.Client, openai_provider: FakeOpenAI) -> None:
     openai_provider.reply = "The customer says the export is shit and the vendor is a bastard."
+    openai_provider.json_reply = json.dumps({
+        **json.loads(ANALYSIS_REPLY), "summary": openai_provider.reply, "pain_points": ["a shit export"],
+    })
     output = client.post(f"{INTERACTIONS_PATH}/invoke", json={"input": INTERACTION}).json()["output"]
     assert output["summary"] == "The customer says the export is **** and the vendor is a ****."
+    assert output["pain_points"] == ["a **** export"]
     with client.stream("POST", f"{INSIGHTS_CHAT_PATH}/stream", json={"input": CHAIN_INPUTS[INSIGHTS_CHAT_PATH]}) as r:
         body = "".join(r.iter_text())
     answer = "".join(json.loads(line[6:]).get("answer", "") for line in body.splitlines()

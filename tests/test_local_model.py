@@ -1,65 +1,131 @@
-"""The embedded `local` model: real analysis, streamed natively without executor hops."""
+"""The embedded analysis: learned labels, the substance of a message, its context, its actions.
+
+Quality is measured by `python -m eval.run` on messages never trained on; these tests
+pin behaviour a rep relies on, through the chain as the service runs it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.core.cpu_pool import FairCpuPool
 from chains.context import run_config
 from chains.interactions import build_interaction_chain
-from chains.local.composer import compose_answer, compose_summary
-from chains.local.intent import classify_intent
-from chains.local.sentiment import analyze_sentiment
+from chains.local.classifier import TASKS, TaskModel, TextFeatures, _calibrated, corpus_paths, read_examples
+from chains.local.composer import compose_answer
+from chains.local.extract import extract
 from chains.providers.router import ProviderRouter
 from chains.providers.settings import ProviderSettings
+from tests.conftest import MODEL_CACHE
+from tests.support.stores import Stores, sqlite_stores
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> Any:
+    async with sqlite_stores(tmp_path) as found:
+        yield found
+
+
+def chain(stores: Stores, pool: FairCpuPool | None = None) -> Any:
+    router = ProviderRouter.from_settings(ProviderSettings(llm_providers=["local"]))
+    return build_interaction_chain(router, pool or FairCpuPool(1, model_cache_dir=MODEL_CACHE),
+                                   stores.interactions, stores.knowledge)
+
+
+async def analyse(stores: Stores, text: str, customer: str = "c-1", **extra: Any) -> tuple[list[dict], dict]:
+    payload = {"customer_id": customer, "text": text, "channel": "email", "customer_tier": "standard",
+               "time_sensitive": False, **extra}
+    chunks = [dict(chunk) async for chunk in chain(stores).astream(payload, run_config("t", "u"))]
+    merged = await chain(stores).ainvoke(payload, run_config("t", "u"))
+    return chunks, dict(merged)
+
+
+def test_compiled_models_predict_exactly_what_scikit_learn_would() -> None:
+    examples = read_examples(corpus_paths(["dev.csv"]))[:200]
+    rows = [e.row for e in examples]
+    features = TextFeatures().fit(rows).transform(rows)
+    for task, spec in TASKS.items():
+        calibrated = _calibrated(spec.c).fit(features.for_text_model(spec), [e.labels[task] for e in examples])
+        compiled = TaskModel.compile(spec, calibrated)
+        expected = calibrated.predict_proba(features.for_text_model(spec))
+        assert np.allclose(compiled.probabilities(features), expected, atol=1e-12), task
 
 
 @pytest.mark.parametrize(
-    ("text", "label"),
-    [("Thanks, the new reports are brilliant!", "positive"),
-     ("We were overcharged and nobody answers. Terrible.", "negative"),
-     ("Please send the March invoice to accounts.", "neutral")],
+    ("text", "intent", "urgency"),
+    [("Login is broken for everyone on my team since this morning, we can't work at all.", "support_request", "high"),
+     ("How much is the Pro plan per seat?", "pricing_inquiry", "low"),
+     ("Can we move Thursday's call to next week?", "meeting_request", None),
+     ("Please cancel our subscription effective end of this billing cycle.", "cancellation_risk", None)],
 )
-def test_sentiment_labels(text: str, label: str) -> None:
-    assert analyze_sentiment(text).label == label
+async def test_clear_messages_get_their_labels(stores: Stores, text: str, intent: str, urgency: str | None) -> None:
+    _, result = await analyse(stores, text)
+    assert result["intent"] == intent
+    if urgency:
+        assert result["urgency"] == urgency
 
 
-@pytest.mark.parametrize(
-    ("text", "intent"),
-    [("We will cancel the contract if this continues", "cancellation_risk"),
-     ("How much is the Pro plan per seat?", "pricing_inquiry"),
-     ("Can we schedule a demo on Tuesday?", "meeting_request"),
-     ("Where is your office?", "general_inquiry")],
-)
-def test_intents(text: str, intent: str) -> None:
-    assert classify_intent(text).intent == intent
+async def test_the_stream_sends_provisional_labels_then_final_ones(stores: Stores) -> None:
+    chunks, result = await analyse(
+        stores, "Hi Dana, our checkout has been down since 9am and we are losing orders. "
+                "Can you call me before noon? We spent $2,400 on ads this week.")
+    assert chunks[0]["provisional"] is True and {"sentiment", "intent", "urgency", "confidence"} <= set(chunks[0])
+    finals = [c for c in chunks if c.get("provisional") is False]
+    assert finals and chunks.index(finals[0]) > 0
+    assert result["provisional"] is False and result["degraded"] is False
+    summary = result["summary"]
+    assert "Can you call me before noon?" in summary, "the ask"
+    assert "noon" in summary and "$2,400" in summary, "the timing and the amount"
+    assert any("down" in pain for pain in result["pain_points"])
+    ranks = [r["confidence"] * r["estimated_impact"] for r in result["recommendations"]]
+    assert ranks == sorted(ranks, reverse=True) and all(r["reason"] for r in result["recommendations"])
 
 
-def router() -> ProviderRouter:
-    return ProviderRouter.from_settings(ProviderSettings(llm_providers=["local"]))
+async def test_spam_is_recognised_and_gets_no_sales_actions(stores: Stores) -> None:
+    _, result = await analyse(stores, "CONGRATULATIONS! You have been selected for a $1,000 Walmart gift card. "
+                                      "Click the link below to claim your prize within 24 hours.")
+    assert result["automated"] is True and result["recommendations"] == []
 
 
-def test_summary_quotes_the_most_telling_sentence() -> None:
-    text = compose_summary(
-        text="Hello team. The export has been broken for three days and we are furious.",
-        sentiment="negative", intent="complaint", urgency="high", channel="email",
-        customer_tier="standard", cues=["broken"],
-    )
-    assert "broken for three days" in text and "Hello team" not in text
-    assert "complaining" in text and "high urgency" in text
+async def test_too_short_to_tell_is_said_explicitly(stores: Stores) -> None:
+    _, result = await analyse(stores, "ok")
+    assert set(result["uncertain"]) == {"sentiment", "intent", "urgency"}
 
 
-def test_answer_cites_the_closest_source() -> None:
-    passages = [("Contract", "Notice period is 60 days. Payment is net 30."),
-                ("Team", "Dana is the buyer. Luis runs operations.")]
-    text = compose_answer("Who is the buyer?", passages)
-    assert "Dana is the buyer. [2]" in text and "Sources: " in text
+async def test_a_third_issue_in_a_week_raises_urgency_and_the_context_is_reported(stores: Stores) -> None:
+    text = "The monthly report has the wrong numbers again."
+    _, alone = await analyse(stores, text, customer="fresh")
+    now = datetime.now(UTC)
+    for days, score in ((5, -0.2), (2, -0.3)):
+        await stores.interactions.record("t", "repeat", "email", {
+            "sentiment": {"label": "negative", "score": score}, "intent": "complaint", "urgency": "medium",
+            "summary": "Earlier complaint."}, at=now - timedelta(days=days))
+    await stores.interactions.record("t", "repeat", "email", {
+        "sentiment": {"label": "positive", "score": 0.8}, "intent": "complaint", "urgency": "low",
+        "summary": "Old one."}, at=now - timedelta(days=30))
+    _, repeated = await analyse(stores, text, customer="repeat")
+    assert alone["intent"] == repeated["intent"] == "complaint"
+    levels = ["low", "medium", "high"]
+    assert levels.index(repeated["urgency"]) == min(2, levels.index(alone["urgency"]) + 1)
+    assert repeated["customer_context"]["issues_last_7_days"] == 2
+    assert repeated["customer_context"]["recent_interactions"] == 3
+    assert "2 earlier issue(s)" in repeated["summary"]
 
 
-async def test_local_analysis_hops_to_the_cpu_pool_once_per_step_not_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_other_tenants_history_is_never_read(stores: Stores) -> None:
+    await stores.interactions.record("other-tenant", "c-x", "email", {
+        "sentiment": {"label": "negative", "score": -0.9}, "intent": "complaint", "summary": "secret"})
+    _, result = await analyse(stores, "Thanks for the quick help yesterday!", customer="c-x")
+    assert result["customer_context"]["recent_interactions"] == 0
+
+
+async def test_the_analysis_hops_to_the_cpu_pool_once_per_message(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
     hops: list[Any] = []
     original = loop.run_in_executor
@@ -69,9 +135,25 @@ async def test_local_analysis_hops_to_the_cpu_pool_once_per_step_not_per_token(m
         return original(*args)
 
     monkeypatch.setattr(loop, "run_in_executor", counting)
-    chain = build_interaction_chain(router(), FairCpuPool(1))
     payload = {"customer_id": "c", "text": "We love it, but the price is too high. Any discount?",
                "channel": "chat", "customer_tier": "standard", "time_sensitive": False}
-    chunks = [chunk async for chunk in chain.astream(payload, run_config("t", "u"))]
-    assert sum(1 for chunk in chunks if "summary" in chunk) > 5
-    assert len(hops) == 2, "the fast signals and the summary: CPU work off the loop, once each"
+    chunks = [c async for c in chain(stores).astream(payload, run_config("t", "u"))]
+    assert sum(1 for c in chunks if "summary" in c) > 5, "the summary streams in pieces"
+    assert len(hops) == 1, "one hop: labels, substance and guard in one job"
+
+
+def test_extraction_finds_asks_pains_deadlines_and_amounts() -> None:
+    found = extract("Hello team. The export has been broken for three days and we are furious. "
+                    "Please fix it by Friday, we have 40 seats on the $1,250.50 plan. I'd rather talk by phone.")
+    assert any("broken" in pain for pain in found.pain_points)
+    assert any(ask.startswith("Please fix it by Friday") for ask in found.asks)
+    assert "by Friday" in found.deadlines
+    assert "$1,250.50" in found.amounts and "40 seats" in found.amounts
+    assert any("rather talk by phone" in pref for pref in found.preferences)
+
+
+def test_answer_cites_the_closest_source() -> None:
+    passages = [("Contract", "Notice period is 60 days. Payment is net 30."),
+                ("Team", "Dana is the buyer. Luis runs operations.")]
+    text = compose_answer("Who is the buyer?", passages)
+    assert "Dana is the buyer. [2]" in text and "Sources: " in text

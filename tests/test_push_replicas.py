@@ -127,7 +127,7 @@ async def test_reconnect_replays_exactly_the_missed_events_in_order(replicas: tu
     last_seen = (await next_event(ws, 2.0))["id"]
     await ws.close()
     for n in range(3):
-        await analyse(b, "acme", customer, f"Missed message number {n}.")
+        await analyse(b, "acme", customer, f"Please send invoice number {n}.")
     if how == "query":
         ws = await watch(b, customer, "acme", last_event_id=last_seen)
     elif how == "resume_message":
@@ -138,8 +138,9 @@ async def test_reconnect_replays_exactly_the_missed_events_in_order(replicas: tu
         await ws.send(json.dumps({"type": "auth", "token": token("acme"), "last_event_id": last_seen}))
     try:
         replayed = [await next_event(ws, 2.0) for _ in range(3)]
+        # The local summary quotes each message's ask: it says which message an event is.
         assert [e["data"]["summary"].split('"')[1] for e in replayed] == [
-            f"Missed message number {n}." for n in range(3)]
+            f"Please send invoice number {n}." for n in range(3)]
         ids = [e["id"] for e in replayed]
         assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
         with pytest.raises(TimeoutError):

@@ -93,7 +93,7 @@ async def test_high_value_request_jumps_a_standard_flood_and_overflow_degrades(
     outputs = [r.json()["output"] for r in flood_responses]
     degraded = [o for o in outputs if o["degraded"]]
     assert degraded, "the flood exceeded capacity"
-    assert all(o["degraded_reason"].startswith("deadline:") for o in degraded)
+    assert all(o["degraded_reason"].split(":")[0] in ("deadline", "predicted_wait") for o in degraded)
     assert all(o["sentiment"] and o["recommendations"] is not None for o in degraded)
     assert len(degraded) < len(outputs), "some of the flood was served normally"
 
@@ -117,14 +117,16 @@ async def test_overload_answers_from_this_customers_own_cache_only_when_meaning_
         post_all(busy_url, auth("acme"), [interaction("Please don't cancel my subscription today.")]),
         post_all(busy_url, auth("globex"), [interaction(text)]),
     )
+    # Overload shows as a queue past its deadline or a predicted wait past it: either way,
+    # what answers is what this test is about.
     exact = same[0].json()["output"]
-    assert exact["degraded_reason"] == "deadline:cache_exact" and exact["summary"] == first["summary"]
+    assert exact["degraded_reason"].endswith(":cache_exact") and exact["summary"] == first["summary"]
     assert exact["cached_from"] and exact["cache_similarity"] == 1.0
-    assert similar[0].json()["output"]["degraded_reason"] == "deadline:cache_similar"
+    assert similar[0].json()["output"]["degraded_reason"].endswith(":cache_similar")
     assert similar[0].json()["output"]["cached_from"] == exact["cached_from"]
     for response in (other_customer, negated, other_tenant):
         output = response[0].json()["output"]
-        assert output["degraded_reason"] == "deadline:local_analysis", output
+        assert output["degraded_reason"].endswith(":local_analysis"), output
         assert output["cached_from"] is None
     negated_output = negated[0].json()["output"]
     assert "don't cancel" in negated_output["summary"], "the local analysis describes this message"
@@ -161,10 +163,9 @@ async def test_disconnected_stream_is_cancelled_too(
     async with httpx.AsyncClient(base_url=busy_url, headers=auth("acme"), timeout=30) as http:
         async with http.stream("POST", f"{INTERACTIONS_PATH}/stream", json=interaction("Stream then leave.")) as r:
             async for line in r.aiter_lines():
-                if "sentiment" in line:
+                if '"provisional":false' in line:  # the LLM's labels: its call is under way
                     break
-            while not openai_provider.requests:  # leave once the LLM call is under way
-                await asyncio.sleep(0.01)
+    assert len(openai_provider.requests) == 1
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (
         openai_provider.streams_abandoned == 0 or metric(busy_url, "ai_workflow_running", provider="openai") != 0
@@ -248,5 +249,5 @@ def test_first_result_and_first_model_token_are_measured_apart(
         assert response.status_code == 200 and response.json()["output"]["degraded"] is False
         after = samples(url)
     count, first_token, first_result, tokens = (a - b for a, b in zip(after, before, strict=True))
-    assert count == 1 and tokens == len(openai_provider.tokens())
+    assert count == 1 and tokens == len(openai_provider.tokens(json_mode=True))
     assert first_token >= 0.2 > first_result, (first_result, first_token)

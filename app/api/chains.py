@@ -70,11 +70,14 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
     def insights(router: ProviderRouter) -> Runnable[Any, Any]:
         return build_insights_chain(router, services.knowledge, services.memory, services.cpu)
 
-    interactions = InteractionPolicy(processor, build_interaction_chain(services.local_router, services.cpu), services.cpu)
+    def analysis(router: ProviderRouter) -> Runnable[Any, Any]:
+        return build_interaction_chain(router, services.cpu, services.interactions, services.knowledge)
+
+    interactions = InteractionPolicy(processor, analysis(services.local_router), services.cpu, services.interactions)
     chat = InsightsPolicy(insights(services.local_router))
     return {
         INTERACTIONS_PATH: ManagedChain(
-            build_interaction_chain(services.router, services.cpu), chain_name="interactions", processor=processor,
+            analysis(services.router), chain_name="interactions", processor=processor,
             delivery=interactions, fallback=interactions,
         ),
         LEAD_SCORING_PATH: ManagedChain(

@@ -25,6 +25,8 @@ class Settings(BaseSettings, ProviderSettings):
     app_name: str = "CRM real-time AI"
     app_env: Literal["development", "production", "test"] = "development"
     data_dir: Path = Path("./var")
+    # Trained local models, keyed by the hash of their corpus (default: DATA_DIR/models).
+    model_cache_dir: Path | None = None
     # Where the service listens (scripts/run.sh passes them to uvicorn) and the address
     # clients reach it at (behind a proxy: the proxy's). The start-up sign-in link and
     # the WebSocket Origin check use `base_url`.
@@ -138,6 +140,10 @@ class Settings(BaseSettings, ProviderSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def model_cache_path(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def auth_secret_file(self) -> Path:

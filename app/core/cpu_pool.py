@@ -29,22 +29,26 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 USAGE_HALF_LIFE_S = 10.0
 PR_SET_PDEATHSIG = 1
-def _start_worker() -> None:
+def _start_worker(model_cache_dir: Path | None) -> None:
     """In each worker: die with the service, so a killed service leaves no workers
-    behind; then load the models once."""
+    behind; then load the models once (the parent trained and cached them)."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     import chains.interactions  # noqa: F401 - the functions jobs run
     from chains.embeddings import embed_one
+    from chains.local.classifier import classifier, configure
     from chains.safety import warm_up
 
     embed_one("warm up")
     warm_up()
+    configure(model_cache_dir)
+    classifier()
 
 
 def _ready() -> int:
@@ -59,10 +63,12 @@ class _SharedExecutor:
         self._executor: ProcessPoolExecutor | None = None
         self._users = 0
 
-    def acquire(self, workers: int) -> Executor:
+    def acquire(self, workers: int, model_cache_dir: Path | None) -> Executor:
         if self._executor is None:
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker)
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(model_cache_dir,)
+            )
         self._users += 1
         return self._executor
 
@@ -102,8 +108,9 @@ class _Tenant:
 
 
 class FairCpuPool:
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, model_cache_dir: Path | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.model_cache_dir = model_cache_dir
         self._executor: Executor | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._running = 0
@@ -112,7 +119,7 @@ class FairCpuPool:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = _SHARED.acquire(self.workers)
+            self._executor = _SHARED.acquire(self.workers, self.model_cache_dir)
         return self._executor
 
     async def start(self) -> None:

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.utils import AddableDict
 
 from app.core.analysis_cache import describe
 from app.core.cpu_pool import FairCpuPool
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.processor import RealtimeProcessor
+from app.store.interactions import InteractionLog
 from chains.context import RunIdentity
+from chains.streaming import FieldChunk
 
 
 def _mark_degraded(chunk: Any, reason: str) -> Any:
     if isinstance(chunk, dict) and "degraded" in chunk:
-        return AddableDict({**chunk, "degraded": True, "degraded_reason": reason})
+        return FieldChunk({**chunk, "degraded": True, "degraded_reason": reason})
     return chunk
 
 
@@ -32,6 +33,7 @@ class InteractionPolicy:
     processor: RealtimeProcessor
     local_chain: Runnable[Any, Any]
     cpu: FairCpuPool
+    history: InteractionLog
 
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
@@ -42,7 +44,7 @@ class InteractionPolicy:
         if hit is not None:
             reason = f"{cause}:cache_{hit.kind}"
             cached = {k: v for k, v in hit.output.items() if k not in ("degraded", "degraded_reason")}
-            yield AddableDict(**cached, degraded=True, degraded_reason=reason,
+            yield FieldChunk(**cached, degraded=True, degraded_reason=reason,
                               cache_similarity=hit.similarity, cached_from=hit.cached_from)
             return
         async for chunk in self.local_chain.astream(payload, config):
@@ -52,6 +54,7 @@ class InteractionPolicy:
         self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
     ) -> None:
         await self.processor.publish_interaction(identity, payload, dict(output))
+        await self.history.record(identity.tenant_id, payload["customer_id"], payload["channel"], dict(output))
         if not degraded:
             query = await self.cpu.run(identity.tenant_id, describe, payload)
             await self.processor.cache.put(identity.tenant_id, query, dict(output))
@@ -68,7 +71,7 @@ class InsightsPolicy:
     ) -> AsyncIterator[Any]:
         async for chunk in self.local_chain.astream(payload, config):
             yield chunk
-        yield AddableDict(degraded=True, degraded_reason=f"{cause}:local_model")
+        yield FieldChunk(degraded=True, degraded_reason=f"{cause}:local_model")
 
     async def on_complete(
         self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool

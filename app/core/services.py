@@ -23,9 +23,12 @@ from app.core.config import Settings
 from app.store.audit import AuditLog
 from app.store.liveness import ProcessLiveness
 from app.store.database import create_engine, database_url
+from app.store.interactions import InteractionLog
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
 from chains.embeddings import embed_one
+from chains.local.classifier import classifier as interaction_classifier
+from chains.local.classifier import configure as configure_classifier
 from chains.safety import warm_up as warm_guard
 from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
@@ -56,6 +59,7 @@ class Services:
     engine: AsyncEngine
     knowledge: KnowledgeBase
     memory: ConversationMemory
+    interactions: InteractionLog
     router: ProviderRouter
     local_router: ProviderRouter
     scoring: ModelRouting
@@ -112,6 +116,7 @@ class Services:
             engine=engine,
             knowledge=KnowledgeBase(engine),
             memory=ConversationMemory(engine),
+            interactions=InteractionLog(engine),
             router=ProviderRouter.from_settings(settings),
             local_router=ProviderRouter.local_only(settings),
             scoring=ModelRouting(
@@ -136,14 +141,17 @@ class Services:
                 per_tenant=settings.rate_limit_tenant,
                 per_user=settings.rate_limit_user,
             ),
-            cpu=FairCpuPool(settings.cpu_workers),
+            cpu=FairCpuPool(settings.cpu_workers, model_cache_dir=settings.model_cache_path),
         )
 
     def warm_up(self) -> None:
         """Loads what the first request would otherwise wait for: embeddings, the guard's
-        Unicode tables, scoring models."""
+        Unicode tables, the interaction models (trained here at the first start, then read
+        from MODEL_CACHE_DIR by this process and its workers), scoring models."""
         embed_one("warm up")
         warm_guard()
+        configure_classifier(self.settings.model_cache_path)
+        interaction_classifier()
         self.scoring.for_tenant("warm-up")
 
     async def close(self) -> None:

@@ -7,12 +7,17 @@ in the code that happens to call it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     Column,
+    Float,
     DateTime,
     Index,
     Integer,
@@ -100,6 +105,24 @@ conversation_turns = Table(
 )
 
 
+customer_interactions = Table(
+    "customer_interactions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("customer_id", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("sentiment_label", String(16), nullable=False),
+    Column("sentiment_score", Float, nullable=False),
+    Column("intent", String(32), nullable=False),
+    Column("urgency", String(16), nullable=False),
+    Column("automated", Boolean, nullable=False),
+    Column("summary", Text, nullable=False),
+    Index("ix_customer_interactions_customer", "tenant_id", "customer_id", "created_at"),
+)
+
+
 def database_url(configured: str | None, sqlite_path: Path) -> str:
     """Maps the contract's `postgresql://…` to the async psycopg 3 driver."""
     if configured is None:
@@ -108,6 +131,31 @@ def database_url(configured: str | None, sqlite_path: Path) -> str:
         if configured.startswith(prefix):
             return "postgresql+psycopg://" + configured[len(prefix):]
     return configured
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_WRITES_IN_FLIGHT: set[asyncio.Future[Any]] = set()
+
+
+def finishes_once_started(write: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """A write that runs to its commit even when its caller is cancelled (a client that
+    leaves mid-stream); the caller still sees its cancellation.
+
+    Why: a transaction cancelled inside the driver gets its connection invalidated, and
+    with aiosqlite the half-closed connection can keep SQLite's write lock: every later
+    write of every tenant then fails with "database is locked" (found by the OpenAPI
+    fuzz, which abandons streams). The finished work is also worth keeping: the
+    analysis was delivered, the turn was answered."""
+
+    @functools.wraps(write)
+    async def shielded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        running = asyncio.ensure_future(write(*args, **kwargs))
+        _WRITES_IN_FLIGHT.add(running)  # a reference, or the loop may collect it mid-write
+        running.add_done_callback(_WRITES_IN_FLIGHT.discard)
+        return await asyncio.shield(running)
+
+    return shielded
 
 
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0) -> AsyncEngine:

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.database import document_chunks, documents
+from app.store.database import document_chunks, documents, finishes_once_started
 from chains.embeddings import embed, embed_one
 from chains.ports import Passage
 from chains.text import split_sentences
@@ -48,6 +48,7 @@ class KnowledgeBase:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @finishes_once_started
     async def add_document(
         self, *, tenant_id: str, user_id: str, customer_id: str | None, title: str, text: str
     ) -> StoredDocument:

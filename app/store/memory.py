@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.database import conversation_turns as turns
+from app.store.database import conversation_turns as turns, finishes_once_started
 from chains.ports import Conversation
 
 
@@ -29,6 +29,7 @@ class ConversationMemory:
             rows = (await connection.execute(statement)).all()
         return [(row.role, row.content) for row in reversed(rows)]
 
+    @finishes_once_started
     async def append_turn(self, conversation: Conversation, *, question: str, answer: str) -> None:
         base = {"tenant_id": conversation.tenant_id, "user_id": conversation.user_id,
                 "customer_id": conversation.customer_id, "session_id": conversation.session_id}

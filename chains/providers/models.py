@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from langchain_core.language_models import BaseChatModel
+from typing import Any
+
+from langchain_core.runnables import Runnable
 from pydantic import SecretStr
 
 from chains.providers.settings import ProviderSettings
@@ -13,8 +15,11 @@ from chains.providers.settings import ProviderSettings
 @dataclass(slots=True)
 class Provider:
     name: str
-    model: BaseChatModel
+    model: Runnable[Any, Any]
     model_name: str
+    # The same model asked to answer with a JSON object, where the API has such a
+    # mode; other providers get the same model and the prompt's instructions.
+    json_model: Runnable[Any, Any] | None = None
 
 
 
@@ -23,18 +28,17 @@ def build_provider(name: str, settings: ProviderSettings) -> Provider:
     if name == "openai":
         from langchain_openai import ChatOpenAI
 
-        return Provider(
-            name,
-            ChatOpenAI(
-                model=settings.openai_model,
-                api_key=settings.openai_api_key or SecretStr("not-needed-for-local-servers"),
-                base_url=settings.openai_base_url,
-                max_retries=0,
-                timeout=settings.llm_timeout_s,
-                stream_usage=True,
-            ),
-            settings.openai_model,
+        openai = ChatOpenAI(
+            model=settings.openai_model,
+            api_key=settings.openai_api_key or SecretStr("not-needed-for-local-servers"),
+            base_url=settings.openai_base_url,
+            max_retries=0,
+            timeout=settings.llm_timeout_s,
+            stream_usage=True,
         )
+        # json_object, not json_schema: vLLM, Ollama and llama.cpp servers accept it too.
+        return Provider(name, openai, settings.openai_model,
+                        json_model=openai.bind(response_format={"type": "json_object"}))
     if name == "anthropic":
         from langchain_anthropic import ChatAnthropic
 

@@ -143,13 +143,17 @@ class ProviderRouter:
         remote = [build_provider(name, settings) for name in settings.llm_providers if name != LOCAL]
         return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers)
 
+    @property
+    def has_llm(self) -> bool:
+        return bool(self.providers)
+
     @classmethod
     def local_only(cls, settings: ProviderSettings) -> ProviderRouter:
         """The embedded analysis alone: what answers under overload."""
         return cls([], settings, local_fallback=True)
 
     async def _open(
-        self, provider: Provider, messages: list[BaseMessage], config: RunnableConfig | None
+        self, provider: Provider, messages: list[BaseMessage], config: RunnableConfig | None, json_mode: bool
     ) -> tuple[AsyncIterator[AIMessageChunk], AIMessageChunk | None]:
         """Starts a stream and waits for its first chunk, retrying transient failures.
 
@@ -174,7 +178,8 @@ class ProviderRouter:
             reraise=True,
         ):
             with attempt:
-                stream = provider.model.astream(messages, config=config)
+                model = provider.json_model if json_mode and provider.json_model is not None else provider.model
+                stream = model.astream(messages, config=config)
                 iterator = aiter(stream)
                 try:
                     async with asyncio.timeout(self.settings.llm_first_token_timeout_s):
@@ -194,12 +199,14 @@ class ProviderRouter:
         *,
         config: RunnableConfig | None = None,
         local: Callable[[], Awaitable[str]] | None = None,
+        json_mode: bool = False,
     ) -> AsyncIterator[str]:
-        """Text of the first provider that answers; `local()` writes it when `local` serves."""
+        """Text of the first provider that answers; `local()` writes it when `local` serves.
+        `json_mode` asks the provider for one JSON object (where its API can)."""
         config, report = _run_state(config)
         for provider in self.providers:
             try:
-                iterator, first = await self._open(provider, messages, config)
+                iterator, first = await self._open(provider, messages, config, json_mode)
             except Exception as error:  # noqa: BLE001 - any failure means: try the next one
                 log.warning("provider %s failed before streaming: %r", provider.name, error)
                 report.failures.append(f"{provider.name}: {type(error).__name__}")

@@ -38,12 +38,16 @@ export async function* streamChain(baseUrl, path, input, { token, signal, config
   }
 }
 
-/** Merges streamed chunks the way `invoke` would return them (string fields concatenate). */
+// Fields that stream as text pieces to append; every other field's latest value wins
+// (an analysis sends provisional labels first, then the final ones that replace them).
+const APPENDED = new Set(["summary", "answer"]);
+
+/** Merges streamed chunks the way `invoke` would return them. */
 export function mergeChunks(chunks) {
   const merged = {};
   for (const chunk of chunks) {
     for (const [key, value] of Object.entries(chunk)) {
-      merged[key] = typeof value === "string" && typeof merged[key] === "string" ? merged[key] + value : value;
+      merged[key] = APPENDED.has(key) && typeof merged[key] === "string" ? merged[key] + value : value;
     }
   }
   return merged;

@@ -77,13 +77,13 @@ async def test_a_redis_outage_degrades_and_recovers_by_itself(outage: tuple[Redi
     server, a, b = outage
     async with httpx.AsyncClient(timeout=30, headers=auth()) as http:
         watcher = await watch(a, "cust-outage")
-        assert (await http.post(f"{b}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "Before."))).status_code == 200
+        assert (await http.post(f"{b}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "Please send the file marked Before."))).status_code == 200
         assert "Before" in (await next_insight(watcher))["data"]["summary"], "through Redis, from B"
 
         server.stop()
         wait_ready(a, 503)
         for n in range(5):
-            response = await http.post(f"{a}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", f"During {n}."))
+            response = await http.post(f"{a}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", f"Please send the file marked During {n}."))
             assert response.status_code == 200, response.text
             assert f"During {n}" in (await next_insight(watcher))["data"]["summary"], "delivered locally"
         assert (await http.post(f"{a}{LEAD_SCORING_PATH}/invoke", json={"input": LEAD})).status_code == 200
@@ -91,7 +91,7 @@ async def test_a_redis_outage_degrades_and_recovers_by_itself(outage: tuple[Redi
         async with http.stream("GET", f"{a}/api/v1/ai/stream/insights/cust-outage",
                                headers={"Last-Event-ID": "1-0"}) as sse:
             assert sse.status_code == 200
-        await http.post(f"{a}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "Seen by the late one."))
+        await http.post(f"{a}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "Please send the file marked Seen by the late one."))
         assert "late one" in (await next_insight(late))["data"]["summary"]
 
         server.start()
@@ -99,7 +99,7 @@ async def test_a_redis_outage_degrades_and_recovers_by_itself(outage: tuple[Redi
         wait_ready(b, 200)
         deadline = time.monotonic() + 15
         while True:  # B's next publishes reach A's watchers through Redis again
-            await http.post(f"{b}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "After."))
+            await http.post(f"{b}{INTERACTIONS_PATH}/invoke", json=analysis("cust-outage", "Please send the file marked After."))
             try:
                 insight = await next_insight(watcher, timeout_s=2)
                 if "After" in insight["data"]["summary"]:

@@ -21,10 +21,40 @@ from starlette.routing import Route
 Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang", "stall_after_first", "rate_limited"]
 
 
+ANALYSIS_REPLY = json.dumps({
+    "sentiment": {"label": "negative", "score": -0.8},
+    "intent": "cancellation_risk",
+    "urgency": "high",
+    "confidence": {"sentiment": 0.9, "intent": 0.85, "urgency": 0.8},
+    "pain_points": ["third outage this week"],
+    "preferences": ["a fix today"],
+    "summary": "The customer threatens to cancel after a third outage this week unless it is fixed today.",
+    "next_best_actions": [
+        {"action": "call_with_fix_plan", "description": "Call today with a concrete fix plan and an SLA credit.",
+         "priority": "high", "confidence": 0.9, "estimated_impact": 0.9,
+         "next_steps": ["Call within the hour", "Share the incident report"], "reason": "churn threat with a deadline today"},
+        {"action": "escalate_to_manager", "description": "Escalate to the account manager.",
+         "priority": "high", "confidence": 0.7, "estimated_impact": 0.8, "next_steps": ["Assign an owner"],
+         "reason": "repeated outages"},
+    ],
+})
+
+
+SUMMARY_KEY = '"summary": "'
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+
+
 @dataclass
 class FakeOpenAI:
+    """Streams `reply`, or `json_reply` to requests in JSON mode (the analysis)."""
+
     mode: Mode = "ok"
     reply: str = "The customer wants a faster resolution and is frustrated with repeated outages."
+    json_reply: str = ANALYSIS_REPLY
     token_delay_s: float = 0.0
     fail_after_tokens: int = 3
     requests: list[dict[str, object]] = field(default_factory=list)
@@ -33,9 +63,20 @@ class FakeOpenAI:
     retry_after: str = "1"  # the Retry-After header of a 429
     rate_limited_requests: int = 1  # "rate_limited": this many 429s, then answers normally
 
-    def tokens(self) -> list[str]:
-        words = self.reply.split(" ")
-        return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+    def tokens(self, json_mode: bool = False) -> list[str]:
+        """Word by word; in JSON mode the structure before and after the summary comes in
+        one piece each (a run costs about as many tokens as a plain reply, so the same
+        per-token delay paces both) and the summary word by word."""
+        if not json_mode:
+            return _words(self.reply)
+        opening = self.json_reply.find(SUMMARY_KEY)
+        if opening < 0:
+            return _words(self.json_reply)
+        start = opening + len(SUMMARY_KEY)
+        end = self.json_reply.find('"', start)
+        end = len(self.json_reply) if end < 0 else end
+        pieces = [self.json_reply[:start], *_words(self.json_reply[start:end]), self.json_reply[end:]]
+        return [piece for piece in pieces if piece]
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
@@ -54,6 +95,7 @@ class FakeOpenAI:
         if self.mode == "hang":
             await asyncio.sleep(3600)
         model = body.get("model", "fake")
+        json_mode = (body.get("response_format") or {}).get("type") == "json_object"
         if not body.get("stream"):
             return JSONResponse(
                 {
@@ -65,9 +107,9 @@ class FakeOpenAI:
                               "total_tokens": 12 + len(self.tokens())},
                 }
             )
-        return StreamingResponse(self._stream(model), media_type="text/event-stream")
+        return StreamingResponse(self._stream(model, json_mode), media_type="text/event-stream")
 
-    async def _stream(self, model: str) -> AsyncIterator[bytes]:
+    async def _stream(self, model: str, json_mode: bool) -> AsyncIterator[bytes]:
         def event(payload: dict[str, object]) -> bytes:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -76,7 +118,8 @@ class FakeOpenAI:
         yield event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "finish_reason": None}]})
         try:
-            for index, token in enumerate(self.tokens()):
+            tokens = self.tokens(json_mode)
+            for index, token in enumerate(tokens):
                 if self.mode == "fail_midstream" and index == self.fail_after_tokens:
                     raise ConnectionResetError("fake provider dropped the connection mid-stream")
                 if self.mode == "stall_after_first" and index == 1:
@@ -90,5 +133,5 @@ class FakeOpenAI:
             raise
         yield event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield event({**base, "choices": [], "usage": {"prompt_tokens": 12,
-                     "completion_tokens": len(self.tokens()), "total_tokens": 12 + len(self.tokens())}})
+                     "completion_tokens": len(tokens), "total_tokens": 12 + len(tokens)}})
         yield b"data: [DONE]\n\n"

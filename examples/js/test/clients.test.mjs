@@ -13,6 +13,8 @@ const CHAINS = {
     input: { customer_id: "js-1", channel: "chat", text: "Third outage this week, we will cancel today." },
     check: (out) => {
       assert.equal(out.sentiment.label, "negative");
+      assert.equal(out.intent, "cancellation_risk", "the final label replaces the provisional one");
+      assert.equal(out.provisional, false);
       assert.ok(out.summary.length > 0 && out.recommendations.length > 0);
     },
   },
@@ -58,12 +60,14 @@ for (const [path, { input, check }] of Object.entries(CHAINS)) {
   });
 }
 
-test("interaction stream sends sentiment before the summary", async () => {
-  const order = [];
+test("interaction stream sends provisional labels first, the summary before the actions", async () => {
+  const chunks = [];
   for await (const chunk of streamChain(base, "/api/v1/ai/realtime/interactions", CHAINS["/api/v1/ai/realtime/interactions"].input, { token })) {
-    order.push(...Object.keys(chunk));
+    chunks.push(chunk);
   }
-  assert.equal(order[0], "sentiment");
+  assert.equal(chunks[0].provisional, true);
+  assert.ok("sentiment" in chunks[0] && "intent" in chunks[0]);
+  const order = chunks.flatMap((chunk) => Object.keys(chunk));
   assert.ok(order.indexOf("recommendations") > order.indexOf("summary"));
 });
 

@@ -1,0 +1,46 @@
+"""Every analysed interaction of a customer, per tenant: the history the next analysis
+reads (issues this week, sentiment trend, recent summaries)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.audit import utcnow
+from app.store.database import customer_interactions as interactions, finishes_once_started
+from chains.customer_context import PastInteraction
+
+
+class InteractionLog:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @finishes_once_started
+    async def record(self, tenant_id: str, customer_id: str, channel: str, analysis: dict[str, Any],
+                     at: datetime | None = None) -> None:
+        sentiment = analysis.get("sentiment") or {}
+        async with self.engine.begin() as connection:
+            await connection.execute(insert(interactions).values(
+                tenant_id=tenant_id, customer_id=customer_id, created_at=at or utcnow(), channel=channel,
+                sentiment_label=str(sentiment.get("label", "neutral")), sentiment_score=float(sentiment.get("score", 0.0)),
+                intent=str(analysis.get("intent", "general_inquiry")), urgency=str(analysis.get("urgency", "low")),
+                automated=bool(analysis.get("automated", False)), summary=str(analysis.get("summary", ""))[:500],
+            ))
+
+    async def recent(self, tenant_id: str, customer_id: str, *, limit: int = 10) -> list[PastInteraction]:
+        statement = (
+            select(interactions)
+            .where((interactions.c.tenant_id == tenant_id) & (interactions.c.customer_id == customer_id))
+            .order_by(interactions.c.created_at.desc(), interactions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [
+            PastInteraction(row["created_at"], row["channel"], row["sentiment_label"], row["sentiment_score"],
+                            row["intent"], row["urgency"], row["automated"], row["summary"])
+            for row in rows
+        ]
