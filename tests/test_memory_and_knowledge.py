@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +122,60 @@ def test_memory_never_mixes_customers_and_guards_what_it_replays(
     assert "walnut" in about_a, "the same customer's session keeps its memory"
     assert "looks like instructions" in about_a, "a replayed injection is flagged like a fresh one"
     assert any(e["detail"].get("source") == "memory:human" for e in events), events
+
+
+def test_documents_are_listed_read_replaced_and_deleted_within_the_tenant_only(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    settings, server = start(tmp_path, database_url)
+    tenant = f"kb-{uuid.uuid4().hex[:8]}"  # the PostgreSQL database is shared by this module's tests
+    rep, stranger = auth(settings, tenant), auth(settings, f"{tenant}-other")
+    admin = {"Authorization": "Bearer " + TokenVerifier(settings).mint(tenant_id=tenant, user_id="ada", roles=("admin",))}
+    documents = "/api/v1/ai/insights/documents"
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        created = http.post(documents, headers=rep, json={
+            "customer_id": "cust-7", "title": "Renewal requirements",
+            "text": "Before renewing in March, Northwind requires single sign-on with Okta."}).json()
+        http.post(documents, headers=rep, json={"title": "Pricing policy", "text": "Annual plans get 15 percent off."})
+        doc = f"{documents}/{created['document_id']}"
+
+        listed = http.get(documents, headers=rep).json()
+        assert [d["title"] for d in listed] == ["Pricing policy", "Renewal requirements"]
+        assert [d["title"] for d in http.get(documents, headers=rep, params={"customer_id": "cust-7"}).json()] == [
+            "Renewal requirements"]
+        read = http.get(doc, headers=rep).json()
+        assert read["text"].startswith("Before renewing") and read["created_by"] == "rita" and read["chunks"] == 1
+
+        # Another tenant can neither see, change nor delete it: the id is simply unknown there.
+        assert http.get(documents, headers=stranger).json() == []
+        assert http.get(doc, headers=stranger).status_code == 404
+        assert http.put(doc, headers=stranger, json={"title": "x", "text": "hijacked"}).status_code == 404
+        assert http.delete(doc, headers=stranger).status_code == 404
+        assert http.get(doc, headers=rep).json()["text"] == read["text"]
+
+        # A replacement is what the next question is answered from.
+        replaced = http.put(doc, headers=rep, json={
+            "customer_id": "cust-7", "title": "Renewal requirements",
+            "text": "Before renewing in March, Northwind requires SAML with Azure AD and an onboarding session."})
+        assert replaced.status_code == 200 and replaced.json()["chunks"] == 1
+        answer = ask(http, rep, "cust-7", "What do they need before renewing?")
+        assert "Azure AD" in answer["answer"] and "Okta" not in answer["answer"]
+
+        # Bad input is refused with 422 and changes nothing.
+        for bad in ({"title": "", "text": "x"}, {"title": "t", "text": "x", "owner": "me"}, {"title": "t"}):
+            assert http.put(doc, headers=rep, json=bad).status_code == 422, bad
+        assert http.get(f"{documents}/not a valid id!", headers=rep).status_code == 422
+        assert http.get(documents, headers=rep, params={"limit": 0}).status_code == 422
+        assert "Azure AD" in http.get(doc, headers=rep).json()["text"]
+
+        assert http.delete(doc, headers=rep).status_code == 204
+        assert http.get(doc, headers=rep).status_code == 404
+        assert http.delete(doc, headers=rep).status_code == 404
+        gone = ask(http, rep, "cust-7", "What do they need before renewing?")
+        assert "Azure AD" not in gone["answer"] and all(s["title"] != "Renewal requirements" for s in gone["sources"])
+
+        events = http.get("/api/v1/ai/security/events", headers=admin).json()
+        changes = [(e["kind"], e["user_id"]) for e in events if e["kind"].startswith("document_")]
+        assert changes[:3] == [("document_deleted", "rita"), ("document_updated", "rita"), ("document_created", "rita")]
+        assert all(e["kind"] != "document_updated" or e["detail"]["document_id"] == created["document_id"]
+                   for e in events)

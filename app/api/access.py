@@ -49,6 +49,7 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/ready": PUBLIC,
     "/metrics": PUBLIC,  # the route itself enforces METRICS_TOKEN when set
     "/api/v1/ai/insights/documents": Policy(ANALYSTS, rate_limited=True),
+    "/api/v1/ai/insights/documents/{document_id}": Policy(ANALYSTS, rate_limited=True),
     "/api/v1/ai/usage": Policy(ADMIN),
     "/api/v1/ai/usage/runs": Policy(ADMIN),
     "/api/v1/ai/security/events": Policy(ADMIN),

@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
 from app.core.errors import AppError, RateLimited, Unauthenticated
 from app.store.audit import AuditUnavailable
+from app.store.knowledge import DocumentNotFound
 from chains.context import MissingIdentity
 from chains.providers.router import ProviderError
 
@@ -52,6 +53,8 @@ def describe_error(error: BaseException) -> ErrorInfo:
         return ErrorInfo(401, "unauthenticated", "run has no verified identity", False)
     if isinstance(error, AuditUnavailable):
         return ErrorInfo(503, "audit_unavailable", "the audit trail cannot be written", True)
+    if isinstance(error, DocumentNotFound):
+        return ErrorInfo(404, "document_not_found", "no document with this id in your tenant", False)
     if isinstance(error, DatabaseTimeout):
         return ErrorInfo(503, "database_busy", "every database connection is busy: retry shortly", True)
     if isinstance(error, (TimeoutError,)):
@@ -85,9 +88,10 @@ async def app_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def run_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Provider outages and identity faults raised from `invoke`/`batch` chain runs."""
+    """Failures raised before a response starts: provider outages and identity faults
+    of `invoke`/`batch` runs, a busy database, a document not in the caller's tenant."""
     info = describe_error(exc)
-    log.warning("chain run failed: %r", exc)
+    log.warning("request failed: %r", exc)
     headers = {"Retry-After": "1"} if info.retryable and info.status_code == 503 else None
     return JSONResponse({"detail": info.message, "code": info.code, "retryable": info.retryable},
                         status_code=info.status_code, headers=headers)
@@ -150,3 +154,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MissingIdentity, run_error_handler)
     app.add_exception_handler(AuditUnavailable, run_error_handler)
     app.add_exception_handler(DatabaseTimeout, run_error_handler)
+    app.add_exception_handler(DocumentNotFound, run_error_handler)

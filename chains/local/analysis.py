@@ -64,14 +64,14 @@ def local_fields(
     urgency, urgency_reasons = contextual_urgency(
         _urgency(predictions["urgency"].label), intent, context, time_sensitive=time_sensitive
     )
-    sentiment = {"label": predictions["sentiment"].label, "score": reading.sentiment_score}
+    feeling = predictions["sentiment"].label
     confidence = {task: predictions[task].confidence for task in UNCERTAIN_BELOW}
     signals = Signals(
         intents=predictions["intent"].probabilities, sentiments=predictions["sentiment"].probabilities,
         urgency=urgency, automated=reading.automated, reasons=urgency_reasons,
     )
     return {
-        "sentiment": sentiment,
+        "sentiment": {"label": feeling, "score": reading.sentiment_score},
         "intent": intent,
         "urgency": urgency,
         "confidence": confidence,
@@ -82,7 +82,7 @@ def local_fields(
         "preferences": reading.substance.preferences,
         "customer_context": context.public(),
         "summary": compose_summary(
-            intent=intent, sentiment=sentiment["label"], urgency=urgency, channel=channel,
+            intent=intent, sentiment=feeling, urgency=urgency, channel=channel,
             automated=reading.automated, substance=reading.substance, context=context,
         ),
         "recommendations": [r.model_dump() for r in recommend(signals, context)],
