@@ -20,7 +20,7 @@ from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, Field, ValidationError
 
 from chains.prompts import FLAGGED_NOTICE
-from chains.schemas import Intent, SentimentLabel, Urgency
+from chains.schemas import FieldConfidence, Intent, Sentiment, Urgency
 
 LABELS_GUIDE = """Labels (use exactly these values):
 - sentiment.label: the customer's feeling toward the business in this message: positive, neutral or negative.
@@ -60,22 +60,13 @@ class MalformedAnalysis(ValueError):
         self.reason = reason  # llm_malformed_json, llm_schema_violation, llm_incomplete
 
 
-class LlmSentiment(BaseModel):
-    label: SentimentLabel
-    score: float = Field(ge=-1.0, le=1.0)
-
-
-class LlmConfidence(BaseModel):
-    sentiment: float = Field(ge=0.0, le=1.0)
-    intent: float = Field(ge=0.0, le=1.0)
-    urgency: float = Field(ge=0.0, le=1.0)
-
-
 class LlmClassification(BaseModel):
-    sentiment: LlmSentiment
+    """The labels as the service publishes them: the LLM is held to the public schema."""
+
+    sentiment: Sentiment
     intent: Intent
     urgency: Urgency
-    confidence: LlmConfidence
+    confidence: FieldConfidence
 
 
 class LlmAction(BaseModel):

@@ -22,14 +22,13 @@ from app.server import create_app
 from app.core.cpu_pool import FairCpuPool
 from chains.context import run_config
 from chains.interactions import INTERRUPTED_SUMMARY, build_interaction_chain
-from chains.streaming import FieldChunk
 from chains.providers.router import ProviderRouter
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.support.fake_openai import ANALYSIS_REPLY, FakeOpenAI
 from tests.support.live_server import live_server
 from tests.support.payloads import INTERACTION, QUESTION
 from tests.support.stores import sqlite_stores
-from tests.test_chains_http import sse_events
+from tests.test_chains_http import merge_chunks, sse_events
 
 IDLE_S = 1.0
 TOTAL_S = 3.0
@@ -52,10 +51,7 @@ async def analyse(settings: Settings, tmp_path: Path) -> dict:
         chain = build_interaction_chain(ProviderRouter.from_settings(settings),
                                         FairCpuPool(1, model_cache_dir=MODEL_CACHE),
                                         stores.interactions, stores.knowledge)
-        merged = FieldChunk()
-        async for chunk in chain.astream(dict(INTERACTION), run_config("acme", "u")):
-            merged = merged + chunk
-    return dict(merged)
+        return merge_chunks([chunk async for chunk in chain.astream(dict(INTERACTION), run_config("acme", "u"))])
 
 
 async def test_a_stall_after_the_first_token_ends_the_call(
