@@ -105,6 +105,17 @@ conversation_turns = Table(
 )
 
 
+knowledge_revisions = Table(
+    # One row per tenant, bumped in the transaction of every document write: each
+    # replica's in-memory retrieval index compares it (one indexed read) and rebuilds
+    # when another replica changed the knowledge base.
+    "kb_revisions",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("revision", Integer, nullable=False),
+)
+
+
 customer_interactions = Table(
     "customer_interactions",
     metadata,
