@@ -25,7 +25,7 @@ class Passage:
 
 class KnowledgeSearch(Protocol):
     async def search(
-        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4
+        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> list[Passage]: ...
 
 

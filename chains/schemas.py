@@ -168,6 +168,7 @@ class InsightsQuestion(ChainInput):
 
 
 class Source(BaseModel):
+    citation: int = Field(description="The number the answer cites this passage by: [n].")
     document_id: str
     title: str
     customer_id: str | None
@@ -175,8 +176,15 @@ class Source(BaseModel):
 
 
 class InsightsAnswer(BaseModel):
-    """Streamed as `{"sources": [...]}` first, then `{"answer": "<text chunk>"}` pieces."""
+    """Streamed as `{"sources": [retrieved]}` first, then `{"answer": "<text chunk>"}`
+    pieces, then `{"sources": [cited], "removed_citations": [...]}`, which replaces the
+    first list: the final `sources` are the passages the answer cites, none when nothing
+    was found."""
 
     sources: list[Source]
     answer: str
     session_id: str
+    removed_citations: list[int] = Field(
+        default_factory=list,
+        description="Citation numbers the model used that named no source; removed from the answer.",
+    )

@@ -12,3 +12,4 @@ bash scripts/install.sh
 .venv/bin/python -m bench.fanout_bench
 .venv/bin/python -m bench.cpu_fairness_bench
 .venv/bin/python -m bench.analysis_bench
+.venv/bin/python -m bench.retrieval_bench

@@ -66,6 +66,7 @@ def test_other_tenant_cannot_reach_documents_by_spoofing(
         assert created.status_code == 201, created.text
         question = {"customer_id": "shared-42", "question": "What discount was approved?",
                     "tenant_id": "acme"}
+        openai_provider.reply = "Dana approved it [1]."  # cites its one source: the final sources name it
         own = http.post(f"{INSIGHTS_CHAT_PATH}/invoke", headers=acme, json={"input": question}).json()
         assert [s["title"] for s in own["output"]["sources"]] == ["Orion discount"]
         assert "37 percent" in json.dumps(openai_provider.requests), "prompt must carry the source"

@@ -1,47 +1,40 @@
-"""The tenant's knowledge base: documents, their chunks and embedding search.
+"""The tenant's knowledge base: documents, their chunks and hybrid search over them.
 
-Search scores chunks of the caller's tenant only (the SQL filters on tenant_id) and
-of the asked-about customer plus tenant-wide documents (customer_id NULL). Every read
-and write names its tenant: a document id from another tenant is simply not found.
+Search uses one in-memory `RetrievalIndex` per tenant (built from that tenant's rows
+only), scoped to the asked-about customer plus tenant-wide documents (customer_id
+NULL). Every write bumps the tenant's revision in the same transaction; a search reads
+that one row and rebuilds the index when it moved, so every replica answers from the
+current documents. Every read and write names its tenant: a document id from another
+tenant is simply not found.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.store.database import document_chunks, documents, finishes_once_started
-from chains.embeddings import embed, embed_one
+from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
-from chains.text import split_sentences
+from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
 
-CHUNK_MAX_CHARS = 700
+logger = logging.getLogger(__name__)
 
 
 class DocumentNotFound(LookupError):
     """No document with this id in the caller's tenant (whether it exists elsewhere is
     not the caller's business)."""
-
-
-def chunk_text(text: str, max_chars: int = CHUNK_MAX_CHARS) -> list[str]:
-    """Sentence-aligned chunks, so a cited passage never starts mid-sentence."""
-    chunks: list[str] = []
-    current = ""
-    for sentence in split_sentences(text) or [text]:
-        if current and len(current) + len(sentence) + 1 > max_chars:
-            chunks.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}".strip()
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +61,7 @@ class Document(DocumentSummary):
 
 
 def _chunk_rows(tenant_id: str, document_id: str, customer_id: str | None, title: str, text: str) -> list[dict[str, Any]]:
-    # The title is embedded with each chunk (it says what the chunk is about) but not
-    # stored in it, so answers never quote a bare title as a fact.
-    chunks = chunk_text(text)
-    vectors = embed([f"{title}. {chunk}" for chunk in chunks])
+    chunks, vectors = embedded_chunks(title, text)
     return [
         {
             "tenant_id": tenant_id,
@@ -89,9 +79,52 @@ def _this_document(table: Any, tenant_id: str, document_id: str) -> Any:
     return (table.c.tenant_id == tenant_id) & (table.c.document_id == document_id)
 
 
+async def _bump_revision(connection: AsyncConnection, tenant_id: str) -> None:
+    """+1 on the tenant's revision, created at 1: an upsert, so two first writes of a
+    tenant on two replicas cannot both insert."""
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(knowledge_revisions).values(tenant_id=tenant_id, revision=1)
+    await connection.execute(statement.on_conflict_do_update(
+        index_elements=[knowledge_revisions.c.tenant_id],
+        set_={"revision": knowledge_revisions.c.revision + 1},
+    ))
+
+
 class KnowledgeBase:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, cached_tenants: int = 64) -> None:
         self.engine = engine
+        # tenant → (revision, index), least recently searched first.
+        self._indexes: OrderedDict[str, tuple[int, RetrievalIndex]] = OrderedDict()
+        self._cached_tenants = cached_tenants
+        self._builds: dict[tuple[str, int], asyncio.Future[RetrievalIndex]] = {}
+        self._refreshing: dict[str, bool] = {}  # tenant → another write came in meanwhile
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _refresh_soon(self, tenant_id: str) -> None:
+        """After a write here, rebuild a tenant's cached index in the background, so the
+        next question does not wait for it; a burst of writes costs one rebuild at a time."""
+        if tenant_id not in self._indexes:
+            return
+        if tenant_id in self._refreshing:
+            self._refreshing[tenant_id] = True
+            return
+        self._refreshing[tenant_id] = False
+
+        async def refresh() -> None:
+            try:
+                while True:
+                    await self.index(tenant_id)
+                    if not self._refreshing.get(tenant_id):
+                        return
+                    self._refreshing[tenant_id] = False
+            except Exception:  # the next question rebuilds (and reports) it
+                logger.warning("background rebuild of a knowledge index failed", exc_info=True)
+            finally:
+                self._refreshing.pop(tenant_id, None)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @finishes_once_started
     async def add_document(
@@ -108,6 +141,8 @@ class KnowledgeBase:
                 )
             )
             await connection.execute(insert(document_chunks), rows)
+            await _bump_revision(connection, tenant_id)
+        self._refresh_soon(tenant_id)
         return StoredDocument(document_id, customer_id, title, len(rows))
 
     @finishes_once_started
@@ -126,6 +161,8 @@ class KnowledgeBase:
                 raise DocumentNotFound(document_id)
             await connection.execute(delete(document_chunks).where(_this_document(document_chunks, tenant_id, document_id)))
             await connection.execute(insert(document_chunks), rows)
+            await _bump_revision(connection, tenant_id)
+        self._refresh_soon(tenant_id)
         return StoredDocument(document_id, customer_id, title, len(rows))
 
     @finishes_once_started
@@ -134,6 +171,8 @@ class KnowledgeBase:
             found = await self._read(connection, tenant_id, document_id)
             await connection.execute(delete(document_chunks).where(_this_document(document_chunks, tenant_id, document_id)))
             await connection.execute(delete(documents).where(_this_document(documents, tenant_id, document_id)))
+            await _bump_revision(connection, tenant_id)
+        self._refresh_soon(tenant_id)
         return StoredDocument(found.document_id, found.customer_id, found.title, found.chunks)
 
     async def get_document(self, *, tenant_id: str, document_id: str) -> Document:
@@ -174,47 +213,56 @@ class KnowledgeBase:
         return Document(**row)
 
     async def search(
-        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4
+        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> list[Passage]:
-        scope = document_chunks.c.tenant_id == tenant_id
-        if customer_id is not None:
-            scope = scope & or_(
-                document_chunks.c.customer_id == customer_id,
-                document_chunks.c.customer_id.is_(None),
-            )
+        """The `k` best chunks for `query`; `earlier` (the question a follow-up follows)
+        helps at half weight, so "and when?" still finds what the last answer was about."""
+        index = await self.index(tenant_id)
+        queries = [(query, 1.0)] + ([(earlier, 0.5)] if earlier else [])
+        return index.search(queries, customer_id=customer_id, k=k)
+
+    async def index(self, tenant_id: str) -> RetrievalIndex:
+        """The tenant's current index: one indexed read when nothing changed, a rebuild
+        (off the event loop, one per tenant and revision however many ask) when it did."""
+        async with self.engine.connect() as connection:
+            revision = (await connection.execute(
+                select(knowledge_revisions.c.revision).where(knowledge_revisions.c.tenant_id == tenant_id)
+            )).scalar_one_or_none() or 0
+        cached = self._indexes.get(tenant_id)
+        if cached is not None and cached[0] == revision:
+            self._indexes.move_to_end(tenant_id)
+            return cached[1]
+        key = (tenant_id, revision)
+        build = self._builds.get(key)
+        if build is None:
+            build = asyncio.ensure_future(self._build(tenant_id))
+            self._builds[key] = build
+            build.add_done_callback(lambda _: self._builds.pop(key, None))
+        index = await asyncio.shield(build)
+        self._indexes[tenant_id] = (revision, index)
+        self._indexes.move_to_end(tenant_id)
+        while len(self._indexes) > self._cached_tenants:
+            self._indexes.popitem(last=False)
+        return index
+
+    async def _build(self, tenant_id: str) -> RetrievalIndex:
         statement = (
             select(
-                document_chunks.c.document_id,
-                document_chunks.c.customer_id,
-                document_chunks.c.text,
-                document_chunks.c.embedding,
-                documents.c.title,
+                document_chunks.c.document_id, document_chunks.c.customer_id, document_chunks.c.text,
+                document_chunks.c.embedding, documents.c.title,
             )
             .join(
                 documents,
                 (documents.c.tenant_id == document_chunks.c.tenant_id)
                 & (documents.c.document_id == document_chunks.c.document_id),
             )
-            .where(scope)
+            .where(document_chunks.c.tenant_id == tenant_id)
+            .order_by(document_chunks.c.document_id, document_chunks.c.chunk_index)
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
-        if not rows:
-            return []
-        matrix = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
-        similarity = matrix.reshape(len(rows), -1) @ embed_one(query)
-        best_per_document: dict[str, Passage] = {}
-        for index in np.argsort(-similarity):
-            row = rows[int(index)]
-            if row.document_id in best_per_document:
-                continue
-            best_per_document[row.document_id] = Passage(
-                document_id=row.document_id,
-                customer_id=row.customer_id,
-                title=row.title,
-                text=row.text,
-                score=round(float(similarity[index]), 4),
-            )
-            if len(best_per_document) == k:
-                break
-        return list(best_per_document.values())
+        chunks = [IndexedChunk(row.document_id, row.customer_id, row.title, row.text) for row in rows]
+        vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
+        cached = self._indexes.get(tenant_id)
+        return await asyncio.to_thread(
+            functools.partial(RetrievalIndex, chunks, vectors, previous=cached[1] if cached else None))

@@ -1,5 +1,9 @@
-"""The local answer of the insights chat: the source sentences closest to the question
-by embedding similarity, each with its citation."""
+"""The local answer of the insights chat: the retrieved sentences the answer model
+finds answer the question, each cited, or a plain "nothing found" when none does.
+
+Only sentences nearly as likely as the best one are kept, so the answer cites what it
+used and not everything that was retrieved (`chains.local.answering` says how a sentence is judged).
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,61 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chains.embeddings import embed, embed_one
-from chains.text import clip, split_sentences
+from chains.local.answering import FEATURES, AnswerModel, Candidate, answer_model, candidates, features
+from chains.text import clip
 
-def compose_answer(question: str, passages: Sequence[tuple[str, str]], *, max_sentences: int = 3) -> str:
-    """Answers from `(title, text)` passages with the sentences closest to the question, cited."""
-    if not passages:
-        return (
-            "I found nothing in this customer's knowledge base that answers that. "
-            "Add notes or documents for them and ask again."
-        )
-    candidates: list[tuple[str, int]] = []
-    for index, (_, passage_text) in enumerate(passages, start=1):
-        for sentence in split_sentences(passage_text):
-            candidates.append((sentence, index))
-    if not candidates:
-        return "The matching documents are empty."
-    vectors = embed([sentence for sentence, _ in candidates])
-    similarity = vectors @ embed_one(question)
-    best = np.argsort(-similarity)[:max_sentences]
-    # Keep the chosen sentences in source order so the answer reads naturally.
-    chosen = sorted(best.tolist(), key=lambda i: (candidates[i][1], i))
-    cited = " ".join(f"{clip(candidates[i][0])} [{candidates[i][1]}]" for i in chosen)
-    titles = ", ".join(
-        f"[{index}] {title}"
-        for index, (title, _) in enumerate(passages, start=1)
-        if any(candidates[i][1] == index for i in chosen)
-    )
-    return f"From this customer's records: {cited}\nSources: {titles}"
+NOT_FOUND = "I found nothing in this customer's documents or the shared knowledge base that answers that."
+MAX_SENTENCES = 3
+# A customer's own sentence with the kind of answer asked for replaces a tenant-wide
+# one that scores up to this many times better.
+OWN_OVERRIDE_RATIO = 0.5
+KIND_PRESENT, KIND_MISSING = FEATURES.index("kind_present"), FEATURES.index("kind_missing")
+
+
+def select_sentences(
+    found: Sequence[Candidate], rows: np.ndarray, model: AnswerModel
+) -> list[Candidate]:
+    """The sentences that answer, best first; none when even the best falls short.
+
+    When the best sentence lacks the kind of answer asked for ("when", "how much") and
+    the sentence after it in the same passage has one, that one comes too: notes often
+    name the matter in one sentence and give the date or amount in the next."""
+    likelihood = model.probabilities(rows)
+    order = np.argsort(-likelihood, kind="stable")
+    best = int(order[0])
+    if likelihood[best] < model.answer_threshold:
+        return []
+    floor = max(model.answer_threshold, model.keep_ratio * likelihood[best])
+    kept = [int(i) for i in order[:MAX_SENTENCES] if likelihood[i] >= floor]
+    if not found[best].own_document and rows[best, KIND_PRESENT]:
+        # A tenant policy gives the kind of answer asked for; if the customer's own
+        # documents give one too, they disagree and the customer's own wins.
+        own = [int(i) for i in order if found[int(i)].own_document and rows[int(i), KIND_PRESENT]
+               and likelihood[i] >= OWN_OVERRIDE_RATIO * likelihood[best]]
+        if own:
+            best = own[0]
+            kept = [best] + [i for i in kept if found[i].own_document and i != best]
+    chosen = [found[i] for i in kept]
+    following = best + 1
+    if (rows[best, KIND_MISSING] and following < len(found) and found[following].passage == found[best].passage
+            and rows[following, KIND_PRESENT] and found[following] not in chosen):
+        chosen.insert(1, found[following])
+    return chosen[:MAX_SENTENCES]
+
+
+def compose_answer(
+    question: str, passages: Sequence[tuple[str, str, bool]], earlier: str | None = None,
+    model: AnswerModel | None = None,
+) -> str:
+    """An extractive answer from `(title, text, is the customer's own)` passages
+    numbered from 1, cited `[n]`; `earlier` is the question a follow-up follows."""
+    found = candidates(passages)
+    if not found:
+        return NOT_FOUND
+    model = model or answer_model()
+    chosen = select_sentences(found, features(question, found, earlier), model)
+    if not chosen:
+        return NOT_FOUND
+    # Source order reads naturally: a contract's clauses in their own sequence.
+    chosen.sort(key=lambda c: c.position)
+    return " ".join(f"{clip(c.text)} [{c.passage}]" for c in chosen)

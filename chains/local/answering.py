@@ -1,0 +1,168 @@
+"""Which retrieved sentences answer a question: features and a learned model over them.
+
+A rep's question names few words, and the sentence that answers it often shares only
+one ("when's the renewal" → "Term: 12 months from Mar. 1, 2024, auto-renews"). So a
+sentence is judged on several signals at once: how much of the question's weight it
+covers (rare words count more), its embedding similarity, whether it holds the kind
+of thing asked for (a date for "when", an amount for "how much", a name for "who"),
+how highly its passage was retrieved, whether it is the customer's own document, and
+how much of the question the retrieved passages do not mention at all (the strongest
+sign that the documents cannot answer it). A logistic regression trained on labelled
+questions (`chains/local/corpus/chat_train.json`, by `python -m chains.local.answer_training`)
+weighs them; its coefficients ship in `answer_model.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from chains.embeddings import embed, embed_one
+from chains.retrieval import tokenize
+from chains.text import split_sentences
+
+MODEL_PATH = Path(__file__).with_name("answer_model.json")
+
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_WEEKDAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day)?s?\b"
+_NUMBER_WORD = r"(?:one|two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|thirty|forty|forty-five|sixty|ninety)"
+_UNIT = r"(?:business\s+|calendar\s+|working\s+)?(?:days?|hours?|hrs?|weeks?|months?|mos?|years?|yrs?|minutes?|mins?)\b"
+# Kinds of answer a question asks for, and how a sentence shows it has one.
+ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
+    "date": (
+        re.compile(r"\b(when|what date|which date|deadline|cutoff|cut-off|kick ?off|start|expire|renew|due)\b", re.I),
+        re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|\b20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
+    ),
+    "money": (
+        re.compile(r"\b(how much|cost|price|pricing|fee|fees|pay|paying|paid|charge|credit|rate|budget|spend|discount|refund|owe|cut)\b", re.I),
+        re.compile(r"[$€£]\s?\d|\b\d+(?:\.\d+)?\s?%|\bpercent\b|\b\d+(?:,\d{3})+\b", re.I),
+    ),
+    "count": (
+        re.compile(r"\b(how many|number of|how big|size|limit|seats)\b", re.I),
+        re.compile(rf"\b\d|\b{_NUMBER_WORD}\b", re.I),
+    ),
+    "duration": (
+        re.compile(r"\b(how long|notice|window|within|how soon|how fast|response time|turnaround|period|term)\b", re.I),
+        re.compile(rf"\b(?:\d+|{_NUMBER_WORD})\s*(?:\(\d+\)\s*)?-?{_UNIT}", re.I),
+    ),
+    "person": (
+        re.compile(r"\b(who|whom|whose|contact|decision maker|decides|owner|champion|runs)\b", re.I),
+        # Case matters here: a capitalised name, or a title before one.
+        re.compile(r"\b(?:Dr|Mr|Mrs|Ms)\.\s+[A-Z]|\b[A-Z][a-z]+\s+[A-Z][a-z]+\b|\b[A-Z][a-z]+\s+\((?:owner|CEO|CFO|founder|manager)"),
+    ),
+    "email": (
+        re.compile(r"\b(e-?mail address|where do .* go|send .* to|which address|inbox)\b", re.I),
+        re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b"),
+    ),
+}
+FEATURES = (
+    "coverage", "coverage_with_earlier", "similarity", "similarity_to_earlier", "passage_reciprocal_rank",
+    "own_document", "kind_present", "kind_missing", "question_unmatched", "log_length",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One sentence of a retrieved passage; `passage` is its 1-based citation number."""
+
+    text: str
+    passage: int
+    position: int
+    own_document: bool
+
+
+def candidates(passages: Sequence[tuple[str, str, bool]]) -> list[Candidate]:
+    """Sentences of `(title, text, is the customer's own)` passages, in source order."""
+    found: list[Candidate] = []
+    for number, (_, text, own) in enumerate(passages, start=1):
+        for sentence in split_sentences(text):
+            found.append(Candidate(sentence, number, len(found), own))
+    return found
+
+
+def asked_kinds(question: str) -> list[str]:
+    return [kind for kind, (asks, _) in ANSWER_KINDS.items() if asks.search(question)]
+
+
+def features(question: str, found: Sequence[Candidate], earlier: str | None = None) -> np.ndarray:
+    """One row of `FEATURES` per candidate sentence."""
+    words = tokenize([*(c.text for c in found), question, earlier or ""])
+    sentence_words = [set(w) for w in words[:-2]]
+    asked, before = set(words[-2]), set(words[-1]) - set(words[-2])
+    frequency = Counter(word for ws in sentence_words for word in ws)
+    count = len(found)
+
+    def idf(word: str) -> float:
+        return math.log(1 + (count + 1) / (frequency.get(word, 0) + 0.5))
+
+    weights = {word: idf(word) for word in asked}
+    total = sum(weights.values()) or 1.0
+    earlier_weights = {word: 0.5 * idf(word) for word in before}
+    total_with_earlier = total + sum(earlier_weights.values())
+    # Question words no retrieved sentence contains: weight share of the unanswerable.
+    unmatched = sum(weight for word, weight in weights.items() if frequency.get(word, 0) == 0) / total
+    vectors = embed([c.text for c in found])
+    similarity = vectors @ embed_one(question)
+    similarity_earlier = vectors @ embed_one(earlier) if earlier else np.zeros(count)
+    kinds = asked_kinds(question + " " + (earlier or "") if len(asked) <= 2 else question)
+    rows = []
+    for index, candidate in enumerate(found):
+        ws = sentence_words[index]
+        covered = sum(weight for word, weight in weights.items() if word in ws)
+        covered_earlier = sum(weight for word, weight in earlier_weights.items() if word in ws)
+        present = [ANSWER_KINDS[kind][1].search(candidate.text) is not None for kind in kinds]
+        rows.append([
+            covered / total,
+            (covered + covered_earlier) / total_with_earlier,
+            float(similarity[index]),
+            float(similarity_earlier[index]),
+            1.0 / candidate.passage,
+            1.0 if candidate.own_document else 0.0,
+            1.0 if any(present) else 0.0,
+            1.0 if kinds and not any(present) else 0.0,
+            unmatched,
+            math.log(1 + len(candidate.text)),
+        ])
+    return np.asarray(rows, dtype=float).reshape(count, len(FEATURES))
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerModel:
+    """Logistic regression over standardised features, plus the decision thresholds
+    chosen on the dev split (`answer_training`)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    intercept: float
+    answer_threshold: float
+    keep_ratio: float
+
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        logits = ((rows - self.mean) / self.scale) @ self.weights + self.intercept
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def to_json(self) -> dict[str, object]:
+        return {"features": list(FEATURES), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "weights": self.weights.tolist(), "intercept": self.intercept,
+                "answer_threshold": self.answer_threshold, "keep_ratio": self.keep_ratio}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> AnswerModel:
+        if data["features"] != list(FEATURES):
+            raise ValueError("answer_model.json was trained on other features: retrain it")
+        return cls(np.asarray(data["mean"]), np.asarray(data["scale"]), np.asarray(data["weights"]),
+                   float(data["intercept"]), float(data["answer_threshold"]), float(data["keep_ratio"]))  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def answer_model() -> AnswerModel:
+    return AnswerModel.from_json(json.loads(MODEL_PATH.read_text()))

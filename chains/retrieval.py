@@ -1,0 +1,169 @@
+"""Hybrid retrieval over one tenant's knowledge: BM25 (`bm25s`) and embeddings, fused.
+
+Why both: reps ask with the document's rare words ("dkim", "okta", "mailcrest"), which
+BM25 finds and a 256-d static embedding blurs, and with paraphrases ("bail early" for
+"early termination"), which embeddings find and BM25 misses. Reciprocal-rank fusion
+combines them without calibrating one score against the other.
+
+An index holds every chunk of one tenant, built once from the stored vectors (nothing
+is re-embedded) and reused until the tenant's knowledge changes; a question scores
+only the chunks in its scope (the asked customer's and the tenant-wide ones) with a
+sparse BM25 lookup and one matrix-vector product, instead of loading every chunk
+from the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from chains.embeddings import embed, embed_one
+from chains.ports import Passage
+from chains.text import split_sentences
+
+# Reciprocal-rank fusion constant: the usual 60 flattens the head too much for the
+# handful of chunks a customer has; 20 keeps a clear first place first.
+RRF_K = 20
+# A customer's own document outranks a tenant-wide one that scores alike: where they
+# disagree (a contract's notice period against the general policy) the customer's wins.
+OWN_DOCUMENT_BOOST = 1.15
+CHUNK_MAX_CHARS = 700
+_TOKEN = r"(?u)\b\w+\b"
+_MEANINGLESS = re.compile(r"^\d$")
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Stemmer.Stemmer:
+    return Stemmer.Stemmer("english")
+
+
+# How reps phrase a question, not what they ask about: "how much notice do they need
+# to give" is about notice. Stemmed, like the tokens they are compared with.
+_QUESTION_FRAMING = frozenset(
+    "what whi why when who whom whose how which where did doe does do done is are was were be been "
+    "much mani need give gave get got ever still want like know tell say said pleas also would could "
+    "can will thing anyth someth us we our they them their there".split()
+)
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Lower-cased, English stop words and question framing removed, Snowball-stemmed
+    word lists. Single letters and single digits go too ("p1" stays, "1." does not):
+    they match everything."""
+    tokens = bm25s.tokenize(
+        list(texts), token_pattern=_TOKEN, stopwords="en", stemmer=_stemmer(),
+        return_ids=False, show_progress=False,
+    )
+    return [
+        [t for t in words if len(t) > 1 and not _MEANINGLESS.match(t) and t not in _QUESTION_FRAMING]
+        for words in tokens
+    ]
+
+
+def chunk_text(text: str, max_chars: int = CHUNK_MAX_CHARS) -> list[str]:
+    """Sentence-aligned chunks, so a cited passage never starts mid-sentence."""
+    chunks: list[str] = []
+    current = ""
+    for sentence in split_sentences(text) or [text]:
+        if current and len(current) + len(sentence) + 1 > max_chars:
+            chunks.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}".strip()
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def embedded_chunks(title: str, text: str) -> tuple[list[str], np.ndarray]:
+    """A document's chunks and their vectors. The title is embedded with each chunk (it
+    says what the chunk is about) but not stored in it, so answers never quote a bare
+    title as a fact."""
+    chunks = chunk_text(text)
+    return chunks, embed([f"{title}. {chunk}" for chunk in chunks])
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedChunk:
+    document_id: str
+    customer_id: str | None
+    title: str
+    text: str
+
+
+class RetrievalIndex:
+    """One tenant's chunks, searchable by BM25 and by embedding; immutable once built."""
+
+    def __init__(
+        self, chunks: Sequence[IndexedChunk], vectors: np.ndarray, *, previous: RetrievalIndex | None = None
+    ) -> None:
+        """`previous`, the index this one replaces, lends the words of chunks that did
+        not change: a write re-tokenizes only what it wrote."""
+        self.chunks = list(chunks)
+        self.vectors = vectors.reshape(len(self.chunks), -1) if self.chunks else vectors
+        self.customers = np.array([c.customer_id or "" for c in self.chunks], dtype=object)
+        texts = [f"{c.title}. {c.text}" for c in self.chunks]
+        known = previous.words if previous is not None else {}
+        fresh = [text for text in dict.fromkeys(texts) if text not in known]
+        self.words = {text: known[text] for text in texts if text in known}
+        self.words.update(zip(fresh, tokenize(fresh), strict=True))
+        corpus = [self.words[text] for text in texts]
+        self.bm25 = bm25s.BM25()
+        if self.chunks:
+            self.bm25.index(corpus, show_progress=False)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def _scope(self, customer_id: str | None) -> np.ndarray:
+        if customer_id is None:
+            return np.ones(len(self.chunks), dtype=bool)
+        return (self.customers == customer_id) | (self.customers == "")
+
+    def search(
+        self, queries: Sequence[tuple[str, float]], *, customer_id: str | None, k: int
+    ) -> list[Passage]:
+        """The `k` best chunks in scope for weighted queries (a follow-up weighs the
+        question it follows less than itself), fused by reciprocal rank."""
+        if not self.chunks:
+            return []
+        scope = self._scope(customer_id)
+        candidates = np.flatnonzero(scope)
+        if candidates.size == 0:
+            return []
+        fused = np.zeros(len(self.chunks))
+        similarity = np.zeros(len(self.chunks))
+        for position, (query, weight) in enumerate(queries):
+            words = tokenize([query])[0]
+            lexical = self.bm25.get_scores(words) if words else np.zeros(len(self.chunks))
+            semantic = self.vectors[candidates] @ embed_one(query)
+            if position == 0:
+                similarity[candidates] = semantic  # reported: the question's own similarity
+            for scores in (lexical[candidates], semantic):
+                order = np.argsort(-scores, kind="stable")
+                ranks = np.empty(order.size)
+                ranks[order] = np.arange(1, order.size + 1)
+                # A chunk without any query word gets no lexical vote at all.
+                votes = weight / (RRF_K + ranks)
+                if scores is not semantic:
+                    votes[scores <= 0] = 0.0
+                fused[candidates] += votes
+        own = (self.customers[candidates] != "") & (customer_id is not None)
+        fused[candidates[own]] *= OWN_DOCUMENT_BOOST
+        best = candidates[np.argsort(-fused[candidates], kind="stable")[:k]]
+        return [
+            Passage(
+                document_id=self.chunks[i].document_id,
+                customer_id=self.chunks[i].customer_id,
+                title=self.chunks[i].title,
+                text=self.chunks[i].text,
+                score=round(float(similarity[i]), 4),
+            )
+            for i in best
+        ]

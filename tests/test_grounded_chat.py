@@ -1,0 +1,106 @@
+"""Grounded chat through the HTTP chain: cited sources only, checked citations, the
+customer's own document over a tenant policy, "nothing found", and an index that
+follows writes made by another replica. (Answer quality is measured by `eval.chat`.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+
+from app.store.database import create_engine, database_url, migrate
+from app.store.knowledge import KnowledgeBase
+from chains.local.composer import NOT_FOUND
+from tests.support.fake_openai import FakeOpenAI
+from tests.test_memory_and_knowledge import ask, auth, start
+
+DOCUMENTS = [
+    ("c-bakery", "Renewal call notes, Oct. 3", "Call with Maria Lopez of Bright Bakery Co. on Oct. 3. "
+     "Before they renew on Jan. 15, 2025 they need SSO with Okta and an onboarding session for the "
+     "two new store managers. Maria is the decision maker; her CFO signs anything above $5,000."),
+    ("c-bakery", "Duplicate email incident", "Ticket NL-1187: the spring promo went out twice on Apr. 9. "
+     "We apologised and offered a 15% credit on the May invoice. Maria accepted the credit on Apr. 11."),
+    ("c-bakery", "Service agreement No. 42", "Either party may terminate for convenience with sixty (60) "
+     "days' written notice. No early termination fee applies after the sixth month."),
+    (None, "Notice & Cancellation Policy", "Monthly retainers can be cancelled with 30 days' written "
+     "notice before the next billing date. Annual contracts renew automatically."),
+    ("c-gym", "Ironleaf call notes", "Ironleaf Fitness got a 10% credit after the DNS outage in March. "
+     "Marcus Greene decides on the renewal."),
+]
+
+
+def add_documents(http: httpx.Client, headers: dict[str, str]) -> None:
+    for customer, title, text in DOCUMENTS:
+        body = {"title": title, "text": text} | ({"customer_id": customer} if customer else {})
+        assert http.post("/api/v1/ai/insights/documents", headers=headers, json=body).status_code == 201
+
+
+def cited(answer: str) -> list[int]:
+    return list(dict.fromkeys(int(n) for group in re.findall(r"\[([\d, ]+)\]", answer) for n in group.split(",")))
+
+
+def titles(output: dict) -> list[str]:
+    return [source["title"] for source in output["sources"]]
+
+
+def test_local_answers_cite_only_what_they_use_and_prefer_the_customers_own_terms(tmp_path: Path) -> None:
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        notice = ask(http, rep, "c-bakery", "how much notice to terminate their agreement?")
+        offer = ask(http, rep, "c-bakery", "what credit did we offer for the duplicate promo email?")
+        unknown = ask(http, rep, "c-bakery", "which payroll software do they use?", session="s2")
+        other = ask(http, rep, "c-gym", "what credit did we offer for the duplicate promo email?", session="s3")
+    # The general policy says 30 days; the customer's own agreement says sixty.
+    assert "sixty (60)" in notice["answer"] and "30 days" not in notice["answer"]
+    assert titles(notice) == ["Service agreement No. 42"]
+    for output in (notice, offer, other):
+        assert [s["citation"] for s in output["sources"]] == cited(output["answer"]), "sources = what it cites"
+    assert set(titles(offer)) <= {"Duplicate email incident"}
+    assert unknown["answer"] == NOT_FOUND and unknown["sources"] == []
+    assert "15%" not in other["answer"], "another customer's incident never answers"
+
+
+def test_unknown_citations_of_a_model_are_removed_and_reported(
+    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI,
+) -> None:
+    _, openai_url = fake_openai
+    openai_provider.reply = "They were offered a 15% credit [1] and a free audit [7]. It renews in January [1, 9]."
+    settings, server = start(tmp_path, None, openai_url)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        with http.stream("POST", "/api/v1/ai/insights/chat/stream", headers=rep, json={
+            "input": {"customer_id": "c-bakery", "question": "what did we offer after the duplicate email?"}
+        }) as response:
+            chunks = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+        output = ask(http, rep, "c-bakery", "what did we offer after the duplicate email?")
+    streamed = "".join(chunk.get("answer", "") for chunk in chunks if isinstance(chunk, dict))
+    assert streamed == output["answer"], "an unknown number never reaches the client, not even for a moment"
+    assert output["answer"] == "They were offered a 15% credit [1] and a free audit. It renews in January [1]."
+    assert output["removed_citations"] == [7, 9]
+    assert [s["citation"] for s in output["sources"]] == [1]
+    prompt = str(openai_provider.requests[-1]["messages"])
+    assert "Duplicate email incident (this customer)" in prompt, "the model is told whose document it is"
+
+
+async def test_an_index_follows_writes_made_through_another_replica(tmp_path: Path) -> None:
+    engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
+    await migrate(engine)
+    reader, writer = KnowledgeBase(engine), KnowledgeBase(engine)
+    try:
+        first = await writer.add_document(tenant_id="t", user_id="u", customer_id="c", title="Seats",
+                                          text="They want 40 seats for Berlin.")
+        assert [p.text for p in await reader.search(tenant_id="t", customer_id="c", query="berlin seats")] == [
+            "They want 40 seats for Berlin."]
+        await writer.replace_document(tenant_id="t", document_id=first.document_id, customer_id="c",
+                                      title="Seats", text="They want 55 seats for Munich.")
+        assert [p.text for p in await reader.search(tenant_id="t", customer_id="c", query="munich seats")] == [
+            "They want 55 seats for Munich."]
+        await writer.delete_document(tenant_id="t", document_id=first.document_id)
+        assert await reader.search(tenant_id="t", customer_id="c", query="munich seats") == []
+    finally:
+        await engine.dispose()
