@@ -115,7 +115,10 @@ class RetrievalIndex:
         self.words.update(zip(fresh, tokenize(fresh), strict=True))
         corpus = [self.words[text] for text in texts]
         self.bm25 = bm25s.BM25()
-        if self.chunks:
+        # bm25s cannot index a corpus without a single word ("ok.", "a b"): such a
+        # tenant is searched by embeddings alone.
+        self.lexical = any(corpus)
+        if self.lexical:
             self.bm25.index(corpus, show_progress=False)
 
     def __len__(self) -> int:
@@ -141,7 +144,7 @@ class RetrievalIndex:
         similarity = np.zeros(len(self.chunks))
         for position, (query, weight) in enumerate(queries):
             words = tokenize([query])[0]
-            lexical = self.bm25.get_scores(words) if words else np.zeros(len(self.chunks))
+            lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
             semantic = self.vectors[candidates] @ embed_one(query)
             if position == 0:
                 similarity[candidates] = semantic  # reported: the question's own similarity

@@ -104,3 +104,15 @@ async def test_an_index_follows_writes_made_through_another_replica(tmp_path: Pa
         assert await reader.search(tenant_id="t", customer_id="c", query="munich seats") == []
     finally:
         await engine.dispose()
+
+
+async def test_documents_without_a_searchable_word_are_still_found_by_meaning(tmp_path: Path) -> None:
+    engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
+    await migrate(engine)
+    knowledge = KnowledgeBase(engine)
+    try:
+        await knowledge.add_document(tenant_id="t", user_id="u", customer_id="c", title="A", text="It is. Is it?")
+        found = await knowledge.search(tenant_id="t", customer_id="c", query="is it")
+        assert [p.text for p in found] == ["It is. Is it?"]
+    finally:
+        await engine.dispose()
