@@ -42,7 +42,7 @@ ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
         re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|\b20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
     ),
     "money": (
-        re.compile(r"\b(how much|cost|price|pricing|fee|fees|pay|paying|paid|charge|credit|rate|budget|spend|discount|refund|owe|cut)\b", re.I),
+        re.compile(r"\b(how much|cost|price|pricing|fee|fees|pay|paying|paid|charge|credit|rate|budget|spend|discount|owe|cut)\b", re.I),
         re.compile(r"[$€£]\s?\d|\b\d+(?:\.\d+)?\s?%|\bpercent\b|\b\d+(?:,\d{3})+\b", re.I),
     ),
     "count": (

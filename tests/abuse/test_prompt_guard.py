@@ -58,6 +58,7 @@ def test_a_document_title_cannot_take_over_the_chat(
             "customer_id": "cust-t", "title": title, "text": "Refunds are possible within 30 days of purchase."})
         assert created.status_code == 201
         openai_provider.requests.clear()
+        openai_provider.reply = "Refunds are possible within 30 days [1]."  # cites its source
         answer = http.post(f"{INSIGHTS_CHAT_PATH}/invoke", headers=rep, json={
             "input": {"customer_id": "cust-t", "question": "What is the refund policy?"}}).json()["output"]
         sent = json.dumps(openai_provider.requests[-1]["messages"])
