@@ -30,6 +30,8 @@ from chains.text import split_sentences
 # Reciprocal-rank fusion constant: the usual 60 flattens the head too much for the
 # handful of chunks a customer has; 20 keeps a clear first place first.
 RRF_K = 20
+# A follow-up ("and when?") is searched with the question it follows at this weight.
+EARLIER_WEIGHT = 0.5
 # A customer's own document outranks a tenant-wide one that scores alike: where they
 # disagree (a contract's notice period against the general policy) the customer's wins.
 OWN_DOCUMENT_BOOST = 1.15
@@ -130,10 +132,11 @@ class RetrievalIndex:
         return (self.customers == customer_id) | (self.customers == "")
 
     def search(
-        self, queries: Sequence[tuple[str, float]], *, customer_id: str | None, k: int
+        self, query: str, *, customer_id: str | None, k: int, earlier: str | None = None
     ) -> list[Passage]:
-        """The `k` best chunks in scope for weighted queries (a follow-up weighs the
-        question it follows less than itself), fused by reciprocal rank."""
+        """The `k` best chunks in scope for `query` and, at `EARLIER_WEIGHT`, the
+        question it follows, fused by reciprocal rank."""
+        queries = [(query, 1.0)] + ([(earlier, EARLIER_WEIGHT)] if earlier else [])
         if not self.chunks:
             return []
         scope = self._scope(customer_id)
@@ -142,10 +145,10 @@ class RetrievalIndex:
             return []
         fused = np.zeros(len(self.chunks))
         similarity = np.zeros(len(self.chunks))
-        for position, (query, weight) in enumerate(queries):
-            words = tokenize([query])[0]
+        for position, (text, weight) in enumerate(queries):
+            words = tokenize([text])[0]
             lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
-            semantic = self.vectors[candidates] @ embed_one(query)
+            semantic = self.vectors[candidates] @ embed_one(text)
             if position == 0:
                 similarity[candidates] = semantic  # reported: the question's own similarity
             for scores in (lexical[candidates], semantic):

@@ -41,6 +41,7 @@ from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
 from chains.context import run_config
 from chains.insights import build_insights_chain
+from chains.local.answer_training import holds
 from chains.local.composer import NOT_FOUND
 from chains.providers.router import ProviderRouter
 
@@ -60,11 +61,6 @@ class ChatReport:
     @property
     def where(self) -> str:
         return f"{self.split}: {self.questions} questions, {self.documents} documents"
-
-
-def _contains(answer: str, facts: list[list[str]]) -> bool:
-    lowered = answer.lower()
-    return all(any(spelling.lower() in lowered for spelling in fact) for fact in facts)
 
 
 async def evaluate_chat(split: str) -> ChatReport:
@@ -108,7 +104,7 @@ async def _score(split: str, data: dict[str, Any], chain: Any, knowledge: Knowle
         if q["answerable"]:
             hit = any(ids[p.document_id] in q["gold_documents"] for p in found)
             recalled += hit
-            has_facts = _contains(answer, q["gold_facts"])
+            has_facts = all(holds(answer, fact) for fact in q["gold_facts"])
             contained += has_facts
             false_refusals += refused
             cited_total += len(set(cited))

@@ -216,10 +216,9 @@ class KnowledgeBase:
         self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> list[Passage]:
         """The `k` best chunks for `query`; `earlier` (the question a follow-up follows)
-        helps at half weight, so "and when?" still finds what the last answer was about."""
+        helps too, so "and when?" still finds what the last answer was about."""
         index = await self.index(tenant_id)
-        queries = [(query, 1.0)] + ([(earlier, 0.5)] if earlier else [])
-        return index.search(queries, customer_id=customer_id, k=k)
+        return index.search(query, customer_id=customer_id, k=k, earlier=earlier)
 
     async def index(self, tenant_id: str) -> RetrievalIndex:
         """The tenant's current index: one indexed read when nothing changed, a rebuild

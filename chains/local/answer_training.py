@@ -25,16 +25,13 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from chains.insights import MIN_RELEVANCE, PASSAGES
 from chains.local.answering import MODEL_PATH, AnswerModel, Candidate, candidates, features
 from chains.local.composer import select_sentences
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
 
 TRAIN = Path(__file__).parent / "corpus" / "chat_train.json"
 DEV = Path(__file__).resolve().parents[2] / "eval" / "data" / "chat_dev.json"
-# As the chain retrieves: passages per question, the cosine floor, the follow-up weight.
-PASSAGES = 4
-MIN_RELEVANCE = 0.1
-EARLIER_WEIGHT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +43,10 @@ class Example:
     labels: np.ndarray
 
 
-def _holds(sentence: str, facts: Sequence[Sequence[str]]) -> bool:
-    lowered = sentence.lower()
-    return any(any(spelling.lower() in lowered for spelling in fact) for fact in facts)
+def holds(text: str, fact: Sequence[str]) -> bool:
+    """Whether `text` states a gold fact, in one of its accepted spellings (any case)."""
+    lowered = text.lower()
+    return any(spelling.lower() in lowered for spelling in fact)
 
 
 def examples(data: dict[str, Any]) -> list[Example]:
@@ -63,8 +61,8 @@ def examples(data: dict[str, Any]) -> list[Example]:
     found_examples = []
     for q in data["questions"]:
         earlier = previous.get(q["session"]) if q["session"] else None
-        queries = [(q["question"], 1.0)] + ([(earlier, EARLIER_WEIGHT)] if earlier else [])
-        passages = [p for p in index.search(queries, customer_id=q["customer_id"], k=PASSAGES)
+        passages = [p for p in index.search(q["question"], customer_id=q["customer_id"], k=PASSAGES,
+                                            earlier=earlier)
                     if p.score >= MIN_RELEVANCE]
         if q["session"]:
             previous[q["session"]] = q["question"]
@@ -73,7 +71,7 @@ def examples(data: dict[str, Any]) -> list[Example]:
             continue
         documents = [p.document_id for p in passages]
         labels = np.array([
-            q["answerable"] and documents[c.passage - 1] in q["gold_documents"] and _holds(c.text, q["gold_facts"])
+            q["answerable"] and documents[c.passage - 1] in q["gold_documents"] and any(holds(c.text, fact) for fact in q["gold_facts"])
             for c in found
         ], dtype=float)
         found_examples.append(Example(q, found, documents, features(q["question"], found, earlier), labels))
@@ -98,8 +96,8 @@ def outcome(model: AnswerModel, dev: list[Example]) -> dict[str, float]:
         q = example.question
         if q["answerable"]:
             answerable += 1
-            text = " ".join(c.text for c in chosen).lower()
-            contained += all(any(s.lower() in text for s in fact) for fact in q["gold_facts"])
+            text = " ".join(c.text for c in chosen)
+            contained += all(holds(text, fact) for fact in q["gold_facts"])
             documents = {example.documents[c.passage - 1] for c in chosen}
             cited += len(documents)
             cited_gold += len(documents & set(q["gold_documents"]))
