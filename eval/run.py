@@ -4,7 +4,9 @@
 
 Interaction models: per task accuracy, macro-F1, calibration error, per-class precision
 and recall and the confusion matrix, on the dev split, in cross-validation, leaving one
-writer out, and on the test sets (`eval.interactions`). Then lead scoring and retrieval.
+writer out, and on the test sets (`eval.interactions`). Then lead scoring (`eval.scoring`:
+cross-validated AUC, Brier and reliability of the shared priors, a tenant model's
+learning curve) and retrieval.
 `--write-readme` replaces the table between the README's eval markers with this run's.
 """
 
@@ -17,10 +19,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from app.store.database import create_engine, database_url, migrate
-from app.store.knowledge import KnowledgeBase
-from chains.scoring.model import train_models
+from eval.chat import evaluate_chat, print_chat_report
 from eval.interactions import TaskReport, evaluate
+from eval.scoring import learning_curve, print_scoring_report, prior_reports, scoring_rows
 
 DATA = Path(__file__).parent / "data"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -38,33 +39,22 @@ def print_report(report: TaskReport) -> None:
 
 
 def scoring_metrics() -> list[tuple[str, float, str]]:
-    return [
-        (f"lead scoring ROC AUC ({version})", float(model.holdout_auc or 0.0), "2,000 held-out synthetic leads")
-        for version, model in train_models().items()
-    ]
+    """Prints the priors' reliability tables and the tenant learning curve (`eval.scoring`)."""
+    priors, curve = prior_reports(), learning_curve()
+    print_scoring_report(priors, curve)
+    return scoring_rows(priors, curve)
 
 
-async def retrieval_metrics() -> list[tuple[str, float, str]]:
-    data = json.loads((DATA / "knowledge.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(database_url(None, Path(tmp) / "eval.sqlite3"))
-        await migrate(engine)
-        knowledge = KnowledgeBase(engine)
-        ids: dict[str, str] = {}
-        for document in data["documents"]:
-            stored = await knowledge.add_document(tenant_id="eval", user_id="eval", customer_id="c1",
-                                                  title=document["title"], text=document["text"])
-            ids[stored.document_id] = document["id"]
-        hits_at_1 = hits_at_3 = 0
-        for query in data["queries"]:
-            found = await knowledge.search(tenant_id="eval", customer_id="c1", query=query["question"], k=3)
-            ranked = [ids[p.document_id] for p in found]
-            hits_at_1 += ranked[:1] == [query["relevant"]]
-            hits_at_3 += query["relevant"] in ranked
-        await engine.dispose()
-    n = len(data["queries"])
-    where = f"{n} questions, {len(data['documents'])} notes"
-    return [("retrieval recall@1", hits_at_1 / n, where), ("retrieval recall@3", hits_at_3 / n, where)]
+def chat_metrics() -> list[tuple[str, float, str]]:
+    """The insights chat on both splits, through the real chain (`eval.chat`); the
+    README reports the test split, which nothing was tuned on."""
+    rows = []
+    for split in ("dev", "test"):
+        report = asyncio.run(evaluate_chat(split))
+        print_chat_report(report)
+        if split == "test":
+            rows += [(f"chat {name}", value, report.where) for name, value in report.metrics.items()]
+    return rows
 
 
 def summary_rows(reports: list[TaskReport]) -> list[tuple[str, float, str]]:
@@ -97,7 +87,7 @@ def main() -> None:
         reports = evaluate(Path(cache), quick=args.quick)
     for report in reports:
         print_report(report)
-    rows = summary_rows(reports) + scoring_metrics() + asyncio.run(retrieval_metrics())
+    rows = summary_rows(reports) + scoring_metrics() + chat_metrics()
     width = max(len(name) for name, _, _ in rows)
     print(f"\n{'metric':<{width}}  value  data")
     for name, value, where in rows:
