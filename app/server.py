@@ -14,7 +14,7 @@ from app.api.errors import add_exception_handlers
 from app.api import streaming
 from app.api.access import guard_request
 from app.api.request_body import RequestBodyMiddleware
-from app.api.routes import console, documents, health, metrics, usage
+from app.api.routes import console, documents, health, metrics, scoring, usage
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(console.router)
     app.include_router(streaming.router)
     add_chain_routes(app, build_chains(services))
+    # After the chains: LangServe's endpoints under /api/v1/ai/scoring/leads/ match first.
+    app.include_router(scoring.router)
     return app
 
 

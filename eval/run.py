@@ -4,7 +4,9 @@
 
 Interaction models: per task accuracy, macro-F1, calibration error, per-class precision
 and recall and the confusion matrix, on the dev split, in cross-validation, leaving one
-writer out, and on the test sets (`eval.interactions`). Then lead scoring and the insights chat (`eval.chat`).
+writer out, and on the test sets (`eval.interactions`). Then lead scoring (`eval.scoring`:
+cross-validated AUC, Brier and reliability of the shared priors, a tenant model's
+learning curve) and the insights chat (`eval.chat`).
 `--write-readme` replaces the table between the README's eval markers with this run's.
 """
 
@@ -16,9 +18,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from chains.scoring.model import train_models
 from eval.chat import evaluate_chat, print_chat_report
 from eval.interactions import TaskReport, evaluate
+from eval.scoring import learning_curve, print_scoring_report, prior_reports, scoring_rows
 
 DATA = Path(__file__).parent / "data"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -36,10 +38,10 @@ def print_report(report: TaskReport) -> None:
 
 
 def scoring_metrics() -> list[tuple[str, float, str]]:
-    return [
-        (f"lead scoring ROC AUC ({version})", float(model.holdout_auc or 0.0), "2,000 held-out synthetic leads")
-        for version, model in train_models().items()
-    ]
+    """Prints the priors' reliability tables and the tenant learning curve (`eval.scoring`)."""
+    priors, curve = prior_reports(), learning_curve()
+    print_scoring_report(priors, curve)
+    return scoring_rows(priors, curve)
 
 
 def chat_metrics() -> list[tuple[str, float, str]]:

@@ -49,7 +49,7 @@ def test_every_route_has_an_explicit_policy(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path))
     paths = {route.path for route in all_routes(app.routes)}
     assert {"/ws/ai/scoring", f"{INTERACTIONS_PATH}/invoke", f"{INSIGHTS_CHAT_PATH}/playground/{{file_path:path}}",
-            "/api/v1/ai/usage", "/health"} <= paths, "the walk must see every kind of route"
+            "/api/v1/ai/usage", "/health", "/api/v1/ai/scoring/models/test"} <= paths, "the walk must see every kind of route"
     assert unpoliced_routes(app) == []
 
 
@@ -76,6 +76,12 @@ def test_a_route_added_without_a_policy_is_refused_and_caught(tmp_path: Path, mi
         (("viewer",), "GET", f"{INTERACTIONS_PATH}/playground/", None, False),
         (("viewer",), "POST", f"{INSIGHTS_CHAT_PATH}/invoke", {"input": CHAIN_INPUTS[INSIGHTS_CHAT_PATH]}, True),
         (("manager",), "POST", f"{LEAD_SCORING_PATH}/invoke", {"input": CHAIN_INPUTS[LEAD_SCORING_PATH]}, True),
+        (("viewer",), "POST", "/api/v1/ai/scoring/outcomes", {"lead_id": "p-1", "outcome": "won", "lead": {}}, False),
+        (("rep",), "POST", "/api/v1/ai/scoring/outcomes", {"lead_id": "p-1", "outcome": "won", "lead": {}}, True),
+        (("viewer",), "GET", "/api/v1/ai/scoring/models", None, False),
+        (("rep",), "GET", "/api/v1/ai/scoring/models", None, True),
+        (("viewer",), "GET", f"{LEAD_SCORING_PATH}/lead-1", None, False),
+        (("rep",), "POST", "/api/v1/ai/scoring/models/test", {"a": "logreg-v1", "b": "logreg-v2"}, False),
         (("rep",), "GET", "/api/v1/ai/usage", None, False),
         (("manager",), "GET", "/api/v1/ai/usage", None, False),
         (("admin",), "GET", "/api/v1/ai/usage", None, True),

@@ -21,6 +21,7 @@ from app.core.errors import Forbidden
 
 ADMIN = frozenset({"admin"})
 ANALYSTS = frozenset({"admin", "manager", "rep"})
+MANAGERS = frozenset({"admin", "manager"})
 EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
 
 INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
@@ -50,6 +51,12 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/metrics": PUBLIC,  # the route itself enforces METRICS_TOKEN when set
     "/api/v1/ai/insights/documents": Policy(ANALYSTS, rate_limited=True),
     "/api/v1/ai/insights/documents/{document_id}": Policy(ANALYSTS, rate_limited=True),
+    # Lead scoring beside its chain (app.api.routes.scoring): reps record outcomes and
+    # read scores and models; choosing between models is a manager's call.
+    "/api/v1/ai/scoring/outcomes": Policy(ANALYSTS, rate_limited=True),
+    "/api/v1/ai/scoring/leads/{lead_id:lead_id}": Policy(ANALYSTS),
+    "/api/v1/ai/scoring/models": Policy(ANALYSTS),
+    "/api/v1/ai/scoring/models/test": Policy(MANAGERS, rate_limited=True),
     "/api/v1/ai/usage": Policy(ADMIN),
     "/api/v1/ai/usage/runs": Policy(ADMIN),
     "/api/v1/ai/security/events": Policy(ADMIN),

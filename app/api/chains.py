@@ -82,7 +82,7 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
         ),
         LEAD_SCORING_PATH: ManagedChain(
             build_lead_scoring_chain(services.scoring), chain_name="scoring", processor=processor,
-            delivery=ScoringDelivery(processor),
+            delivery=ScoringDelivery(processor, services.scores),
         ),
         INSIGHTS_CHAT_PATH: ManagedChain(
             insights(services.router), chain_name="insights", processor=processor,

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
-from app.core.errors import AppError, RateLimited, Unauthenticated
+from app.core.errors import AppError, RateLimited, Unauthenticated, Unprocessable
 from app.store.audit import AuditUnavailable
 from app.store.knowledge import DocumentNotFound
 from chains.context import MissingIdentity
@@ -77,6 +77,8 @@ def error_headers(error: AppError) -> dict[str, str]:
 
 
 def error_response(error: AppError) -> JSONResponse:
+    if isinstance(error, Unprocessable):
+        return validation_response([{"loc": list(error.loc), "msg": error.detail, "type": "value_error"}])
     return JSONResponse(
         {"detail": error.detail}, status_code=error.status_code, headers=error_headers(error)
     )

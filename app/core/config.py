@@ -56,6 +56,21 @@ class Settings(BaseSettings, ProviderSettings):
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"
     scoring_tenant_models: Annotated[dict[str, str], NoDecode] = {}
+    # Learning from outcomes (README, "Lead scoring that learns from outcomes").
+    scoring_min_outcomes: int = Field(
+        default=200, ge=20, description="Leads with an outcome (both kinds present) before a tenant's own model takes over."
+    )
+    scoring_retrain_every: int = Field(default=100, ge=1, description="Then retrain after this many new ones.")
+    scoring_max_training_outcomes: int = Field(
+        default=20_000, ge=100, description="A tenant model learns from its most recent outcomes, at most this many."
+    )
+    scoring_model_check_s: float = Field(
+        default=5.0, gt=0, description="How often a process checks for a tenant's new model version (a new one serves within this)."
+    )
+    scoring_keep_versions: int = Field(default=10, ge=1, description="Tenant model versions kept; older ones are deleted.")
+    scoring_test_min_outcomes: int = Field(
+        default=30, ge=10, description="Outcomes a model A/B test needs (and at least 5 of each kind)."
+    )
 
     # Real-time processing.
     realtime_deadline_s: float = 2.0

@@ -26,6 +26,17 @@ class NotFound(AppError):
     status_code = 404
 
 
+class Unprocessable(AppError):
+    """Well-formed input the service cannot act on (too few outcomes to compare models):
+    answered in FastAPI's 422 shape, like every other 422, with `loc` naming the input."""
+
+    status_code = 422
+
+    def __init__(self, detail: str, loc: tuple[str, ...] = ("body",)) -> None:
+        super().__init__(detail)
+        self.loc = loc
+
+
 class RequestTimeout(AppError):
     status_code = 408
 

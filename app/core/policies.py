@@ -14,6 +14,7 @@ from app.core.cpu_pool import FairCpuPool
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.processor import RealtimeProcessor
 from app.store.interactions import InteractionLog
+from app.store.lead_scores import ScoreLog
 from chains.context import RunIdentity
 from chains.streaming import FieldChunk
 
@@ -81,12 +82,19 @@ class InsightsPolicy:
 
 @dataclass
 class ScoringDelivery:
-    """Scores are published to the tenant's scoring channel. Scoring is milliseconds of
-    local CPU, so it has no fallback and never waits for a slot."""
+    """Every score is stored for its tenant (lead, features, score, confidence, model
+    version, time: what an outcome recorded later learns from) and published to the
+    tenant's scoring channel. The store is group-committed and awaited before the answer
+    completes, so a client that records an outcome right after a score finds it.
+    Scoring is milliseconds of local CPU, so it has no fallback and never waits for a slot."""
 
     processor: RealtimeProcessor
+    scores: ScoreLog
 
     async def on_complete(
         self, identity: RunIdentity, payload: dict[str, Any], output: Any, degraded: bool
     ) -> None:
-        await self.processor.publish_score(identity, dict(output))
+        try:
+            await self.scores.record(identity.tenant_id, payload, dict(output))
+        finally:
+            await self.processor.publish_score(identity, dict(output))

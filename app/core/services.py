@@ -20,23 +20,31 @@ from app.realtime.redis_bus import RedisStreamBus
 from app.core.auth import TokenVerifier
 from app.core.cpu_pool import FairCpuPool
 from app.core.config import Settings
+from app.core.scoring_comparison import ModelComparison
+from app.core.scoring_models import TenantScoringModels
+from app.core.scoring_training import TenantModelTrainer
 from app.store.audit import AuditLog
 from app.store.liveness import ProcessLiveness
 from app.store.database import create_engine, database_url
 from app.store.interactions import InteractionLog
 from app.store.knowledge import KnowledgeBase
+from app.store.lead_outcomes import OutcomeLog
+from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
+from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
 from chains.local.classifier import configure as configure_classifier
 from chains.safety import warm_up as warm_guard
 from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
-from chains.scoring.model import VERSIONS, LeadScoringModel, train_models
+from chains.scoring.model import LeadScoringModel
+from chains.scoring.priors import VERSIONS, train_models
 
 
 class TrainedModels(Mapping[str, LeadScoringModel]):
-    """Scoring models trained on first use (about a second), so importing the app stays fast."""
+    """The shared prior scoring models, trained on first use (about a second), so
+    importing the app stays fast."""
 
     @cached_property
     def _models(self) -> dict[str, LeadScoringModel]:
@@ -62,7 +70,11 @@ class Services:
     interactions: InteractionLog
     router: ProviderRouter
     local_router: ProviderRouter
-    scoring: ModelRouting
+    scoring: TenantScoringModels
+    scores: ScoreLog
+    outcomes: OutcomeLog
+    trainer: TenantModelTrainer
+    model_comparison: ModelComparison
     redis: Redis | None
     bus: EventBus
     processor: RealtimeProcessor
@@ -110,6 +122,13 @@ class Services:
         )
         audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s,
                          process_id=liveness.process_id)
+        cpu = FairCpuPool(settings.cpu_workers, model_cache_dir=settings.model_cache_path)
+        scoring = TenantScoringModels(
+            ModelRouting(TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models),
+            ModelRegistry(engine, keep=settings.scoring_keep_versions),
+            check_every_s=settings.scoring_model_check_s,
+        )
+        outcomes = OutcomeLog(engine)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -119,8 +138,17 @@ class Services:
             interactions=InteractionLog(engine),
             router=ProviderRouter.from_settings(settings),
             local_router=ProviderRouter.local_only(settings),
-            scoring=ModelRouting(
-                TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models
+            scoring=scoring,
+            scores=ScoreLog(engine),
+            outcomes=outcomes,
+            trainer=TenantModelTrainer(
+                outcomes=outcomes, registry=scoring.registry, models=scoring, cpu=cpu, audit=audit,
+                min_outcomes=settings.scoring_min_outcomes, retrain_every=settings.scoring_retrain_every,
+                max_outcomes=settings.scoring_max_training_outcomes,
+            ),
+            model_comparison=ModelComparison(
+                models=scoring, outcomes=outcomes, cpu=cpu, min_outcomes=settings.scoring_test_min_outcomes,
+                max_outcomes=settings.scoring_max_training_outcomes,
             ),
             redis=redis,
             bus=bus,
@@ -141,7 +169,7 @@ class Services:
                 per_tenant=settings.rate_limit_tenant,
                 per_user=settings.rate_limit_user,
             ),
-            cpu=FairCpuPool(settings.cpu_workers, model_cache_dir=settings.model_cache_path),
+            cpu=cpu,
         )
 
     def warm_up(self) -> None:
@@ -152,10 +180,12 @@ class Services:
         warm_guard()
         configure_classifier(self.settings.model_cache_path)
         interaction_classifier()
-        self.scoring.for_tenant("warm-up")
+        self.scoring.prior_for("warm-up")
 
     async def close(self) -> None:
+        await self.trainer.close()
         self.cpu.close()
+        await self.scores.close()
         await self.audit.close()
         await self.liveness.stop()
         await self.bus.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     Float,
@@ -131,6 +132,57 @@ customer_interactions = Table(
     Column("automated", Boolean, nullable=False),
     Column("summary", Text, nullable=False),
     Index("ix_customer_interactions_customer", "tenant_id", "customer_id", "created_at"),
+)
+
+
+# Lead scoring (#13): every score served, the outcomes tenants record, and each
+# tenant's own models. See app/store/lead_scores.py, lead_outcomes.py, scoring_models.py.
+lead_scores = Table(
+    "lead_scores",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("lead_id", String(128), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("features", JSON, nullable=False),  # the scoring input, for outcomes sent without one
+    Column("explanation", JSON, nullable=False),  # reasoning and base_log_odds, as served
+    Column("scored_at", UTCDateTime(), nullable=False),
+    Index("ix_lead_scores_lead", "tenant_id", "lead_id", "id"),
+)
+
+lead_outcomes = Table(
+    # Append-only: a lead recorded twice (lost, then won when it came back) keeps both;
+    # training and counts use each lead's latest.
+    "lead_outcomes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("lead_id", String(128), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("features_from", String(16), nullable=False),  # "request" or "last_score"
+    Column("recorded_by", String(256), nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    Index("ix_lead_outcomes_lead", "tenant_id", "lead_id", "id"),
+)
+
+scoring_models = Table(
+    # A tenant's own versions; the newest is the active one. Replicas poll the newest
+    # version number (one read of this primary key) and load a new one when it changes.
+    "scoring_models",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("prior", String(64), nullable=False),
+    Column("params", JSON, nullable=False),  # LeadScoringModel.to_params(): JSON, never pickle
+    Column("out_of_fold", JSON, nullable=False),  # lead_id -> probability from a fit that never saw it
+    Column("training_size", Integer, nullable=False),  # outcomes it was trained on
+    Column("outcomes_total", Integer, nullable=False),  # leads with an outcome then: the retrain cadence counts from it
+    Column("metrics", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 

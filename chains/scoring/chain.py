@@ -1,10 +1,15 @@
-"""The lead-scoring chain: a score 0-100, its confidence and the model's own reasons."""
+"""The lead-scoring chain: a score 0-100, its confidence and the model's own reasons.
+
+Which model scores a lead is asked of a `ScoringModels` source for the run's tenant
+(the app's source answers with the tenant's own model once it has one, else the shared
+prior `ModelRouting` picks); the chain itself only does the arithmetic.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
@@ -38,9 +43,12 @@ def explain_factor(contribution: FactorContribution) -> str:
 
 
 def confidence_of(explanation: Explanation) -> float:
-    """High when the profile is complete and the model is far from a coin toss."""
-    decisiveness = abs(2.0 * explanation.probability - 1.0)
-    return round(explanation.completeness * (0.6 + 0.4 * decisiveness), 3)
+    """1 − the width of the model's 90% interval of this lead's probability, clipped to
+    0..1 (`LeadScoringModel.interval`: bootstrap refits × what missing factors could
+    be). Narrow when the model was trained on plenty of data and the profile is
+    complete; wide for a sparse profile or a model trained on few outcomes."""
+    low, high = explanation.interval
+    return round(min(1.0, max(0.0, 1.0 - (high - low))), 3)
 
 
 def score_lead(model: LeadScoringModel, lead: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +72,14 @@ def score_lead(model: LeadScoringModel, lead: dict[str, Any]) -> dict[str, Any]:
     ).model_dump()
 
 
+class ScoringModels(Protocol):
+    """Which fitted model scores a tenant's leads now."""
+
+    async def for_tenant(self, tenant_id: str) -> LeadScoringModel: ...
+
+
 class ModelRouting:
-    """Which model version a tenant gets: A/B routing by configuration."""
+    """Which shared prior a tenant gets: A/B routing by configuration."""
 
     def __init__(
         self,
@@ -80,18 +94,17 @@ class ModelRouting:
         self.default_version = default_version
         self.tenant_versions = dict(tenant_versions)
 
-    def for_tenant(self, tenant_id: str) -> LeadScoringModel:
+    def prior_for(self, tenant_id: str) -> LeadScoringModel:
         return self.models[self.tenant_versions.get(tenant_id, self.default_version)]
 
+    async def for_tenant(self, tenant_id: str) -> LeadScoringModel:
+        return self.prior_for(tenant_id)
 
-def build_lead_scoring_chain(routing: ModelRouting) -> Runnable[Any, Any]:
-    def score(payload: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        identity = run_context(config).identity
-        return score_lead(routing.for_tenant(identity.tenant_id), payload)
 
+def build_lead_scoring_chain(models: ScoringModels) -> Runnable[Any, Any]:
     async def ascore(payload: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        return score(payload, config)  # microseconds of numpy: no executor hop needed
+        identity = run_context(config).identity
+        # Microseconds of numpy once the model is in hand: no executor hop needed.
+        return score_lead(await models.for_tenant(identity.tenant_id), payload)
 
-    return RunnableLambda(score, afunc=ascore, name="lead_scoring").with_types(
-        input_type=LeadInput, output_type=LeadScore
-    )
+    return RunnableLambda(ascore, name="lead_scoring").with_types(input_type=LeadInput, output_type=LeadScore)
