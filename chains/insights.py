@@ -87,10 +87,17 @@ def build_insights_chain(
         prompt = answer_messages(asked.text, labelled, [(role, g.text) for role, g in history], flagged=flagged)
         check = CitationCheck(len(passages))
         parts: list[str] = []
-        async for token in censored(router.astream_text(prompt, config=config, local=local)):
-            if text := check.feed(token):
-                parts.append(text)
+        try:
+            async for token in censored(router.astream_text(prompt, config=config, local=local)):
+                if text := check.feed(token):
+                    parts.append(text)
+                    yield FieldChunk(answer=text)
+        except Exception:
+            # The provider broke off: what it did send (a held-back space or "[1")
+            # reaches the rep before the error event does.
+            if text := check.close():
                 yield FieldChunk(answer=text)
+            raise
         if text := check.close():
             parts.append(text)
             yield FieldChunk(answer=text)
