@@ -10,7 +10,7 @@ COPY chains ./chains
 RUN /opt/venv/bin/pip install --upgrade pip && /opt/venv/bin/pip install .
 # Train once at build time: a smoke check that the models and the embeddings load offline,
 # and the interaction models' cache (keyed by the corpus hash), so no replica trains at start.
-RUN /opt/venv/bin/python -c "from pathlib import Path; from chains.scoring.model import train_models; from chains.embeddings import embed; from chains.local.classifier import load_or_train; train_models(); embed(['ok']); load_or_train(Path('/opt/models'))"
+RUN /opt/venv/bin/python -c "from pathlib import Path; from chains.scoring.priors import train_models; from chains.embeddings import embed; from chains.local.classifier import load_or_train; train_models(); embed(['ok']); load_or_train(Path('/opt/models'))"
 
 # Runtime stage: only the virtualenv, run as an unprivileged user.
 FROM python:3.11-slim-bookworm AS runtime
