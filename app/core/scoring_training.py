@@ -19,10 +19,10 @@ one more check afterwards. If the process dies mid-training, the tenant's next o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from app.core.scoring_models import TenantScoringModels
+from app.store.coalesced_runs import CoalescedRuns
 from app.store.audit import AuditLog
 from app.store.lead_outcomes import OutcomeCounts, OutcomeLog
 from app.store.scoring_models import ModelHead, ModelRegistry, StoredModelInfo, version_name
@@ -47,8 +47,7 @@ class TenantModelTrainer:
         self.min_outcomes = min_outcomes
         self.retrain_every = retrain_every
         self.max_outcomes = max_outcomes
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._again: set[str] = set()
+        self._checks = CoalescedRuns(self.train_if_due, name="scoring model training")
 
     def due(self, counts: OutcomeCounts, newest: ModelHead | None) -> bool:
         if counts.leads < self.min_outcomes or counts.won == 0 or counts.lost == 0:
@@ -57,26 +56,7 @@ class TenantModelTrainer:
 
     def outcome_recorded(self, tenant_id: str) -> None:
         """Schedules a check of the tenant; returns at once."""
-        running = self._running.get(tenant_id)
-        if running is not None and not running.done():
-            self._again.add(tenant_id)
-            return
-        self._running[tenant_id] = asyncio.create_task(self._check_until_settled(tenant_id),
-                                                       name=f"scoring-trainer:{tenant_id}")
-
-    async def _check_until_settled(self, tenant_id: str) -> None:
-        try:
-            while True:
-                self._again.discard(tenant_id)
-                try:
-                    await self.train_if_due(tenant_id)
-                except Exception:  # noqa: BLE001 - the next outcome tries again
-                    log.exception("training the scoring model of tenant %s failed", tenant_id)
-                if tenant_id not in self._again:
-                    return
-        finally:
-            if self._running.get(tenant_id) is asyncio.current_task():
-                del self._running[tenant_id]
+        self._checks.request(tenant_id)
 
     async def train_if_due(self, tenant_id: str) -> StoredModelInfo | None:
         counts = await self.outcomes.counts(tenant_id)
@@ -113,11 +93,7 @@ class TenantModelTrainer:
 
     async def idle(self) -> None:
         """Waits for every check under way (and those they schedule) to finish."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        await self._checks.idle()
 
     async def close(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-        await asyncio.gather(*list(self._running.values()), return_exceptions=True)
-        self._running.clear()
+        await self._checks.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,12 +24,10 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.store.coalesced_runs import CoalescedRuns
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
-
-logger = logging.getLogger(__name__)
-
 
 class DocumentNotFound(LookupError):
     """No document with this id in the caller's tenant (whether it exists elsewhere is
@@ -97,34 +94,13 @@ class KnowledgeBase:
         self._indexes: OrderedDict[str, tuple[int, RetrievalIndex]] = OrderedDict()
         self._cached_tenants = cached_tenants
         self._builds: dict[tuple[str, int], asyncio.Future[RetrievalIndex]] = {}
-        self._refreshing: dict[str, bool] = {}  # tenant → another write came in meanwhile
-        self._tasks: set[asyncio.Task[None]] = set()
+        # After a write here, the tenant's cached index is rebuilt in the background, so
+        # the next question does not wait for it; a burst of writes costs one rebuild at a time.
+        self._refreshes = CoalescedRuns(self.index, name="knowledge index rebuild")
 
     def _refresh_soon(self, tenant_id: str) -> None:
-        """After a write here, rebuild a tenant's cached index in the background, so the
-        next question does not wait for it; a burst of writes costs one rebuild at a time."""
-        if tenant_id not in self._indexes:
-            return
-        if tenant_id in self._refreshing:
-            self._refreshing[tenant_id] = True
-            return
-        self._refreshing[tenant_id] = False
-
-        async def refresh() -> None:
-            try:
-                while True:
-                    await self.index(tenant_id)
-                    if not self._refreshing.get(tenant_id):
-                        return
-                    self._refreshing[tenant_id] = False
-            except Exception:  # the next question rebuilds (and reports) it
-                logger.warning("background rebuild of a knowledge index failed", exc_info=True)
-            finally:
-                self._refreshing.pop(tenant_id, None)
-
-        task = asyncio.get_running_loop().create_task(refresh())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if tenant_id in self._indexes:
+            self._refreshes.request(tenant_id)
 
     @finishes_once_started
     async def add_document(
