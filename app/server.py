@@ -14,7 +14,7 @@ from app.api.errors import add_exception_handlers
 from app.api import streaming
 from app.api.access import guard_request
 from app.api.request_body import RequestBodyMiddleware
-from app.api.routes import console, documents, health, metrics, scoring, usage
+from app.api.routes import console, documents, health, metrics, privacy, scoring, usage
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         announce_dev_sign_in(services)
         services.warm_up()
         await services.cpu.start()
+        services.retention.start()
         tune_gc_once()
         yield
         await services.close()
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_chain_routes(app, build_chains(services))
     # After the chains: LangServe's endpoints under /api/v1/ai/scoring/leads/ match first.
     app.include_router(scoring.router)
+    app.include_router(privacy.router)
     return app
 
 

@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import insert, or_, select
 
+from app.core.config import Settings
+from app.core.services import keyring
 from app.store.database import create_engine, database_url, document_chunks, documents, migrate
-from app.store.knowledge import KnowledgeBase, _bump_revision
+from app.store.knowledge import KnowledgeBase, bump_revision
 from chains.embeddings import embed, embed_one
 
 WORDS = ("renewal invoice credit refund notice contract onboarding training ticket DKIM DNS campaign "
@@ -72,7 +74,7 @@ async def fill(engine: object, tenant: str, chunks: int, rng: random.Random) -> 
     async with engine.begin() as connection:  # type: ignore[attr-defined]
         await connection.execute(insert(documents), rows_documents)
         await connection.execute(insert(document_chunks), rows_chunks)
-        await _bump_revision(connection, tenant)
+        await bump_revision(connection, tenant)
     return customers
 
 
@@ -110,7 +112,7 @@ async def run(chunks: int, questions: int) -> None:
         await migrate(engine)
         customers = await fill(engine, "tenant-a", chunks, rng)
         await fill(engine, "tenant-b", chunks, rng)
-        knowledge = KnowledgeBase(engine)
+        knowledge = KnowledgeBase(engine, keyring(Settings(data_dir=Path(tmp)), engine))
         asks = [(rng.choice(customers), " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))))
                 for _ in range(questions)]
         ask = iter(asks * 3)
@@ -125,7 +127,7 @@ async def run(chunks: int, questions: int) -> None:
 
         async def after_write() -> object:
             async with engine.begin() as connection:
-                await _bump_revision(connection, "tenant-a")
+                await bump_revision(connection, "tenant-a")
             return await hybrid()
 
         await hybrid()  # first build, and warm the embedding model

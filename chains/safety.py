@@ -133,7 +133,9 @@ def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) 
     except MissingIdentity:
         security_log.warning("security event outside a run: %s", event)
         return
-    security_log.warning("security event: %s", event, extra={"tenant_id": context.identity.tenant_id})
+    # The log shows what was flagged, not the customer's words: those go, sealed, to the audit trail.
+    logged = {key: value for key, value in event.items() if key != "excerpt"}
+    security_log.warning("security event: %s", logged, extra={"tenant_id": context.identity.tenant_id})
     context.record.security_events.append(event)
 
 

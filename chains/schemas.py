@@ -27,7 +27,8 @@ Intent = Literal[
     "general_inquiry",
 ]
 
-CustomerId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+CustomerId = Field(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)
 
 
 class ChainInput(BaseModel):

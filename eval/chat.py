@@ -36,6 +36,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.cpu_pool import FairCpuPool
+from app.core.services import keyring
 from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory
@@ -68,9 +69,11 @@ async def evaluate_chat(split: str) -> ChatReport:
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(database_url(None, Path(tmp) / "chat.sqlite3"))
         await migrate(engine)
-        knowledge, memory, cpu = KnowledgeBase(engine), ConversationMemory(engine), FairCpuPool(1)
+        settings = Settings(data_dir=Path(tmp))
+        keys = keyring(settings, engine)
+        knowledge, memory, cpu = KnowledgeBase(engine, keys), ConversationMemory(engine, keys), FairCpuPool(1)
         try:
-            chain = build_insights_chain(ProviderRouter.local_only(Settings()), knowledge, memory, cpu)
+            chain = build_insights_chain(ProviderRouter.local_only(settings), knowledge, memory, cpu)
             ids: dict[str, str] = {}
             for document in data["documents"]:
                 stored = await knowledge.add_document(

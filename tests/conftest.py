@@ -18,6 +18,8 @@ from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+# Replicas share a master key as they share the JWT secret (a generated one is per data dir).
+TEST_DATA_KEY = "test-data-encryption-key-long-enough-0123456789"
 # One cache of trained local models for every app and replica of the test session:
 # trained once (seconds), then read.
 MODEL_CACHE = Path(tempfile.gettempdir()) / "crm-test-model-cache"
@@ -29,6 +31,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "app_env": "test",
         "data_dir": data_dir,
         "auth_jwt_secret": TEST_SECRET,
+        "data_encryption_key": TEST_DATA_KEY,
         "llm_providers": "local",
         "model_cache_dir": MODEL_CACHE,
         # Tests reuse a few identities for hundreds of requests; rate limits have their own tests.

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from app.core.analysis_cache import AnalysisCache, CacheQuery, InMemoryAnalysisCache, RedisAnalysisCache, describe
 from tests.support.servers import redis_server
+from tests.support.stores import sqlite_keyring
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ async def cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     client = Redis.from_url(request.getfixturevalue("redis_url"))
     await client.flushdb()
-    yield RedisAnalysisCache(client)
+    async with sqlite_keyring(tmp_path) as keys:
+        yield RedisAnalysisCache(client, keys)
     await client.aclose()
 
 

@@ -16,7 +16,7 @@ from app.core.auth import TokenVerifier
 from app.core.pricing import estimate_cost_usd
 from app.server import create_app
 from chains.local.classifier import MODEL_VERSION
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
@@ -95,7 +95,7 @@ def test_a_killed_replicas_runs_read_interrupted_within_seconds_and_no_one_elses
     _, openai_url = fake_openai
     openai_provider.token_delay_s = 1.0  # ~18 s per run: both are still going
     shared_db = database_url or f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}"
-    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATABASE_URL": shared_db,
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "DATABASE_URL": shared_db,
            "LLM_PROVIDERS": "openai,local", "OPENAI_BASE_URL": openai_url, "OPENAI_API_KEY": "sk-test",
            "AUDIT_HEARTBEAT_S": "0.5", "AUDIT_PROCESS_DEAD_AFTER_S": "2"}
     tenant = f"killed-{'pg' if database_url else 'sqlite'}"

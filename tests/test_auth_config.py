@@ -67,6 +67,7 @@ def oidc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             auth_issuer=ISSUER,
             auth_audience=AUDIENCE,
             metrics_token="scrape-secret",
+            data_encryption_key="an-oidc-test-master-key-of-enough-length",
         )
         with live_server(create_app(settings)) as url:
             yield url
@@ -121,7 +122,8 @@ def test_key_confusion_with_public_key_as_hmac_secret_is_refused(oidc_service: s
 
 def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="refuses to start"):
-        Settings(_env_file=None, app_env="production", data_dir=tmp_path)
+        Settings(_env_file=None, app_env="production", data_dir=tmp_path,
+                 data_encryption_key="a-production-master-key-kept-in-a-secret-store")
     with pytest.raises(ValidationError, match="at least 32"):
         Settings(_env_file=None, app_env="production", auth_jwt_secret="short", data_dir=tmp_path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from app.realtime.bus import EventBus, InProcessBus, SlowConsumer
 from app.realtime.redis_bus import RedisStreamBus
 from tests.support.servers import redis_server
+from tests.support.stores import sqlite_keyring
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +22,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(params=["in_process", "redis"])
-async def bus(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[EventBus]:
-    bus: EventBus = InProcessBus(queue_size=4) if request.param == "in_process" else RedisStreamBus(
-        Redis.from_url(redis_url), queue_size=4)
-    yield bus
-    await bus.close()
+async def bus(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> AsyncIterator[EventBus]:
+    async with sqlite_keyring(tmp_path) as keys:
+        bus: EventBus = InProcessBus(queue_size=4) if request.param == "in_process" else RedisStreamBus(
+            Redis.from_url(redis_url), keys, queue_size=4)
+        yield bus
+        await bus.close()
 
 
 async def publish(bus: EventBus, channel: str, n: int) -> list[str]:

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 from app.core.auth import TokenVerifier
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
 from tests.support.replicas import replica
 
 
 def test_openapi_fuzz_finds_no_server_errors_or_schema_violations(tmp_path: Path) -> None:
-    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(tmp_path / "data"),
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "DATA_DIR": str(tmp_path / "data"),
            "LLM_PROVIDERS": "local", "RATE_LIMIT_TENANT": "1000000/minute", "RATE_LIMIT_USER": "1000000/minute"}
     token = TokenVerifier(make_settings(tmp_path)).mint(
         tenant_id="fuzz", user_id="fuzzer", roles=("admin", "manager", "rep"), ttl_s=3600)

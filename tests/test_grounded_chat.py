@@ -14,6 +14,7 @@ from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
 from chains.local.composer import NOT_FOUND
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.stores import keyring_for
 from tests.test_memory_and_knowledge import ask, auth, start
 
 DOCUMENTS = [
@@ -90,7 +91,7 @@ def test_unknown_citations_of_a_model_are_removed_and_reported(
 async def test_an_index_follows_writes_made_through_another_replica(tmp_path: Path) -> None:
     engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
     await migrate(engine)
-    reader, writer = KnowledgeBase(engine), KnowledgeBase(engine)
+    reader, writer = KnowledgeBase(engine, keyring_for(engine)), KnowledgeBase(engine, keyring_for(engine))
     try:
         first = await writer.add_document(tenant_id="t", user_id="u", customer_id="c", title="Seats",
                                           text="They want 40 seats for Berlin.")
@@ -109,7 +110,7 @@ async def test_an_index_follows_writes_made_through_another_replica(tmp_path: Pa
 async def test_documents_without_a_searchable_word_are_still_found_by_meaning(tmp_path: Path) -> None:
     engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
     await migrate(engine)
-    knowledge = KnowledgeBase(engine)
+    knowledge = KnowledgeBase(engine, keyring_for(engine))
     try:
         await knowledge.add_document(tenant_id="t", user_id="u", customer_id="c", title="A", text="It is. Is it?")
         found = await knowledge.search(tenant_id="t", customer_id="c", query="is it")

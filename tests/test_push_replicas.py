@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.api.chains import INTERACTIONS_PATH, LEAD_SCORING_PATH
 from app.core.auth import TokenVerifier
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
 from tests.support.replicas import replica
 from tests.support.servers import redis_server
 
@@ -29,7 +29,7 @@ from tests.support.servers import redis_server
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     base = tmp_path_factory.mktemp("replicas")
     with redis_server(base / "redis") as redis_url:
-        env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "REDIS_URL": redis_url,
+        env = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "REDIS_URL": redis_url,
                "LLM_PROVIDERS": "local"}
         with replica({**env, "DATA_DIR": str(base / "a")}, base / "a.log") as a, \
                 replica({**env, "DATA_DIR": str(base / "b")}, base / "b.log") as b:

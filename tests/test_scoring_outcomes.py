@@ -36,6 +36,7 @@ from tests.conftest import make_settings
 from tests.support.live_server import live_server
 from tests.support.payloads import LEAD
 from tests.support.servers import postgres_server
+from tests.support.stores import keyring_for
 
 OUTCOMES = "/api/v1/ai/scoring/outcomes"
 MODELS = "/api/v1/ai/scoring/models"
@@ -356,9 +357,9 @@ class InlineCpu:
 async def test_training_is_due_at_the_minimum_with_both_kinds_then_every_n(tmp_path: Path) -> None:
     engine = create_engine(to_async_url(None, tmp_path / "trainer.sqlite3"))
     await migrate(engine)
-    outcomes, registry = OutcomeLog(engine), ModelRegistry(engine, keep=2)
+    outcomes, registry = OutcomeLog(engine, keyring_for(engine)), ModelRegistry(engine, keep=2)
     models = TenantScoringModels(ModelRouting(train_models(), "logreg-v2", {}), registry, check_every_s=60)
-    audit = AuditLog(engine, interrupted_after_s=900, process_id="test")
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="test")
     trainer = TenantModelTrainer(outcomes=outcomes, registry=registry, models=models, cpu=InlineCpu(), audit=audit,
                                  min_outcomes=30, retrain_every=10, max_outcomes=1_000)
     data = generate_leads(80, seed=3, funnel=TENANT_FUNNEL)

@@ -23,6 +23,9 @@ ADMIN = frozenset({"admin"})
 ANALYSTS = frozenset({"admin", "manager", "rep"})
 MANAGERS = frozenset({"admin", "manager"})
 EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
+# The service's operator: not a tenant role (it opens no tenant's chains or data), it
+# may only act on tenants as a whole (erasure) and read every tenant's security events.
+OPERATOR = frozenset({"operator"})
 
 INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
 LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
@@ -60,6 +63,9 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/usage": Policy(ADMIN),
     "/api/v1/ai/usage/runs": Policy(ADMIN),
     "/api/v1/ai/security/events": Policy(ADMIN),
+    "/api/v1/ai/privacy/customers/{customer_id}/export": Policy(ADMIN, rate_limited=True),
+    "/api/v1/ai/privacy/customers/{customer_id}": Policy(ADMIN, rate_limited=True),
+    "/api/v1/ai/privacy/tenants/{tenant_id}": Policy(OPERATOR),
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
 from app.core.errors import AppError, RateLimited, Unauthenticated, Unprocessable
@@ -55,6 +56,10 @@ def describe_error(error: BaseException) -> ErrorInfo:
         return ErrorInfo(503, "audit_unavailable", "the audit trail cannot be written", True)
     if isinstance(error, DocumentNotFound):
         return ErrorInfo(404, "document_not_found", "no document with this id in your tenant", False)
+    if isinstance(error, RedisError):
+        # Only work that must not half-succeed lets it through (a privacy erasure):
+        # lookups degrade to misses instead. Running it again finishes it.
+        return ErrorInfo(503, "redis_unavailable", "the shared store cannot be reached: retry shortly", True)
     if isinstance(error, DatabaseTimeout):
         return ErrorInfo(503, "database_busy", "every database connection is busy: retry shortly", True)
     if isinstance(error, (TimeoutError,)):
@@ -157,3 +162,4 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuditUnavailable, run_error_handler)
     app.add_exception_handler(DatabaseTimeout, run_error_handler)
     app.add_exception_handler(DocumentNotFound, run_error_handler)
+    app.add_exception_handler(RedisError, run_error_handler)

@@ -12,7 +12,8 @@ An answer from the cache must describe the message it answers. So:
 - every hit carries `cached_from`, when the served analysis was made.
 
 `InMemoryAnalysisCache` serves one replica (bounded per customer and in total);
-`RedisAnalysisCache` is shared by all.
+`RedisAnalysisCache` is shared by all; its entries (analysis, embedding, signature)
+are sealed with the tenant's data key, so Redis and its dumps hold no customer text.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.crypto.envelope import DecryptionFailed
+from app.crypto.keyring import Keyring
 from chains.embeddings import embed_one
 from chains.text import excerpt
 
 log = logging.getLogger(__name__)
 
 SIMILARITY_THRESHOLD = 0.9
+PURPOSE = "analysis_cache.entry"
 MAX_ENTRIES_PER_CUSTOMER = 50
 MAX_CUSTOMERS = 20_000  # in memory: least recently used customers go first
 TTL_S = 24 * 3600
@@ -145,6 +149,16 @@ class AnalysisCache(Protocol):
 
     async def put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None: ...
 
+    async def entries(self, tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's cached analyses (a privacy export), as `{output, cached_from}`."""
+
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        """Drops the customer's entries, or the whole tenant's; returns how many customers."""
+
+
+def _exported(entry: _Entry) -> dict[str, Any]:
+    return {"output": entry.output, "cached_from": entry.cached_from}
+
 
 def _entry_for(query: CacheQuery, output: dict[str, Any]) -> _Entry:
     return _Entry(query.embedding, query.signature, output, datetime.now(UTC).isoformat())
@@ -179,6 +193,16 @@ class InMemoryAnalysisCache:
             return CacheHit("exact", 1.0, exact.output, exact.cached_from)
         return _best_similar(query, list(entries.values()))
 
+    async def entries(self, tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
+        return [_exported(entry) for entry in self._customers.get((tenant_id, customer_id), {}).values()]
+
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        owners = [owner for owner in self._customers
+                  if owner[0] == tenant_id and customer_id in (None, owner[1])]
+        for owner in owners:
+            del self._customers[owner]
+        return len(owners)
+
     async def put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
         owner = (tenant_id, query.customer_id)
         entries = self._customers.setdefault(owner, OrderedDict())
@@ -196,8 +220,9 @@ class RedisAnalysisCache:
 
     While Redis cannot be reached the cache is simply empty: a miss, never an error."""
 
-    def __init__(self, redis: Redis, max_entries_per_customer: int = MAX_ENTRIES_PER_CUSTOMER) -> None:
+    def __init__(self, redis: Redis, keys: Keyring, max_entries_per_customer: int = MAX_ENTRIES_PER_CUSTOMER) -> None:
         self.redis = redis
+        self.keys = keys
         self._max = max_entries_per_customer
 
     @staticmethod
@@ -208,6 +233,9 @@ class RedisAnalysisCache:
     async def get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
         try:
             return await self._get(tenant_id, query)
+        except DecryptionFailed as error:  # the tenant's keys are gone (erased): nothing to serve
+            log.warning("analysis cache entry does not open: %r", error)
+            return None
         except (RedisError, OSError) as error:
             log.warning("analysis cache unavailable: %r", error)
             return None
@@ -218,20 +246,38 @@ class RedisAnalysisCache:
         except (RedisError, OSError) as error:
             log.warning("analysis cache unavailable: %r", error)
 
+    async def entries(self, tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
+        """Unlike a lookup, an export fails loudly when Redis is away: an incomplete
+        export must not look complete."""
+        entries_key, _ = self._keys(tenant_id, customer_id)
+        cipher = await self.keys.cipher(tenant_id)
+        return [_exported(_Entry.from_json(cipher.open(PURPOSE, raw))) for raw in await self.redis.hvals(entries_key)]
+
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        """Fails loudly when Redis is away, so an erasure is never reported done when it was not."""
+        if customer_id is not None:
+            return int(await self.redis.delete(*self._keys(tenant_id, customer_id)) > 0)
+        keys = [key async for key in self.redis.scan_iter(match=f"crm:cache:{tenant_id}:*", count=500)]
+        if keys:
+            await self.redis.delete(*keys)
+        return len(keys) // 2
+
     async def _get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
         entries_key, _ = self._keys(tenant_id, query.customer_id)
+        cipher = await self.keys.cipher(tenant_id)
         exact = await self.redis.hget(entries_key, query.key)
         if exact is not None:
-            entry = _Entry.from_json(exact)
+            entry = _Entry.from_json(cipher.open(PURPOSE, exact))
             return CacheHit("exact", 1.0, entry.output, entry.cached_from)
         raw = await self.redis.hvals(entries_key)
-        return _best_similar(query, [_Entry.from_json(value) for value in raw])
+        return _best_similar(query, [_Entry.from_json(cipher.open(PURPOSE, value)) for value in raw])
 
     async def _put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
         entries_key, order_key = self._keys(tenant_id, query.customer_id)
         key = query.key
+        sealed = (await self.keys.cipher(tenant_id)).seal(PURPOSE, _entry_for(query, output).to_json().encode())
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(entries_key, key, _entry_for(query, output).to_json())
+            pipe.hset(entries_key, key, sealed)
             pipe.zadd(order_key, {key: time.time()})
             pipe.zrange(order_key, 0, -self._max - 1)
             pipe.expire(entries_key, TTL_S)

@@ -10,9 +10,7 @@ fixed per key type, so `alg: none` and algorithm-confusion tokens never verify.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from starlette.requests import HTTPConnection
 
 from app.core.config import Settings
 from app.core.errors import Unauthenticated
+from app.crypto.secret_file import load_or_create_secret
 
 SYMMETRIC_ALGORITHMS = ("HS256",)
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
@@ -44,25 +43,6 @@ class Principal:
 
     def has_any_role(self, roles: Iterable[str]) -> bool:
         return not self.roles.isdisjoint(roles)
-
-
-def load_or_create_dev_secret(path: Path) -> str:
-    """Returns the development secret, generating it once with mode 0600.
-
-    Kept on disk so tokens minted by `python -m app token` keep working across restarts.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text().strip()
-        if len(secret) < 32:
-            raise RuntimeError(f"development secret in {path} is too short; delete the file")
-        return secret
-    secret = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
-    return secret
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -113,7 +93,7 @@ class TokenVerifier:
     @property
     def secret(self) -> str | None:
         if self._secret is None and self._dev_secret_path is not None:
-            self._secret = load_or_create_dev_secret(self._dev_secret_path)
+            self._secret = load_or_create_secret(self._dev_secret_path)
         return self._secret
 
     async def verify(self, token: str) -> Principal:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.crypto.envelope import MIN_MASTER_KEY_CHARS
 from chains.providers.settings import ProviderSettings
 
 
@@ -107,6 +108,19 @@ class Settings(BaseSettings, ProviderSettings):
     audit_process_dead_after_s: float = Field(
         default=30.0, gt=0, description="A process silent this long is dead; its runs become 'interrupted'."
     )
+    # Encryption at rest (README, Security). Unset in development: a key generated once
+    # in DATA_DIR (mode 0600). Retired keys still unwrap until `python -m app keys rotate`.
+    data_encryption_key: SecretStr | None = None
+    data_encryption_old_keys: Annotated[list[SecretStr], NoDecode] = []
+    data_key_cache_s: float = Field(
+        default=60.0, gt=0, description="How long a replica keeps a tenant's unwrapped data keys before re-reading them."
+    )
+    # Retention: rows older than this many days are purged every RETENTION_SWEEP_S (0 keeps
+    # forever). The audit trail is chained and kept: see README, Security.
+    retention_conversation_days: int = Field(default=365, ge=0)
+    retention_interactions_days: int = Field(default=730, ge=0)
+    retention_lead_scores_days: int = Field(default=730, ge=0)
+    retention_sweep_s: float = Field(default=3600.0, gt=0)
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN
@@ -116,6 +130,21 @@ class Settings(BaseSettings, ProviderSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("data_encryption_old_keys", mode="before")
+    @classmethod
+    def _split_old_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("data_encryption_key", "data_encryption_old_keys")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | list[SecretStr] | None) -> object:
+        for key in value if isinstance(value, list) else [value] if value is not None else []:
+            if len(key.get_secret_value()) < MIN_MASTER_KEY_CHARS:
+                raise ValueError(f"data encryption keys must be at least {MIN_MASTER_KEY_CHARS} characters")
         return value
 
     @field_validator("scoring_tenant_models", mode="before")
@@ -142,6 +171,9 @@ class Settings(BaseSettings, ProviderSettings):
             # Firebase project) would verify, with the tenant and roles its owner chose.
             if self.auth_jwks_url is not None and not (self.auth_issuer and self.auth_audience):
                 raise ValueError("AUTH_JWKS_URL in production needs AUTH_ISSUER and AUTH_AUDIENCE")
+            # A generated key sits beside the data it protects: no protection at all.
+            if self.data_encryption_key is None:
+                raise ValueError("APP_ENV=production refuses to start without DATA_ENCRYPTION_KEY")
             if self.metrics_enabled and self.metrics_token is None and not self.metrics_public:
                 raise ValueError(
                     "production needs METRICS_TOKEN for /metrics (it names tenants), "
@@ -163,6 +195,10 @@ class Settings(BaseSettings, ProviderSettings):
     @property
     def auth_secret_file(self) -> Path:
         return self.data_dir / "auth_secret"
+
+    @property
+    def encryption_key_file(self) -> Path:
+        return self.data_dir / "data_encryption_key"
 
     @property
     def sqlite_path(self) -> Path:

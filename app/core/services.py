@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,6 +12,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
+from app.core.privacy import Privacy, RetentionSweeper
 from app.core.processor import RealtimeProcessor
 from app.core.rate_limit import RequestRateLimiter, redis_limits_storage
 from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
@@ -18,6 +20,11 @@ from app.realtime.bus import EventBus, InProcessBus
 from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
+from app.crypto.envelope import MasterKeys
+from app.crypto.keyring import Keyring
+from app.crypto.secret_file import load_or_create_secret
+from app.realtime.redis_data_keys import RedisDataKeyStore
+from app.store.data_keys import SqlDataKeyStore
 from app.core.cpu_pool import FairCpuPool
 from app.core.config import Settings
 from app.core.scoring_comparison import ModelComparison
@@ -25,7 +32,8 @@ from app.core.scoring_models import TenantScoringModels
 from app.core.scoring_training import TenantModelTrainer
 from app.store.audit import AuditLog
 from app.store.liveness import ProcessLiveness
-from app.store.database import create_engine, database_url
+from app.store.database import create_engine, database_url, migrate
+from app.store.customer_records import CustomerRecords
 from app.store.interactions import InteractionLog
 from app.store.knowledge import KnowledgeBase
 from app.store.lead_outcomes import OutcomeLog
@@ -60,11 +68,52 @@ class TrainedModels(Mapping[str, LeadScoringModel]):
         return len(VERSIONS)
 
 
+def master_keys(settings: Settings) -> MasterKeys:
+    """DATA_ENCRYPTION_KEY, or in development a key generated once beside the data
+    (production refuses to start without the variable: see `Settings`)."""
+    if settings.data_encryption_key is not None:
+        current = settings.data_encryption_key.get_secret_value()
+    else:
+        current = load_or_create_secret(settings.encryption_key_file, what="development data encryption key")
+    return MasterKeys(current, [key.get_secret_value() for key in settings.data_encryption_old_keys])
+
+
+def keyring(settings: Settings, engine: AsyncEngine) -> Keyring:
+    """Data keys for the database's records, kept in the database."""
+    return Keyring(functools.cache(lambda: master_keys(settings)), SqlDataKeyStore(engine),
+                   ttl_s=settings.data_key_cache_s)
+
+
+def redis_keyring(keys: Keyring, redis: Redis, *, ttl_s: float = 60.0) -> Keyring:
+    """Data keys for the values kept in Redis, kept in Redis, under the same master keys."""
+    return Keyring(lambda: keys.masters, RedisDataKeyStore(redis), ttl_s=ttl_s)
+
+
+async def key_rotation(settings: Settings, *, new_data_keys: bool) -> dict[str, tuple[int, int]]:
+    """`python -m app keys rotate`: the database's keys, and Redis's when configured."""
+    engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
+    keys = keyring(settings, engine)
+    try:
+        await migrate(engine)
+        done = {"database": await keys.rotate(new_data_keys=new_data_keys)}
+        if settings.redis_url:
+            redis = Redis.from_url(settings.redis_url)
+            try:
+                done["redis"] = await redis_keyring(keys, redis).rotate(new_data_keys=new_data_keys)
+            finally:
+                await redis.aclose()
+        return done
+    finally:
+        await engine.dispose()
+
+
 @dataclass
 class Services:
     settings: Settings
     verifier: TokenVerifier
     engine: AsyncEngine
+    keys: Keyring
+    redis_keys: Keyring | None
     knowledge: KnowledgeBase
     memory: ConversationMemory
     interactions: InteractionLog
@@ -82,6 +131,8 @@ class Services:
     liveness: ProcessLiveness
     rate_limiter: RequestRateLimiter
     cpu: FairCpuPool
+    privacy: Privacy
+    retention: RetentionSweeper
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -91,6 +142,8 @@ class Services:
             max_overflow=settings.database_max_overflow,
             pool_timeout_s=settings.database_pool_timeout_s,
         )
+        keys = keyring(settings, engine)
+        redis_keys: Keyring | None = None
         redis: Redis | None = None
         limits: Storage | None = None
         if settings.redis_url:
@@ -106,13 +159,15 @@ class Services:
                 retry_on_timeout=False,
             )
             redis = Redis(connection_pool=pool)
+            redis_keys = redis_keyring(keys, redis, ttl_s=settings.data_key_cache_s)
             limits = redis_limits_storage(settings.redis_url, pool)
         bus: EventBus
         cache: AnalysisCache
         history: SentimentHistory
         if redis is not None:
-            bus = RedisStreamBus(redis, queue_size=settings.push_buffer_events)
-            cache, history = RedisAnalysisCache(redis), RedisSentimentHistory(redis)
+            assert redis_keys is not None
+            bus = RedisStreamBus(redis, redis_keys, queue_size=settings.push_buffer_events)
+            cache, history = RedisAnalysisCache(redis, redis_keys), RedisSentimentHistory(redis)
         else:
             bus = InProcessBus(queue_size=settings.push_buffer_events)
             cache, history = InMemoryAnalysisCache(), InMemorySentimentHistory()
@@ -120,7 +175,7 @@ class Services:
             engine, heartbeat_s=settings.audit_heartbeat_s, dead_after_s=settings.audit_process_dead_after_s,
             interrupted_after_s=settings.audit_interrupted_after_s,
         )
-        audit = AuditLog(engine, interrupted_after_s=settings.audit_interrupted_after_s,
+        audit = AuditLog(engine, keys, interrupted_after_s=settings.audit_interrupted_after_s,
                          process_id=liveness.process_id)
         cpu = FairCpuPool(settings.cpu_workers, model_cache_dir=settings.model_cache_path)
         scoring = TenantScoringModels(
@@ -128,18 +183,22 @@ class Services:
             ModelRegistry(engine, keep=settings.scoring_keep_versions),
             check_every_s=settings.scoring_model_check_s,
         )
-        outcomes = OutcomeLog(engine)
+        outcomes = OutcomeLog(engine, keys)
+        knowledge = KnowledgeBase(engine, keys)
+        records = CustomerRecords(engine, keys)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
             engine=engine,
-            knowledge=KnowledgeBase(engine),
-            memory=ConversationMemory(engine),
-            interactions=InteractionLog(engine),
+            keys=keys,
+            redis_keys=redis_keys,
+            knowledge=knowledge,
+            memory=ConversationMemory(engine, keys),
+            interactions=InteractionLog(engine, keys),
             router=ProviderRouter.from_settings(settings),
             local_router=ProviderRouter.local_only(settings),
             scoring=scoring,
-            scores=ScoreLog(engine),
+            scores=ScoreLog(engine, keys),
             outcomes=outcomes,
             trainer=TenantModelTrainer(
                 outcomes=outcomes, registry=scoring.registry, models=scoring, cpu=cpu, audit=audit,
@@ -170,12 +229,21 @@ class Services:
                 per_user=settings.rate_limit_user,
             ),
             cpu=cpu,
+            privacy=Privacy(records=records, cache=cache, bus=bus, sentiment=history, knowledge=knowledge,
+                            keys=keys, redis_keys=redis_keys, audit=audit),
+            retention=RetentionSweeper(records, {
+                "conversation": settings.retention_conversation_days,
+                "interactions": settings.retention_interactions_days,
+                "lead_scores": settings.retention_lead_scores_days,
+            }, every_s=settings.retention_sweep_s),
         )
 
     def warm_up(self) -> None:
         """Loads what the first request would otherwise wait for: embeddings, the guard's
         Unicode tables, the interaction models (trained here at the first start, then read
-        from MODEL_CACHE_DIR by this process and its workers), scoring models."""
+        from MODEL_CACHE_DIR by this process and its workers), scoring models; and the
+        master key (a development one is generated here at the first start)."""
+        _ = self.keys.masters
         embed_one("warm up")
         warm_guard()
         configure_classifier(self.settings.model_cache_path)
@@ -183,6 +251,7 @@ class Services:
         self.scoring.prior_for("warm-up")
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()

@@ -22,6 +22,9 @@ class SentimentHistory(Protocol):
     async def swap(self, tenant_id: str, customer_id: str, score: float) -> float | None:
         """Stores `score` and returns the previous one."""
 
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        """Forgets the customer's last score, or every customer's of the tenant."""
+
 
 class InMemorySentimentHistory:
     def __init__(self, max_customers: int = 100_000) -> None:
@@ -35,6 +38,12 @@ class InMemorySentimentHistory:
         if len(self._scores) > self._max:
             self._scores.popitem(last=False)
         return previous
+
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        keys = [key for key in self._scores if key[0] == tenant_id and customer_id in (None, key[1])]
+        for key in keys:
+            del self._scores[key]
+        return len(keys)
 
 
 class RedisSentimentHistory:
@@ -53,6 +62,13 @@ class RedisSentimentHistory:
             log.warning("sentiment history unavailable: %r", error)
             return None
         return float(previous) if previous is not None else None
+
+    async def erase(self, tenant_id: str, customer_id: str | None = None) -> int:
+        """Fails loudly when Redis is away: an erasure is never reported done when it was not."""
+        if customer_id is not None:
+            return int(await self.redis.delete(f"crm:sentiment:{tenant_id}:{customer_id}"))
+        keys = [key async for key in self.redis.scan_iter(match=f"crm:sentiment:{tenant_id}:*", count=500)]
+        return int(await self.redis.delete(*keys)) if keys else 0
 
 
 def sentiment_alert(previous: float | None, current: dict[str, Any]) -> dict[str, Any] | None:

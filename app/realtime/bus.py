@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from app.realtime.events import Event, IdClock
+from app.realtime.events import Event, IdClock, tenant_prefix
 
 SUBSCRIPTION_QUEUE_SIZE = 256
 REPLAY_MIN_EVENTS = 1_000
@@ -118,6 +118,12 @@ class EventBus(Protocol):
 
     async def history(self, channel: str, after_id: str | None) -> list[Event]: ...
 
+    async def erase(self, channel: str) -> int:
+        """Forgets the channel's replayable events (a customer's erasure)."""
+
+    async def erase_tenant(self, tenant_id: str) -> int:
+        """Forgets every channel of the tenant; returns how many channels."""
+
     async def close(self) -> None: ...
 
 
@@ -190,6 +196,17 @@ class InProcessBus:
         if after_id is None:
             return []
         return [event for _, event in self._logs.get(channel, ()) if event.after(after_id)]
+
+    async def erase(self, channel: str) -> int:
+        log = self._logs.pop(channel, None)
+        self._total -= len(log or ())
+        return int(log is not None)
+
+    async def erase_tenant(self, tenant_id: str) -> int:
+        channels = [channel for channel in self._logs if channel.startswith(tenant_prefix(tenant_id))]
+        for channel in channels:
+            await self.erase(channel)
+        return len(channels)
 
 
     async def close(self) -> None:

@@ -16,12 +16,17 @@ from typing import Any, Literal
 EventType = Literal["insight", "score", "alert"]
 
 
+def tenant_prefix(tenant_id: str) -> str:
+    """Every channel of the tenant starts with it (tenant ids hold no ':')."""
+    return f"t:{tenant_id}:"
+
+
 def customer_channel(tenant_id: str, customer_id: str) -> str:
-    return f"t:{tenant_id}:customer:{customer_id}"
+    return f"{tenant_prefix(tenant_id)}customer:{customer_id}"
 
 
 def scoring_channel(tenant_id: str) -> str:
-    return f"t:{tenant_id}:scoring"
+    return f"{tenant_prefix(tenant_id)}scoring"
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:

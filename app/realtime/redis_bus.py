@@ -11,6 +11,10 @@ A Redis outage degrades instead of failing: a publish that cannot reach Redis is
 delivered to this process's own watchers (live, not replayable), a subscription made
 during the outage starts from "now", history is empty until Redis answers again, and
 the reader keeps retrying; every call reconnects by itself once Redis is back.
+
+An event's payload is sealed with its tenant's data key (`app.crypto`): the streams,
+and Redis's snapshots of them, hold no analysis text. Only the tenant id is in clear,
+to find the key.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.crypto.envelope import DecryptionFailed
+from app.crypto.keyring import Keyring
 from app.realtime.bus import REPLAY_MIN_EVENTS, SUBSCRIPTION_QUEUE_SIZE, LocalFanout, Subscription
-from app.realtime.events import Event, IdClock
+from app.realtime.events import Event, IdClock, tenant_prefix
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +40,13 @@ STREAM_MAXLEN = 10 * REPLAY_MIN_EVENTS
 STREAM_TTL_S = 24 * 3600
 READ_BLOCK_MS = 200
 READ_COUNT = 500
-
-
-def _decode(event_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
-    payload = json.loads(fields[b"e"])
-    event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
-    return Event(id=event_id, **payload)
+PURPOSE = "events.payload"
 
 
 class RedisStreamBus:
-    def __init__(self, redis: Redis, *, queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
+    def __init__(self, redis: Redis, keys: Keyring, *, queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
         self.redis = redis
+        self.keys = keys
         self._cursors: dict[str, str] = {}
         self._local = LocalFanout(queue_size, on_last_left=lambda channel: self._cursors.pop(channel, None))
         self._reader: asyncio.Task[None] | None = None
@@ -58,8 +60,9 @@ class RedisStreamBus:
                    "data": data, "created_at": draft.created_at}
         key = KEY_PREFIX + channel
         try:
+            sealed = (await self.keys.cipher(tenant_id)).seal(PURPOSE, json.dumps(payload).encode())
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"e": json.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.xadd(key, {"t": tenant_id, "e": sealed}, maxlen=STREAM_MAXLEN, approximate=True)
                 pipe.expire(key, STREAM_TTL_S)
                 event_id, _ = await pipe.execute()
         except (RedisError, OSError) as error:
@@ -80,7 +83,15 @@ class RedisStreamBus:
         except (RedisError, OSError) as error:
             log.warning("Redis unavailable, no replay for now: %r", error)
             return []
-        return [_decode(event_id, fields) for event_id, fields in entries]
+        return [event for event_id, fields in entries if (event := await self._decode(event_id, fields))]
+
+    async def erase(self, channel: str) -> int:
+        """Fails loudly when Redis is away: an erasure is never reported done when it was not."""
+        return int(await self.redis.delete(KEY_PREFIX + channel))
+
+    async def erase_tenant(self, tenant_id: str) -> int:
+        keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + tenant_prefix(tenant_id) + "*", count=500)]
+        return int(await self.redis.delete(*keys)) if keys else 0
 
     async def subscribe(self, channel: str) -> Subscription:
         if channel not in self._local:
@@ -117,9 +128,26 @@ class RedisStreamBus:
                 if channel not in self._cursors:
                     continue
                 for event_id, fields in entries:
-                    event = _decode(event_id, fields)
-                    self._cursors[channel] = event.id
-                    self._local.deliver(channel, event)
+                    event = await self._decode(event_id, fields)
+                    self._cursors[channel] = event_id.decode() if isinstance(event_id, bytes) else event_id
+                    if event is not None:
+                        self._local.deliver(channel, event)
+
+    async def _decode(self, event_id: bytes | str, fields: dict[bytes, bytes]) -> Event | None:
+        """The event, or None when it does not open: its tenant was erased, or its key
+        could not be read (the database is away), which must not stop the reader."""
+        raw = fields[b"e"]
+        if b"t" in fields:  # sealed; events written before encryption are plain JSON
+            try:
+                raw = (await self.keys.cipher(fields[b"t"].decode())).open(PURPOSE, raw)
+            except DecryptionFailed as error:
+                log.warning("an event does not open, skipped: %r", error)
+                return None
+            except Exception:  # noqa: BLE001 - one event lost beats a dead reader
+                log.exception("the key of an event could not be read, skipped")
+                return None
+        event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
+        return Event(id=event_id, **json.loads(raw))
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -35,10 +35,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.crypto.keyring import Keyring
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
 WRITE_RETRY_PAUSES_S = (0.1, 0.5, 1.0)
+# A security event's detail may quote a customer (a flagged excerpt, a document title):
+# it is sealed with the tenant's data key; kind, user and time stay readable.
+DETAIL = "security_events.detail"
 
 ai_runs = Table(
     "ai_runs",
@@ -99,8 +103,9 @@ class AuditUnavailable(RuntimeError):
 
 
 class AuditLog:
-    def __init__(self, engine: AsyncEngine, *, interrupted_after_s: float, process_id: str) -> None:
+    def __init__(self, engine: AsyncEngine, keys: Keyring, *, interrupted_after_s: float, process_id: str) -> None:
         self.engine = engine
+        self.keys = keys
         self.interrupted_after_s = interrupted_after_s
         self.process_id = process_id  # stamped on every run: see app.store.liveness
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
@@ -131,6 +136,8 @@ class AuditLog:
         await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
 
     async def security_event(self, *, wait: bool = True, **values: Any) -> None:
+        cipher = await self.keys.cipher(values["tenant_id"])
+        values["detail"] = cipher.seal_json(DETAIL, values.get("detail") or {})
         await self._submit("security_event", {**values, "created_at": utcnow()}, wait=wait)
 
     async def _write_forever(self) -> None:
@@ -227,7 +234,9 @@ class AuditLog:
             .limit(limit)
         )
         async with self.engine.connect() as connection:
-            return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
+            rows = (await connection.execute(statement)).mappings().all()
+        cipher = await self.keys.cipher(tenant_id)
+        return [{**row, "detail": cipher.open_json(DETAIL, row["detail"])} for row in rows]
 
     async def close(self) -> None:
         if self._writer is not None:

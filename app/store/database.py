@@ -71,7 +71,7 @@ documents = Table(
     Column("tenant_id", String(128), primary_key=True),
     Column("document_id", String(64), primary_key=True),
     Column("customer_id", String(128), nullable=True),
-    Column("title", String(300), nullable=False),
+    Column("title", Text, nullable=False),  # sealed: longer than the 300 characters allowed
     Column("text", Text, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
@@ -182,6 +182,19 @@ scoring_models = Table(
     Column("training_size", Integer, nullable=False),  # outcomes it was trained on
     Column("outcomes_total", Integer, nullable=False),  # leads with an outcome then: the retrain cadence counts from it
     Column("metrics", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+
+tenant_data_keys = Table(
+    # Each tenant's data keys, wrapped by a master key (app.crypto): records name the
+    # version that sealed them. Erasing a tenant deletes its rows (crypto-shredding).
+    "tenant_data_keys",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("master_key_id", String(32), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
 )
 

@@ -1,5 +1,6 @@
 """Every analysed interaction of a customer, per tenant: the history the next analysis
-reads (issues this week, sentiment trend, recent summaries)."""
+reads (issues this week, sentiment trend, recent summaries). Summaries quote the
+customer, so they are sealed with the tenant's data key; labels and scores are not."""
 
 from __future__ import annotations
 
@@ -9,25 +10,30 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
 from app.store.database import customer_interactions as interactions, finishes_once_started
 from chains.customer_context import PastInteraction
 
+PURPOSE = "customer_interactions.summary"
+
 
 class InteractionLog:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, keys: Keyring) -> None:
         self.engine = engine
+        self.keys = keys
 
     @finishes_once_started
     async def record(self, tenant_id: str, customer_id: str, channel: str, analysis: dict[str, Any],
                      at: datetime | None = None) -> None:
         sentiment = analysis.get("sentiment") or {}
+        summary = (await self.keys.cipher(tenant_id)).seal_text(PURPOSE, str(analysis.get("summary", ""))[:500])
         async with self.engine.begin() as connection:
             await connection.execute(insert(interactions).values(
                 tenant_id=tenant_id, customer_id=customer_id, created_at=at or utcnow(), channel=channel,
                 sentiment_label=str(sentiment.get("label", "neutral")), sentiment_score=float(sentiment.get("score", 0.0)),
                 intent=str(analysis.get("intent", "general_inquiry")), urgency=str(analysis.get("urgency", "low")),
-                automated=bool(analysis.get("automated", False)), summary=str(analysis.get("summary", ""))[:500],
+                automated=bool(analysis.get("automated", False)), summary=summary,
             ))
 
     async def recent(self, tenant_id: str, customer_id: str, *, limit: int = 10) -> list[PastInteraction]:
@@ -39,8 +45,9 @@ class InteractionLog:
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).mappings().all()
+        cipher = await self.keys.cipher(tenant_id)
         return [
             PastInteraction(row["created_at"], row["channel"], row["sentiment_label"], row["sentiment_score"],
-                            row["intent"], row["urgency"], row["automated"], row["summary"])
+                            row["intent"], row["urgency"], row["automated"], cipher.open_text(PURPOSE, row["summary"]))
             for row in rows
         ]

@@ -6,6 +6,9 @@ NULL). Every write bumps the tenant's revision in the same transaction; a search
 that one row and rebuilds the index when it moved, so every replica answers from the
 current documents. Every read and write names its tenant: a document id from another
 tenant is simply not found.
+
+Titles, texts, chunks and their embeddings are sealed with the tenant's data key
+(`app.crypto`); the index is built from the opened rows, in memory only.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.crypto.envelope import TenantCipher
+from app.crypto.keyring import Keyring
 from app.store.coalesced_runs import CoalescedRuns
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
+
+TITLE, TEXT = "kb_documents.title", "kb_documents.text"
+CHUNK_TEXT, CHUNK_EMBEDDING = "kb_chunks.text", "kb_chunks.embedding"
 
 class DocumentNotFound(LookupError):
     """No document with this id in the caller's tenant (whether it exists elsewhere is
@@ -57,16 +65,17 @@ class Document(DocumentSummary):
     text: str
 
 
-def _chunk_rows(tenant_id: str, document_id: str, customer_id: str | None, title: str, text: str) -> list[dict[str, Any]]:
+def _chunk_rows(cipher: TenantCipher, document_id: str, customer_id: str | None, title: str,
+                text: str) -> list[dict[str, Any]]:
     chunks, vectors = embedded_chunks(title, text)
     return [
         {
-            "tenant_id": tenant_id,
+            "tenant_id": cipher.tenant_id,
             "document_id": document_id,
             "chunk_index": index,
             "customer_id": customer_id,
-            "text": chunk,
-            "embedding": vector.astype(np.float32).tobytes(),
+            "text": cipher.seal_text(CHUNK_TEXT, chunk),
+            "embedding": cipher.seal(CHUNK_EMBEDDING, vector.astype(np.float32).tobytes()),
         }
         for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
     ]
@@ -76,7 +85,7 @@ def _this_document(table: Any, tenant_id: str, document_id: str) -> Any:
     return (table.c.tenant_id == tenant_id) & (table.c.document_id == document_id)
 
 
-async def _bump_revision(connection: AsyncConnection, tenant_id: str) -> None:
+async def bump_revision(connection: AsyncConnection, tenant_id: str) -> None:
     """+1 on the tenant's revision, created at 1: an upsert, so two first writes of a
     tenant on two replicas cannot both insert."""
     dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
@@ -88,8 +97,9 @@ async def _bump_revision(connection: AsyncConnection, tenant_id: str) -> None:
 
 
 class KnowledgeBase:
-    def __init__(self, engine: AsyncEngine, *, cached_tenants: int = 64) -> None:
+    def __init__(self, engine: AsyncEngine, keys: Keyring, *, cached_tenants: int = 64) -> None:
         self.engine = engine
+        self.keys = keys
         # tenant → (revision, index), least recently searched first.
         self._indexes: OrderedDict[str, tuple[int, RetrievalIndex]] = OrderedDict()
         self._cached_tenants = cached_tenants
@@ -107,17 +117,18 @@ class KnowledgeBase:
         self, *, tenant_id: str, user_id: str, customer_id: str | None, title: str, text: str
     ) -> StoredDocument:
         document_id = uuid.uuid4().hex
-        rows = _chunk_rows(tenant_id, document_id, customer_id, title, text)
+        cipher = await self.keys.cipher(tenant_id)
+        rows = _chunk_rows(cipher, document_id, customer_id, title, text)
         async with self.engine.begin() as connection:
             await connection.execute(
                 insert(documents).values(
                     tenant_id=tenant_id, document_id=document_id, customer_id=customer_id,
-                    title=title, text=text, created_by=user_id,
+                    title=cipher.seal_text(TITLE, title), text=cipher.seal_text(TEXT, text), created_by=user_id,
                     created_at=datetime.now(UTC),  # microseconds: "newest first" holds within a second
                 )
             )
             await connection.execute(insert(document_chunks), rows)
-            await _bump_revision(connection, tenant_id)
+            await bump_revision(connection, tenant_id)
         self._refresh_soon(tenant_id)
         return StoredDocument(document_id, customer_id, title, len(rows))
 
@@ -127,17 +138,18 @@ class KnowledgeBase:
     ) -> StoredDocument:
         """New title, text or customer; its chunks and vectors are rebuilt in the same
         transaction, so a search sees the old document or the new one, never a mix."""
-        rows = _chunk_rows(tenant_id, document_id, customer_id, title, text)
+        cipher = await self.keys.cipher(tenant_id)
+        rows = _chunk_rows(cipher, document_id, customer_id, title, text)
         async with self.engine.begin() as connection:
             changed = await connection.execute(
                 update(documents).where(_this_document(documents, tenant_id, document_id))
-                .values(customer_id=customer_id, title=title, text=text)
+                .values(customer_id=customer_id, title=cipher.seal_text(TITLE, title), text=cipher.seal_text(TEXT, text))
             )
             if changed.rowcount == 0:
                 raise DocumentNotFound(document_id)
             await connection.execute(delete(document_chunks).where(_this_document(document_chunks, tenant_id, document_id)))
             await connection.execute(insert(document_chunks), rows)
-            await _bump_revision(connection, tenant_id)
+            await bump_revision(connection, tenant_id)
         self._refresh_soon(tenant_id)
         return StoredDocument(document_id, customer_id, title, len(rows))
 
@@ -147,7 +159,7 @@ class KnowledgeBase:
             found = await self._read(connection, tenant_id, document_id)
             await connection.execute(delete(document_chunks).where(_this_document(document_chunks, tenant_id, document_id)))
             await connection.execute(delete(documents).where(_this_document(documents, tenant_id, document_id)))
-            await _bump_revision(connection, tenant_id)
+            await bump_revision(connection, tenant_id)
         self._refresh_soon(tenant_id)
         return StoredDocument(found.document_id, found.customer_id, found.title, found.chunks)
 
@@ -164,7 +176,8 @@ class KnowledgeBase:
         statement = statement.order_by(documents.c.created_at.desc(), documents.c.document_id).limit(limit).offset(offset)
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).mappings().all()
-        return [DocumentSummary(**row) for row in rows]
+        cipher = await self.keys.cipher(tenant_id)
+        return [DocumentSummary(**{**row, "title": cipher.open_text(TITLE, row["title"])}) for row in rows]
 
     @staticmethod
     def _summaries() -> Any:
@@ -186,7 +199,8 @@ class KnowledgeBase:
         row = (await connection.execute(statement)).mappings().first()
         if row is None:
             raise DocumentNotFound(document_id)
-        return Document(**row)
+        cipher = await self.keys.cipher(tenant_id)
+        return Document(**{**row, "title": cipher.open_text(TITLE, row["title"]), "text": cipher.open_text(TEXT, row["text"])})
 
     async def search(
         self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
@@ -195,6 +209,10 @@ class KnowledgeBase:
         helps too, so "and when?" still finds what the last answer was about."""
         index = await self.index(tenant_id)
         return index.search(query, customer_id=customer_id, k=k, earlier=earlier)
+
+    def forget(self, tenant_id: str) -> None:
+        """Drops the tenant's index from memory (its erasure)."""
+        self._indexes.pop(tenant_id, None)
 
     async def index(self, tenant_id: str) -> RetrievalIndex:
         """The tenant's current index: one indexed read when nothing changed, a rebuild
@@ -236,8 +254,20 @@ class KnowledgeBase:
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
-        chunks = [IndexedChunk(row.document_id, row.customer_id, row.title, row.text) for row in rows]
-        vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
+        cipher = await self.keys.cipher(tenant_id)
         cached = self._indexes.get(tenant_id)
         return await asyncio.to_thread(
-            functools.partial(RetrievalIndex, chunks, vectors, previous=cached[1] if cached else None))
+            functools.partial(_open_index, cipher, rows, previous=cached[1] if cached else None))
+
+
+def _open_index(cipher: TenantCipher, rows: list[Any], *, previous: RetrievalIndex | None) -> RetrievalIndex:
+    """Opens the sealed rows and indexes them: off the event loop, like the indexing."""
+    titles: dict[str, str] = {}
+    chunks = []
+    for row in rows:
+        if row.document_id not in titles:
+            titles[row.document_id] = cipher.open_text(TITLE, row.title)
+        chunks.append(IndexedChunk(row.document_id, row.customer_id, titles[row.document_id],
+                                   cipher.open_text(CHUNK_TEXT, row.text)))
+    vectors = np.frombuffer(b"".join(cipher.open(CHUNK_EMBEDDING, row.embedding) for row in rows), dtype=np.float32)
+    return RetrievalIndex(chunks, vectors, previous=previous)

@@ -1,7 +1,8 @@
 """The outcomes a tenant records for its leads (won or lost): what its own model learns from.
 
 Recordings are kept as they came (a lead lost in spring and won in autumn has both);
-counts and training use each lead's latest outcome, so a lead counts once.
+counts and training use each lead's latest outcome, so a lead counts once. A lead's
+features describe a person or a business: they are sealed with the tenant's data key.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
 from app.store.database import finishes_once_started, lead_outcomes
 
 Outcome = Literal["won", "lost"]
 FeaturesFrom = Literal["request", "last_score"]
+FEATURES = "lead_outcomes.features"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +56,9 @@ def _latest_ids(tenant_id: str) -> Any:
 
 
 class OutcomeLog:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, keys: Keyring) -> None:
         self.engine = engine
+        self.keys = keys
 
     @finishes_once_started
     async def record(
@@ -62,9 +66,10 @@ class OutcomeLog:
         features_from: FeaturesFrom, user_id: str,
     ) -> RecordedOutcome:
         recorded = RecordedOutcome(lead_id, outcome, features_from, user_id, utcnow())
+        sealed = (await self.keys.cipher(tenant_id)).seal_json(FEATURES, features)
         async with self.engine.begin() as connection:
             await connection.execute(insert(lead_outcomes).values(
-                tenant_id=tenant_id, lead_id=lead_id, outcome=outcome, features=features,
+                tenant_id=tenant_id, lead_id=lead_id, outcome=outcome, features=sealed,
                 features_from=features_from, recorded_by=user_id, recorded_at=recorded.recorded_at,
             ))
         return recorded
@@ -91,7 +96,9 @@ class OutcomeLog:
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
-        return [LabelledLead(lead_id, outcome == "won", features) for lead_id, outcome, features in rows]
+        cipher = await self.keys.cipher(tenant_id)
+        return [LabelledLead(lead_id, outcome == "won", cipher.open_json(FEATURES, features))
+                for lead_id, outcome, features in rows]
 
     async def for_lead(self, tenant_id: str, lead_id: str, *, limit: int = 50) -> list[RecordedOutcome]:
         """The lead's recordings in this tenant, newest first."""

@@ -105,10 +105,10 @@ def test_analysis_workers_die_with_a_killed_service(tmp_path: Path) -> None:
     import signal
     import subprocess
 
-    from tests.conftest import TEST_SECRET
+    from tests.conftest import TEST_DATA_KEY, TEST_SECRET
     from tests.support.replicas import replica_process
 
-    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(tmp_path), "CPU_WORKERS": "2"}
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "DATA_DIR": str(tmp_path), "CPU_WORKERS": "2"}
     with replica_process(env, tmp_path / "server.log") as (_, process):
         children = subprocess.run(["ps", "-ww", "--ppid", str(process.pid), "-o", "pid=,args="],
                                   capture_output=True, text=True).stdout.splitlines()

@@ -20,13 +20,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.api.chains import INTERACTIONS_PATH, LEAD_SCORING_PATH
 from app.core.auth import TokenVerifier
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
 from tests.support.payloads import LEAD
 from tests.support.replicas import replica
 from tests.support.servers import RedisServer
 
 VERIFIER = TokenVerifier(make_settings(Path("/nonexistent")))
-BASE_ENV = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "LLM_PROVIDERS": "local",
+BASE_ENV = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "LLM_PROVIDERS": "local",
             "REDIS_SOCKET_TIMEOUT_S": "0.5", "REDIS_POOL_TIMEOUT_S": "1"}
 
 

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.api.chains import INTERACTIONS_PATH
 from app.core.auth import TokenVerifier
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
 from tests.support.replicas import replica
 
 VERIFIER = TokenVerifier(make_settings(Path("/nonexistent")))
@@ -29,7 +29,7 @@ def token(ttl_s: int = 600, tenant: str = "acme", user: str = "u") -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("sessions")
-    env = {"AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "DATA_DIR": str(base), "PUBLIC_URL": "https://crm.example.com",
+    env = {"AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test", "DATA_DIR": str(base), "PUBLIC_URL": "https://crm.example.com",
            "AUTH_LEEWAY_S": "0", "PUSH_HEARTBEAT_S": "1", "WS_SEND_TIMEOUT_S": "1",
            "HTTP_HEADER_TIMEOUT_S": "1", "REQUEST_BODY_TIMEOUT_S": "1",
            "RATE_LIMIT_TENANT": "100000/minute", "RATE_LIMIT_USER": "100000/minute"}

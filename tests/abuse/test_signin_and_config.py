@@ -36,8 +36,19 @@ def test_token_sign_in_only_redirects_within_this_origin(service_url: str, mint:
     assert "\t" not in location and "\\" not in location
 
 
+PRODUCTION_DATA_KEY = "a-production-master-key-kept-in-a-secret-store"
+
+
 def production(tmp_path: Path, **values: object) -> Settings:
+    values.setdefault("data_encryption_key", PRODUCTION_DATA_KEY)
     return Settings(_env_file=None, app_env="production", data_dir=tmp_path, **values)  # type: ignore[arg-type]
+
+
+def test_production_refuses_to_start_without_a_data_encryption_key(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="DATA_ENCRYPTION_KEY"):
+        production(tmp_path, auth_jwt_secret=TEST_SECRET, metrics_public=True, data_encryption_key=None)
+    with pytest.raises(ValidationError, match="at least 32"):
+        production(tmp_path, auth_jwt_secret=TEST_SECRET, metrics_public=True, data_encryption_key="short")
 
 
 def test_production_jwks_needs_issuer_and_audience(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ from app.api.deps import CurrentPrincipal, ServicesDep
 from app.core.auth import Principal
 from app.core.services import Services
 from app.store.knowledge import StoredDocument
+from chains.schemas import CUSTOMER_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/ai/insights", tags=["insights"])
 
-CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
 DocumentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
@@ -30,7 +30,7 @@ class DocumentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    customer_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=CUSTOMER_ID)
+    customer_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)
     title: str = Field(min_length=1, max_length=300)
     text: str = Field(min_length=1, max_length=100_000)
 
@@ -80,7 +80,7 @@ async def create_document(
 @router.get("/documents")
 async def list_documents(
     principal: CurrentPrincipal, services: ServicesDep,
-    customer_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=CUSTOMER_ID)] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> list[DocumentListed]:
