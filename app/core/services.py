@@ -10,8 +10,10 @@ from limits.aio.storage import Storage
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.alert_webhook import AlertWebhook
 from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
 from app.core.processor import RealtimeProcessor
+from app.core.provider_alerts import ProviderAlerts
 from app.core.rate_limit import RequestRateLimiter, redis_limits_storage
 from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
 from app.realtime.bus import EventBus, InProcessBus
@@ -31,11 +33,13 @@ from app.store.knowledge import KnowledgeBase
 from app.store.lead_outcomes import OutcomeLog
 from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
+from app.store.provider_health import RedisBreakerStore
 from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
 from chains.local.classifier import configure as configure_classifier
 from chains.safety import warm_up as warm_guard
+from chains.providers.health import BreakerPolicy, BreakerStore, CircuitBreakers, InMemoryBreakerStore
 from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import LeadScoringModel
@@ -70,6 +74,8 @@ class Services:
     interactions: InteractionLog
     router: ProviderRouter
     local_router: ProviderRouter
+    breakers: CircuitBreakers | None
+    provider_alerts: ProviderAlerts
     scoring: TenantScoringModels
     scores: ScoreLog
     outcomes: OutcomeLog
@@ -129,6 +135,12 @@ class Services:
             check_every_s=settings.scoring_model_check_s,
         )
         outcomes = OutcomeLog(engine)
+        provider_alerts = ProviderAlerts(bus, audit, _alert_webhook(settings))
+        breakers: CircuitBreakers | None = None
+        if settings.llm_breaker_enabled:
+            policy = BreakerPolicy.from_settings(settings)
+            store: BreakerStore = RedisBreakerStore(redis, policy) if redis is not None else InMemoryBreakerStore(policy)
+            breakers = CircuitBreakers(store, observer=provider_alerts)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -136,8 +148,10 @@ class Services:
             knowledge=KnowledgeBase(engine),
             memory=ConversationMemory(engine),
             interactions=InteractionLog(engine),
-            router=ProviderRouter.from_settings(settings),
+            router=ProviderRouter.from_settings(settings, health=breakers),
             local_router=ProviderRouter.local_only(settings),
+            breakers=breakers,
+            provider_alerts=provider_alerts,
             scoring=scoring,
             scores=ScoreLog(engine),
             outcomes=outcomes,
@@ -183,6 +197,7 @@ class Services:
         self.scoring.prior_for("warm-up")
 
     async def close(self) -> None:
+        await self.provider_alerts.close()
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()
@@ -192,3 +207,13 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def _alert_webhook(settings: Settings) -> AlertWebhook | None:
+    if not settings.alert_webhook_url or settings.alert_webhook_secret is None:
+        return None
+    return AlertWebhook(
+        settings.alert_webhook_url, settings.alert_webhook_secret.get_secret_value(),
+        max_attempts=settings.alert_webhook_max_attempts, backoff_s=settings.alert_webhook_backoff_s,
+        timeout_s=settings.alert_webhook_timeout_s,
+    )
