@@ -179,7 +179,7 @@ class RedisBreakerStore:
         if not self._redis_usable():
             return await self.fallback.record(provider, outcome, now)
         policy = self.policy
-        args = [
+        args: list[str | int | float] = [
             repr(now), int(outcome.ok), int(outcome.timed_out), int(outcome.slow(policy)),
             policy.bucket(now), policy.oldest_bucket(now), policy.min_calls, policy.error_rate, policy.slow_rate,
             self._ttl_s(),
