@@ -230,7 +230,7 @@ class ProviderRouter:
                 report.failures.append(f"{provider.name}: {type(error).__name__}")
                 await self.health.record(provider.name, CallOutcome(ok=False, timed_out=_timed_out(error)))
                 continue
-            first_token_s = loop.time() - started
+            first_token_s: float | None = None  # to the first text, as the caller waits for it
             report.provider, report.model = provider.name, provider.model_name
             emitted = False
             usage = [0, 0]
@@ -244,6 +244,7 @@ class ProviderRouter:
                     if text:
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
+                            first_token_s = loop.time() - started
                         emitted = True
                         yield str(text)
                     chunk = await watchdog.wait(anext(iterator, None))
@@ -265,6 +266,8 @@ class ProviderRouter:
             finally:
                 watchdog.close()
                 await _close(iterator)
+            if first_token_s is None:  # an empty answer: its end is its first token
+                first_token_s = loop.time() - started
             await self.health.record(provider.name, CallOutcome(ok=True, first_token_s=first_token_s))
             return
         if self.local_fallback and local is not None:
