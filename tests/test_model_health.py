@@ -137,6 +137,17 @@ async def test_a_failing_provider_is_skipped_and_every_tenants_admins_are_alerte
         assert (await next_alert(late))["id"] == opened["id"]
     finally:
         await late.close()
+    async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http, http.stream(
+        "GET", "/api/v1/ai/stream/admin",
+        headers={"Authorization": f"Bearer {token('umbrella', ('admin',))}", "Last-Event-ID": "0-0"},
+    ) as sse:
+        assert sse.status_code == 200
+        replayed: dict[str, Any] | None = None
+        async for line in sse.aiter_lines():
+            if line.startswith("data:"):
+                replayed = json.loads(line[5:])
+                break
+    assert replayed is not None and replayed["id"] == opened["id"], "the SSE feed replays it too"
     records = await eventually(lambda: ops_records(data_dir), "the ops record")
     assert [(tenant, kind) for tenant, kind, _ in records] == [("", "provider_circuit_opened")]
     assert records[0][2]["provider"] == "openai"
@@ -171,6 +182,33 @@ async def test_non_admins_are_refused_the_admin_feeds(cut_off_service: tuple[str
         assert (await http.get("/api/v1/ai/stream/admin")).status_code == 401
         assert (await http.get("/api/v1/ai/providers/health",
                                headers={"Authorization": f"Bearer {token('acme', ('rep',))}"})).status_code == 403
+
+
+@pytest.fixture
+def slow_service(tmp_path: Path, fake_openai: tuple[FakeOpenAI, str]) -> Iterator[str]:
+    settings = health_settings(tmp_path, fake_openai[1], llm_breaker_cooldown_s=600, llm_breaker_slow_call_s=0.2)
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+async def test_a_provider_slow_to_its_first_token_is_switched_away_from(
+    slow_service: str, openai_provider: FakeOpenAI
+) -> None:
+    """Degraded performance, not only errors: answers that keep coming late open it too."""
+    openai_provider.token_delay_s = 0.3  # every token, the first included, comes after 0.3 s > 0.2 s
+    openai_provider.json_reply = json.dumps({**json.loads(ANALYSIS_REPLY), "summary": "Churn threat today."})
+    admin = await admin_feed(slow_service, "acme")
+    try:
+        for _ in range(MIN_CALLS):
+            assert (await analyse(slow_service))["degraded"] is False, "slow, but it answered"
+        opened = await next_alert(admin)
+    finally:
+        await admin.close()
+    assert opened["data"]["kind"] == "provider_circuit_opened"
+    assert opened["data"]["window"] == {"calls": MIN_CALLS, "errors": 0, "timeouts": 0, "slow_calls": MIN_CALLS}
+    assert "slow first token" in opened["data"]["reason"]
+    assert (await analyse(slow_service))["degraded_reason"] == "providers_unavailable", "the backup answered"
+    assert len(openai_provider.requests) == MIN_CALLS
 
 
 @pytest.fixture
