@@ -8,8 +8,9 @@ alert per transition cluster-wide, and every other replica skips the provider fr
 next check on.
 
 The check before a call must cost nothing on the hot path: a process trusts the state
-it last read for `state_cache_s` (a closed breaker, or an open one still cooling down,
-is answered from memory); only a stale entry or a due probe goes to Redis.
+it last read for `state_cache_s` (a closed breaker, an open one still cooling down, or
+one whose trial call is out is answered from memory); only a stale entry or a due probe
+goes to Redis.
 
 Redis being away never fails a call: this process's own breakers (the in-memory store)
 take over until Redis answers again (each process then decides, and alerts, alone).
@@ -144,6 +145,8 @@ class RedisBreakerStore:
             return Verdict(True, seen.state)
         if seen.state is BreakerState.OPEN and now < seen.opened_at + self.policy.cooldown_s:
             return Verdict(False, seen.state)
+        if seen.state is BreakerState.HALF_OPEN:
+            return Verdict(False, seen.state)  # the trial call is out (maybe ours): wait for its result
         return None  # a probe may be due: only Redis can hand out the lease
 
     def _remember(self, provider: str, state: BreakerState, opened_at: float) -> None:
