@@ -264,3 +264,34 @@ async def test_a_recovered_provider_is_probed_restored_and_the_webhook_is_told_b
     assert hook.statuses[0] == 500 and hook.rejected == 0, "the first delivery failed, was retried, all were signed"
     assert [a["data"]["kind"] for a in hook.accepted] == ["provider_circuit_opened", "provider_circuit_closed"]
     assert hook.accepted[1]["id"] == closed["id"], "the webhook gets the same message as the admin feed"
+
+
+def metric_value(text: str, series: str) -> float:
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")), 0.0)
+
+
+async def test_a_webhook_that_keeps_failing_is_given_up_after_its_attempts(
+    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    hook = WebhookReceiver(WEBHOOK_SECRET, fail_first=1_000)
+    failed = 'ai_alert_webhook_deliveries_total{result="failed"}'
+    with live_server(hook.app()) as hook_url:
+        settings = health_settings(
+            tmp_path, fake_openai[1], llm_breaker_cooldown_s=600, alert_webhook_url=f"{hook_url}/alerts",
+            alert_webhook_secret=WEBHOOK_SECRET, alert_webhook_backoff_s=0.05, alert_webhook_max_attempts=3,
+        )
+        with live_server(create_app(settings)) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                failed_before = metric_value((await http.get("/metrics")).text, failed)
+                await trip(url, openai_provider)
+                await eventually(lambda: len(hook.statuses) >= 3, "three delivery attempts")
+
+                async def given_up() -> bool:
+                    return metric_value((await http.get("/metrics")).text, failed) == failed_before + 1
+
+                for _ in range(int(WAIT_S / 0.1)):
+                    if await given_up():
+                        break
+                    await asyncio.sleep(0.1)
+                assert await given_up(), "the lost alert is counted"
+    assert hook.statuses == [500, 500, 500] and hook.rejected == 0, "three signed attempts, then no more"
