@@ -14,7 +14,7 @@ from app.api.errors import add_exception_handlers
 from app.api import streaming
 from app.api.access import guard_request
 from app.api.request_body import RequestBodyMiddleware
-from app.api.routes import console, documents, health, metrics, privacy, scoring, usage
+from app.api.routes import console, documents, health, metrics, privacy, providers, scoring, usage
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(documents.router)
     app.include_router(usage.router)
+    app.include_router(providers.router)
     app.include_router(console.router)
     app.include_router(streaming.router)
     add_chain_routes(app, build_chains(services))

@@ -69,6 +69,10 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),
+    # Operator alerts (provider health) and the breakers' state: admins of any tenant.
+    "/ws/ai/admin": Policy(ADMIN),
+    "/api/v1/ai/stream/admin": Policy(ADMIN),
+    "/api/v1/ai/providers/health": Policy(ADMIN),
     "/console": Policy(EVERYONE),
 }
 CHAIN_POLICIES: dict[str, frozenset[str]] = {

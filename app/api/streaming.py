@@ -39,7 +39,7 @@ from app.core.errors import Forbidden, Unauthenticated
 from app.core.metrics import SSE_SESSIONS, WEBSOCKET_SESSIONS
 from app.core.services import Services
 from app.realtime.bus import SlowConsumer
-from app.realtime.events import customer_channel, scoring_channel
+from app.realtime.events import ADMIN_CHANNEL, customer_channel, scoring_channel
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["real-time push"])
@@ -116,6 +116,13 @@ async def watch_lead_scores(websocket: WebSocket, last_event_id: str | None = Qu
     await serve_websocket(websocket, lambda p: scoring_channel(p.tenant_id), last_event_id)
 
 
+@router.websocket("/ws/ai/admin")
+async def watch_admin_alerts(websocket: WebSocket, last_event_id: str | None = Query(default=None)) -> None:
+    """Operator alerts (provider circuit opened/closed) for admins of any tenant: they
+    concern the shared providers, so every tenant's admins follow the same channel."""
+    await serve_websocket(websocket, lambda p: ADMIN_CHANNEL, last_event_id)
+
+
 def _sse_error(code: str, message: str) -> dict[str, str]:
     return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": True})}
 
@@ -159,6 +166,22 @@ async def stream_customer_insights(
     resume_from = valid_event_id(last_event_id_header or last_event_id)
     return EventSourceResponse(
         sse_events(services, channel, resume_from, principal.expires_at),
+        ping=int(services.settings.push_heartbeat_s),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/api/v1/ai/stream/admin")
+async def stream_admin_alerts(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: str | None = None,
+) -> EventSourceResponse:
+    """Server-sent operator alerts (admins), resumable with Last-Event-ID."""
+    resume_from = valid_event_id(last_event_id_header or last_event_id)
+    return EventSourceResponse(
+        sse_events(services, ADMIN_CHANNEL, resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -121,6 +121,12 @@ class Settings(BaseSettings, ProviderSettings):
     retention_interactions_days: int = Field(default=730, ge=0)
     retention_lead_scores_days: int = Field(default=730, ge=0)
     retention_sweep_s: float = Field(default=3600.0, gt=0)
+    # Model-health alerts (README, "Model health"): also POSTed here, signed, when set.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
+    alert_webhook_max_attempts: int = Field(default=6, ge=1, le=20, description="Then the alert is given up (logged, counted).")
+    alert_webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry pause; doubles, at most 60 s.")
+    alert_webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN
@@ -154,6 +160,13 @@ class Settings(BaseSettings, ProviderSettings):
             pairs = (part.split("=", 1) for part in value.split(",") if "=" in part)
             return {tenant.strip(): version.strip() for tenant, version in pairs}
         return value
+
+    @model_validator(mode="after")
+    def _webhook_is_signed(self) -> Settings:
+        # An unsigned alert could be forged by anyone who learns the receiver's URL.
+        if self.alert_webhook_url and self.alert_webhook_secret is None:
+            raise ValueError("ALERT_WEBHOOK_URL needs ALERT_WEBHOOK_SECRET (deliveries are signed with it)")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_real_auth(self) -> Settings:

@@ -40,3 +40,14 @@ TOKENS = Counter(
     ["tenant", "feature", "provider", "model", "direction"],
 )
 SECURITY_EVENTS = Counter("ai_security_events_total", "Flagged security events.", ["kind"])
+PROVIDER_CIRCUIT_STATE = Gauge(
+    "ai_provider_circuit_state", "Provider circuit breaker as last seen by this process: 0 closed, 1 half-open, 2 open.",
+    ["provider"],
+)
+PROVIDER_CIRCUIT_TRANSITIONS = Counter(
+    "ai_provider_circuit_transitions_total", "Breaker transitions this process decided (one per transition cluster-wide).",
+    ["provider", "state"],
+)
+ALERT_WEBHOOK_DELIVERIES = Counter(
+    "ai_alert_webhook_deliveries_total", "Alert webhook attempts, by result (delivered, retried, failed).", ["result"]
+)

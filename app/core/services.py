@@ -11,9 +11,11 @@ from limits.aio.storage import Storage
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.alert_webhook import AlertWebhook
 from app.core.analysis_cache import AnalysisCache, InMemoryAnalysisCache, RedisAnalysisCache
 from app.core.privacy import Privacy, RetentionSweeper
 from app.core.processor import RealtimeProcessor
+from app.core.provider_alerts import ProviderAlerts
 from app.core.rate_limit import RequestRateLimiter, redis_limits_storage
 from app.realtime.alerts import InMemorySentimentHistory, RedisSentimentHistory, SentimentHistory
 from app.realtime.bus import EventBus, InProcessBus
@@ -39,11 +41,13 @@ from app.store.knowledge import KnowledgeBase
 from app.store.lead_outcomes import OutcomeLog
 from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
+from app.store.provider_health import RedisBreakerStore
 from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
 from chains.local.classifier import configure as configure_classifier
 from chains.safety import warm_up as warm_guard
+from chains.providers.health import BreakerPolicy, BreakerStore, CircuitBreakers, InMemoryBreakerStore
 from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import LeadScoringModel
@@ -119,6 +123,8 @@ class Services:
     interactions: InteractionLog
     router: ProviderRouter
     local_router: ProviderRouter
+    breakers: CircuitBreakers | None
+    provider_alerts: ProviderAlerts
     scoring: TenantScoringModels
     scores: ScoreLog
     outcomes: OutcomeLog
@@ -186,6 +192,12 @@ class Services:
         outcomes = OutcomeLog(engine, keys)
         knowledge = KnowledgeBase(engine, keys)
         records = CustomerRecords(engine, keys)
+        provider_alerts = ProviderAlerts(bus, audit, _alert_webhook(settings))
+        breakers: CircuitBreakers | None = None
+        if settings.llm_breaker_enabled:
+            policy = BreakerPolicy.from_settings(settings)
+            store: BreakerStore = RedisBreakerStore(redis, policy) if redis is not None else InMemoryBreakerStore(policy)
+            breakers = CircuitBreakers(store, observer=provider_alerts)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -195,8 +207,10 @@ class Services:
             knowledge=knowledge,
             memory=ConversationMemory(engine, keys),
             interactions=InteractionLog(engine, keys),
-            router=ProviderRouter.from_settings(settings),
+            router=ProviderRouter.from_settings(settings, health=breakers),
             local_router=ProviderRouter.local_only(settings),
+            breakers=breakers,
+            provider_alerts=provider_alerts,
             scoring=scoring,
             scores=ScoreLog(engine, keys),
             outcomes=outcomes,
@@ -252,6 +266,7 @@ class Services:
 
     async def close(self) -> None:
         await self.retention.stop()
+        await self.provider_alerts.close()
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()
@@ -261,3 +276,13 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def _alert_webhook(settings: Settings) -> AlertWebhook | None:
+    if not settings.alert_webhook_url or settings.alert_webhook_secret is None:
+        return None
+    return AlertWebhook(
+        settings.alert_webhook_url, settings.alert_webhook_secret.get_secret_value(),
+        max_attempts=settings.alert_webhook_max_attempts, backoff_s=settings.alert_webhook_backoff_s,
+        timeout_s=settings.alert_webhook_timeout_s,
+    )

@@ -29,6 +29,11 @@ def scoring_channel(tenant_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}scoring"
 
 
+# Operator events that concern every tenant (provider health): one channel all tenants'
+# admins follow. Its events carry tenant_id "" (no tenant).
+ADMIN_CHANNEL = "ops:admin"
+
+
 def parse_event_id(event_id: str) -> tuple[int, int]:
     """Ids are Redis stream ids, `<ms>-<seq>`, in both bus implementations."""
     ms, _, seq = event_id.partition("-")

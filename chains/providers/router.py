@@ -7,6 +7,10 @@ idle-gap timeout so nothing hangs. After text has reached the caller a restart w
 duplicate it, so a failure then raises `ProviderStreamInterrupted` and the transport
 ends the stream with a clear, retryable error event.
 
+Across calls, each remote provider has a circuit breaker (`chains.providers.health`):
+one that keeps failing or answering slowly is skipped without being waited for, until a
+trial call after a cool-down succeeds. Each call is recorded once, when it ends.
+
 `local` is not a chat model: when it is configured (last in `LLM_PROVIDERS`), the
 caller's own composition function writes the text (the embedded analysis has the
 structured facts already; it never parses a prompt), streamed word by word.
@@ -37,6 +41,7 @@ from tenacity import (
 )
 
 from chains.context import MissingIdentity, RunRecord, run_context
+from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
 from chains.providers.settings import LOCAL, ProviderSettings
 
@@ -131,17 +136,25 @@ async def stream_words(text: str) -> AsyncIterator[str]:
 class ProviderRouter:
     """Streams text from the first provider that works, in the configured order."""
 
-    def __init__(self, providers: Sequence[Provider], settings: ProviderSettings, *, local_fallback: bool) -> None:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        settings: ProviderSettings,
+        *,
+        local_fallback: bool,
+        health: ProviderHealth | None = None,
+    ) -> None:
         if not providers and not local_fallback:
             raise ValueError("at least one provider is required")
         self.providers = list(providers)
         self.settings = settings
         self.local_fallback = local_fallback
+        self.health: ProviderHealth = health or AlwaysHealthy()
 
     @classmethod
-    def from_settings(cls, settings: ProviderSettings) -> ProviderRouter:
+    def from_settings(cls, settings: ProviderSettings, *, health: ProviderHealth | None = None) -> ProviderRouter:
         remote = [build_provider(name, settings) for name in settings.llm_providers if name != LOCAL]
-        return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers)
+        return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers, health=health)
 
     @property
     def has_llm(self) -> bool:
@@ -204,17 +217,23 @@ class ProviderRouter:
         """Text of the first provider that answers; `local()` writes it when `local` serves.
         `json_mode` asks the provider for one JSON object (where its API can)."""
         config, report = _run_state(config)
+        loop = asyncio.get_running_loop()
         for provider in self.providers:
+            if not await self.health.allow(provider.name):
+                report.failures.append(f"{provider.name}: circuit open")
+                continue
+            started = loop.time()
             try:
                 iterator, first = await self._open(provider, messages, config, json_mode)
             except Exception as error:  # noqa: BLE001 - any failure means: try the next one
                 log.warning("provider %s failed before streaming: %r", provider.name, error)
                 report.failures.append(f"{provider.name}: {type(error).__name__}")
+                await self.health.record(provider.name, CallOutcome(ok=False, timed_out=_timed_out(error)))
                 continue
+            first_token_s: float | None = None  # to the first text, as the caller waits for it
             report.provider, report.model = provider.name, provider.model_name
             emitted = False
             usage = [0, 0]
-            loop = asyncio.get_running_loop()
             deadline = loop.time() + self.settings.llm_timeout_s
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
             try:
@@ -225,6 +244,7 @@ class ProviderRouter:
                     if text:
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
+                            first_token_s = loop.time() - started
                         emitted = True
                         yield str(text)
                     chunk = await watchdog.wait(anext(iterator, None))
@@ -233,6 +253,11 @@ class ProviderRouter:
             except Exception as error:  # noqa: BLE001
                 report.failures.append(f"{provider.name}: {type(error).__name__} mid-stream")
                 log.warning("provider %s failed mid-stream: %r", provider.name, error)
+                # A client that leaves is not the provider's failure: that ends the
+                # generator with GeneratorExit/CancelledError, which records nothing.
+                await self.health.record(
+                    provider.name, CallOutcome(ok=False, first_token_s=first_token_s, timed_out=_timed_out(error))
+                )
                 if emitted:
                     raise ProviderStreamInterrupted(
                         f"provider {provider.name} failed after streaming began"
@@ -241,6 +266,9 @@ class ProviderRouter:
             finally:
                 watchdog.close()
                 await _close(iterator)
+            if first_token_s is None:  # an empty answer: its end is its first token
+                first_token_s = loop.time() - started
+            await self.health.record(provider.name, CallOutcome(ok=True, first_token_s=first_token_s))
             return
         if self.local_fallback and local is not None:
             report.provider, report.model = LOCAL, LOCAL_MODEL_NAME
@@ -251,6 +279,10 @@ class ProviderRouter:
                 yield token
             return
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
+
+
+def _timed_out(error: BaseException) -> bool:
+    return isinstance(error, (TimeoutError, FirstTokenTimeout)) or type(error).__name__ == "APITimeoutError"
 
 
 class _StreamDeadline:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 KNOWN_PROVIDERS = ("openai", "anthropic", "google", "local")
@@ -31,6 +31,20 @@ class ProviderSettings(BaseModel):
     anthropic_model: str = "claude-3-5-haiku-latest"
     google_api_key: SecretStr | None = None
     google_model: str = "gemini-2.0-flash"
+    # Circuit breakers (chains.providers.health): a provider failing or slow across calls
+    # is skipped until a trial call after the cool-down succeeds. `local` never opens.
+    llm_breaker_enabled: bool = True
+    llm_breaker_window_s: float = Field(default=60.0, gt=0, description="The sliding window the rates are measured over.")
+    llm_breaker_min_calls: int = Field(
+        default=20, ge=1, description="Calls in the window before the breaker may open (a few bad calls are noise)."
+    )
+    llm_breaker_error_rate: float = Field(default=0.5, gt=0, le=1, description="Failed calls (timeouts included) that open it.")
+    llm_breaker_slow_call_s: float = Field(default=8.0, gt=0, description="A first token later than this is a slow call.")
+    llm_breaker_slow_rate: float = Field(default=0.8, gt=0, le=1, description="Slow calls that open it.")
+    llm_breaker_cooldown_s: float = Field(default=30.0, gt=0, description="Open this long, then one trial call.")
+    llm_breaker_state_cache_s: float = Field(
+        default=1.0, ge=0, description="With Redis: how long a process trusts the state it last read."
+    )
 
     @field_validator("llm_providers", mode="before")
     @classmethod
