@@ -25,6 +25,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"]
 # APP_ENV=production: set AUTH_JWT_SECRET (or AUTH_JWKS_URL with AUTH_ISSUER and
-# AUTH_AUDIENCE) and METRICS_TOKEN (or METRICS_PUBLIC=true), or the service refuses to start.
+# AUTH_AUDIENCE), METRICS_TOKEN (or METRICS_PUBLIC=true) and DATA_ENCRYPTION_KEY, or the
+# service refuses to start.
 CMD ["uvicorn", "app.server:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*", \
      "--http", "app.api.http_protocol:GuardedHttpToolsProtocol", "--timeout-keep-alive", "5"]
