@@ -133,17 +133,17 @@ def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) 
     except MissingIdentity:
         security_log.warning("security event outside a run: %s", event)
         return
-    # The log shows what was flagged, not the customer's words: those go, sealed, to the audit trail.
-    logged = {key: value for key, value in event.items() if key != "excerpt"}
-    security_log.warning("security event: %s", logged, extra={"tenant_id": context.identity.tenant_id})
+    security_log.warning("security event: %s", event, extra={"tenant_id": context.identity.tenant_id})
     context.record.security_events.append(event)
 
 
 def reported(result: GuardResult, *, original: str, source: str, config: RunnableConfig | None) -> GuardResult:
     """Records a flagged result as a security event of the run; returns it unchanged."""
     if result.flagged:
+        # What was flagged and where, not the customer's words: the audit trail outlives a
+        # customer's erasure, so it holds ids and names of patterns only.
         record_security_event(config, {"kind": "prompt_injection", "source": source,
-                                       "patterns": list(result.flags), "excerpt": original[:200]})
+                                       "patterns": list(result.flags), "length": len(original)})
     return result
 
 

@@ -133,8 +133,12 @@ async def guard_request(conn: HTTPConnection) -> None:
     assert policy.roles is not None
     if not principal.has_any_role(policy.roles):
         raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
-    if not isinstance(conn, Request) or conn.method not in BODY_METHODS:
-        return
-    body = await _chain_body(conn) if _is_chain_run(path) else None
+    services = conn.app.state.services
+    if policy.roles == OPERATOR and principal.tenant_id != services.settings.operator_tenant:
+        # The role alone is a string any token of the issuer could carry: operators are
+        # also the members of the one operator tenant (OPERATOR_TENANT).
+        raise Forbidden("operator routes need a token of the operator tenant")
+    has_body = isinstance(conn, Request) and conn.method in BODY_METHODS
+    body = await _chain_body(conn) if has_body and _is_chain_run(path) else None
     if policy.rate_limited:
-        await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))
+        await services.rate_limiter.check(principal, _cost(conn.url.path, body))

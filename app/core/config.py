@@ -112,6 +112,9 @@ class Settings(BaseSettings, ProviderSettings):
     # in DATA_DIR (mode 0600). Retired keys still unwrap until `python -m app keys rotate`.
     data_encryption_key: SecretStr | None = None
     data_encryption_old_keys: Annotated[list[SecretStr], NoDecode] = []
+    # Tokens with the `operator` role act as the service's operators (tenant erasure, every
+    # tenant's security events) only when they belong to this tenant.
+    operator_tenant: str = Field(default="operator", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     data_key_cache_s: float = Field(
         default=60.0, gt=0, description="How long a replica keeps a tenant's unwrapped data keys before re-reading them."
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,12 +22,17 @@ from app.core.auth import Principal
 from app.crypto.keyring import Keyring
 from app.realtime.alerts import SentimentHistory
 from app.realtime.bus import EventBus
-from app.realtime.events import customer_channel
+from app.realtime.events import Event, customer_channel, scoring_channel
 from app.store.audit import AuditLog
 from app.store.customer_records import CustomerRecords
 from app.store.knowledge import KnowledgeBase
 
 log = logging.getLogger(__name__)
+
+
+def _is_lead(customer_id: str) -> Callable[[Event], bool]:
+    """A score event of the lead with the customer's id (the CRM names both by one id)."""
+    return lambda event: event.type == "score" and event.data.get("lead_id") == customer_id
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Privacy:
         tenant_id = principal.tenant_id
         held = await self.records.export(tenant_id, customer_id)
         events = await self.bus.history(customer_channel(tenant_id, customer_id), "0-0")
+        events += [event for event in await self.bus.history(scoring_channel(tenant_id), "0-0")
+                   if _is_lead(customer_id)(event)]
         export = {
             "tenant_id": tenant_id,
             "customer_id": customer_id,
@@ -61,6 +69,7 @@ class Privacy:
         erased = await self.records.erase(tenant_id, customer_id)
         erased["cached_analyses"] = await self.cache.erase(tenant_id, customer_id)
         erased["event_channels"] = await self.bus.erase(customer_channel(tenant_id, customer_id))
+        erased["score_events"] = await self.bus.erase_events(scoring_channel(tenant_id), _is_lead(customer_id))
         erased["sentiment_history"] = await self.sentiment.erase(tenant_id, customer_id)
         await self._audit(principal, "customer_erased", {"customer_id": customer_id, "erased": erased})
         return erased

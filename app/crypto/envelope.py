@@ -96,11 +96,11 @@ class TenantCipher:
     """Seals and opens one tenant's records. Synchronous and in memory: stores fetch it
     once per operation (`Keyring.cipher`) and then seal or open every row without I/O."""
 
-    def __init__(self, tenant_id: str, keys: dict[int, bytes]) -> None:
+    def __init__(self, tenant_id: str, keys: dict[int, bytes], *, sealing_version: int | None = None) -> None:
         if not keys:
             raise ValueError("a tenant cipher needs at least one data key")
         self.tenant_id = tenant_id
-        self.version = max(keys)
+        self.version = max(keys) if sealing_version is None else sealing_version
         self._aeads = {version: AESGCM(key) for version, key in keys.items()}
 
     def _aad(self, purpose: str) -> bytes:

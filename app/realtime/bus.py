@@ -121,6 +121,9 @@ class EventBus(Protocol):
     async def erase(self, channel: str) -> int:
         """Forgets the channel's replayable events (a customer's erasure)."""
 
+    async def erase_events(self, channel: str, match: Callable[[Event], bool]) -> int:
+        """Forgets the channel's events that `match`; returns how many."""
+
     async def erase_tenant(self, tenant_id: str) -> int:
         """Forgets every channel of the tenant; returns how many channels."""
 
@@ -201,6 +204,16 @@ class InProcessBus:
         log = self._logs.pop(channel, None)
         self._total -= len(log or ())
         return int(log is not None)
+
+    async def erase_events(self, channel: str, match: Callable[[Event], bool]) -> int:
+        log = self._logs.get(channel)
+        if not log:
+            return 0
+        kept = deque(item for item in log if not match(item[1]))
+        erased = len(log) - len(kept)
+        self._logs[channel] = kept
+        self._total -= erased
+        return erased
 
     async def erase_tenant(self, tenant_id: str) -> int:
         channels = [channel for channel in self._logs if channel.startswith(tenant_prefix(tenant_id))]

@@ -12,9 +12,10 @@ delivered to this process's own watchers (live, not replayable), a subscription 
 during the outage starts from "now", history is empty until Redis answers again, and
 the reader keeps retrying; every call reconnects by itself once Redis is back.
 
-An event's payload is sealed with its tenant's data key (`app.crypto`): the streams,
-and Redis's snapshots of them, hold no analysis text. Only the tenant id is in clear,
-to find the key.
+An event's payload is sealed with its tenant's data key (`app.crypto`), bound to its
+channel: the streams, and Redis's snapshots of them, hold no analysis text, and an
+entry copied into another stream does not open. Only the tenant id is in clear, to
+find the key.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -40,7 +42,10 @@ STREAM_MAXLEN = 10 * REPLAY_MIN_EVENTS
 STREAM_TTL_S = 24 * 3600
 READ_BLOCK_MS = 200
 READ_COUNT = 500
-PURPOSE = "events.payload"
+
+
+def _purpose(channel: str) -> str:
+    return f"events.payload|{channel}"
 
 
 class RedisStreamBus:
@@ -60,7 +65,7 @@ class RedisStreamBus:
                    "data": data, "created_at": draft.created_at}
         key = KEY_PREFIX + channel
         try:
-            sealed = (await self.keys.cipher(tenant_id)).seal(PURPOSE, json.dumps(payload).encode())
+            sealed = (await self.keys.cipher(tenant_id)).seal(_purpose(channel), json.dumps(payload).encode())
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, {"t": tenant_id, "e": sealed}, maxlen=STREAM_MAXLEN, approximate=True)
                 pipe.expire(key, STREAM_TTL_S)
@@ -83,11 +88,19 @@ class RedisStreamBus:
         except (RedisError, OSError) as error:
             log.warning("Redis unavailable, no replay for now: %r", error)
             return []
-        return [event for event_id, fields in entries if (event := await self._decode(event_id, fields))]
+        return [event for event_id, fields in entries if (event := await self._decode(channel, event_id, fields))]
 
     async def erase(self, channel: str) -> int:
         """Fails loudly when Redis is away: an erasure is never reported done when it was not."""
         return int(await self.redis.delete(KEY_PREFIX + channel))
+
+    async def erase_events(self, channel: str, match: Callable[[Event], bool]) -> int:
+        """Deletes the channel's events that `match` (a lead's scores on the tenant's
+        scoring channel): each is opened to be judged, as nothing of it is in clear."""
+        entries = await self.redis.xrange(KEY_PREFIX + channel, min="-", max="+")
+        doomed = [event.id for event_id, fields in entries
+                  if (event := await self._decode(channel, event_id, fields)) is not None and match(event)]
+        return int(await self.redis.xdel(KEY_PREFIX + channel, *doomed)) if doomed else 0
 
     async def erase_tenant(self, tenant_id: str) -> int:
         keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + tenant_prefix(tenant_id) + "*", count=500)]
@@ -128,18 +141,18 @@ class RedisStreamBus:
                 if channel not in self._cursors:
                     continue
                 for event_id, fields in entries:
-                    event = await self._decode(event_id, fields)
+                    event = await self._decode(channel, event_id, fields)
                     self._cursors[channel] = event_id.decode() if isinstance(event_id, bytes) else event_id
                     if event is not None:
                         self._local.deliver(channel, event)
 
-    async def _decode(self, event_id: bytes | str, fields: dict[bytes, bytes]) -> Event | None:
+    async def _decode(self, channel: str, event_id: bytes | str, fields: dict[bytes, bytes]) -> Event | None:
         """The event, or None when it does not open: its tenant was erased, or its key
         could not be read (the database is away), which must not stop the reader."""
         raw = fields[b"e"]
         if b"t" in fields:  # sealed; events written before encryption are plain JSON
             try:
-                raw = (await self.keys.cipher(fields[b"t"].decode())).open(PURPOSE, raw)
+                raw = (await self.keys.cipher(fields[b"t"].decode())).open(_purpose(channel), raw)
             except DecryptionFailed as error:
                 log.warning("an event does not open, skipped: %r", error)
                 return None

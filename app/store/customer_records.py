@@ -25,7 +25,6 @@ from app.store.database import (
     customer_interactions,
     document_chunks,
     documents,
-    knowledge_revisions,
     lead_outcomes,
     lead_scores,
     scoring_models,
@@ -41,7 +40,7 @@ BY_CUSTOMER: dict[str, tuple[Table, str]] = {
     "lead_scores": (lead_scores, "lead_id"),
     "lead_outcomes": (lead_outcomes, "lead_id"),
 }
-TENANT_TABLES: tuple[Table, ...] = (*(table for table, _ in BY_CUSTOMER.values()), scoring_models, knowledge_revisions)
+TENANT_TABLES: tuple[Table, ...] = (*(table for table, _ in BY_CUSTOMER.values()), scoring_models)
 # Retention: which table a kind of data lives in, and the column its age is read from.
 RETAINED: dict[str, tuple[Table, str]] = {
     "conversation": (conversation_turns, "created_at"),
@@ -106,6 +105,9 @@ class CustomerRecords:
         async with self.engine.begin() as connection:
             for table in TENANT_TABLES:
                 erased[table.name] = (await connection.execute(delete(table).where(table.c.tenant_id == tenant_id))).rowcount
+            # Bumped, not deleted: a revision that started again at 1 could match the one a
+            # replica's stale index was built at, and it would go on answering from it.
+            await knowledge.bump_revision(connection, tenant_id)
         return erased
 
     async def purge(self, older_than: dict[str, datetime]) -> dict[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.crypto.envelope import TenantCipher
+from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.coalesced_runs import CoalescedRuns
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
+
+log = logging.getLogger(__name__)
 
 TITLE, TEXT = "kb_documents.title", "kb_documents.text"
 CHUNK_TEXT, CHUNK_EMBEDDING = "kb_chunks.text", "kb_chunks.embedding"
@@ -261,13 +264,18 @@ class KnowledgeBase:
 
 
 def _open_index(cipher: TenantCipher, rows: list[Any], *, previous: RetrievalIndex | None) -> RetrievalIndex:
-    """Opens the sealed rows and indexes them: off the event loop, like the indexing."""
-    titles: dict[str, str] = {}
-    chunks = []
+    """Opens the sealed rows and indexes them: off the event loop, like the indexing.
+
+    A chunk that does not open (sealed by a replica that still held a key its tenant's
+    erasure destroyed) is left out and logged: one such row must not stop the tenant's chat."""
+    chunks, vectors = [], []
     for row in rows:
-        if row.document_id not in titles:
-            titles[row.document_id] = cipher.open_text(TITLE, row.title)
-        chunks.append(IndexedChunk(row.document_id, row.customer_id, titles[row.document_id],
-                                   cipher.open_text(CHUNK_TEXT, row.text)))
-    vectors = np.frombuffer(b"".join(cipher.open(CHUNK_EMBEDDING, row.embedding) for row in rows), dtype=np.float32)
-    return RetrievalIndex(chunks, vectors, previous=previous)
+        try:
+            chunk = IndexedChunk(row.document_id, row.customer_id, cipher.open_text(TITLE, row.title),
+                                 cipher.open_text(CHUNK_TEXT, row.text))
+            vectors.append(cipher.open(CHUNK_EMBEDDING, row.embedding))
+        except DecryptionFailed as error:
+            log.warning("a knowledge chunk does not open, left out of the index: %r", error)
+            continue
+        chunks.append(chunk)
+    return RetrievalIndex(chunks, np.frombuffer(b"".join(vectors), dtype=np.float32), previous=previous)

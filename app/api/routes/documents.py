@@ -54,8 +54,8 @@ class DocumentRead(DocumentListed):
 async def _audit(services: Services, principal: Principal, kind: str, stored: StoredDocument) -> None:
     await services.audit.security_event(
         tenant_id=principal.tenant_id, user_id=principal.user_id, run_id=None, kind=kind,
-        detail={"document_id": stored.document_id, "customer_id": stored.customer_id,
-                "title": stored.title, "chunks": stored.chunks},
+        # Ids only: the audit trail outlives a customer's erasure, the title may name them.
+        detail={"document_id": stored.document_id, "customer_id": stored.customer_id, "chunks": stored.chunks},
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
+from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import CurrentPrincipal, ServicesDep
 from app.core.auth import TENANT_ID_PATTERN
@@ -36,8 +37,12 @@ async def erase_customer(customer_id: CustomerIdPath, principal: CurrentPrincipa
 
 
 @router.delete("/tenants/{tenant_id}")
-async def erase_tenant(tenant_id: TenantIdPath, principal: CurrentPrincipal,
-                       services: ServicesDep) -> dict[str, Any]:
+async def erase_tenant(tenant_id: TenantIdPath, principal: CurrentPrincipal, services: ServicesDep,
+                       confirm: Annotated[str, Query(description="the tenant id again: erasure cannot be undone")]
+                       ) -> dict[str, Any]:
     """Erases a whole tenant and destroys its data keys (an operator's act, not a tenant's)."""
+    if confirm != tenant_id:
+        raise RequestValidationError([{"loc": ["query", "confirm"], "msg": "must repeat the tenant id",
+                                       "type": "value_error"}])
     erased = await services.privacy.erase_tenant(principal, tenant_id)
     return {"tenant_id": tenant_id, "erased": erased}
