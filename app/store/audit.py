@@ -1,5 +1,8 @@
 """The audit trail: one durable record per AI decision, and the security events.
 
+Final records are chained per tenant in the same transaction (`app.store.audit_chain`):
+a finished run when its record is completed, a security event when it is inserted.
+
 A run's record is written *before* the run starts (status `running`) and completed
 when it ends, so a process killed mid-run leaves a record that later reads as
 `interrupted` instead of no record at all. Writes go through one writer task that
@@ -35,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.audit_chain import ChainedTable, chain_records
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,14 @@ security_events = Table(
     Column("kind", String(64), nullable=False),
     Column("detail", JSON, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("route", String(256), nullable=True),  # where it happened (a route template)
+    Column("client_address", String(64), nullable=True),  # who knocked, as the server saw it
     Index("ix_security_events_tenant", "tenant_id", "created_at"),
 )
+
+CHAINED_RUNS = ChainedTable("run", ai_runs, "run_id", final=ai_runs.c.status.not_in(("running",)))
+CHAINED_EVENTS = ChainedTable("security_event", security_events, "id")
+CHAINED_TABLES = (CHAINED_RUNS, CHAINED_EVENTS)
 
 
 def utcnow() -> datetime:
@@ -133,6 +143,12 @@ class AuditLog:
     async def security_event(self, *, wait: bool = True, **values: Any) -> None:
         await self._submit("security_event", {**values, "created_at": utcnow()}, wait=wait)
 
+    def enqueue_security_event(self, **values: Any) -> None:
+        """Queues an event without waiting for it (the security log's path: recording
+        must never fail or slow the request it is about). Needs a running loop."""
+        self._ensure_writer()
+        self._queue.put_nowait(_Write("security_event", {**values, "created_at": utcnow()}))
+
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -165,17 +181,25 @@ class AuditLog:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in batch:
             by_kind.setdefault(item.kind, []).append(item.values)
+        now = utcnow()
         async with self.engine.begin() as connection:
             if rows := by_kind.get("run_started"):
                 await connection.execute(insert(ai_runs), rows)
-            for row in by_kind.get("run_finished", ()):
+            finished = by_kind.get("run_finished", [])
+            for row in finished:
                 # One statement per distinct column set: finished records differ in fields.
                 values = {k: bindparam(k) for k in row if k != "b_run_id"}
                 await connection.execute(
                     update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
                 )
+            if finished:
+                await connection.run_sync(chain_records, CHAINED_RUNS, [row["b_run_id"] for row in finished], now)
             if rows := by_kind.get("security_event"):
-                await connection.execute(insert(security_events), rows)
+                inserted = await connection.execute(
+                    insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), rows
+                )
+                ids = [str(event_id) for event_id in inserted.scalars()]
+                await connection.run_sync(chain_records, CHAINED_EVENTS, ids, now)
 
     def _status(self) -> Any:
         """Runs of processes without ids (before liveness existed) that are still
@@ -219,13 +243,16 @@ class AuditLog:
         async with self.engine.connect() as connection:
             return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
 
-    async def recent_security_events(self, tenant_id: str, limit: int) -> list[dict[str, Any]]:
-        statement = (
-            select(security_events)
-            .where(security_events.c.tenant_id == tenant_id)
-            .order_by(security_events.c.id.desc())
-            .limit(limit)
-        )
+    async def recent_security_events(
+        self, tenant_id: str | None, limit: int, *, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; `tenant_id=None` reads every tenant's and the tenant-less ones
+        (an operator's view)."""
+        statement = select(security_events).order_by(security_events.c.id.desc()).limit(limit)
+        if tenant_id is not None:
+            statement = statement.where(security_events.c.tenant_id == tenant_id)
+        if kind is not None:
+            statement = statement.where(security_events.c.kind == kind)
         async with self.engine.connect() as connection:
             return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
 

@@ -75,6 +75,7 @@ documents = Table(
     Column("text", Text, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
+    Index("ix_kb_documents_document_id", "document_id"),  # cross-tenant checks of 404s (app.api.security_checks)
 )
 
 document_chunks = Table(
@@ -103,6 +104,7 @@ conversation_turns = Table(
     Column("content", Text, nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
     Index("ix_conversation_turns_session", "tenant_id", "user_id", "customer_id", "session_id", "id"),
+    Index("ix_conversation_turns_session_id", "session_id"),  # foreign-session checks (app.api.security_checks)
 )
 
 
