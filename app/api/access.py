@@ -15,14 +15,18 @@ from fastapi import WebSocketException
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection, Request
 
+from app.api.identity_overrides import identity_overrides
 from app.api.request_body import BODY_METHODS, PARSED_BODY
-from app.core.auth import authenticate
+from app.core.auth import Principal, authenticate
 from app.core.errors import Forbidden
+from app.core.security_log import security_log_of
 
 ADMIN = frozenset({"admin"})
 ANALYSTS = frozenset({"admin", "manager", "rep"})
 MANAGERS = frozenset({"admin", "manager"})
 EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
+# Not a tenant role: it reaches no tenant's chains or data, only the operator routes.
+OPERATORS = frozenset({"operator"})
 
 INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
 LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
@@ -60,6 +64,7 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/usage": Policy(ADMIN),
     "/api/v1/ai/usage/runs": Policy(ADMIN),
     "/api/v1/ai/security/events": Policy(ADMIN),
+    "/api/v1/ai/security/events/all": Policy(OPERATORS),
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),
@@ -108,23 +113,41 @@ def _cost(path: str, body: object) -> int:
     return max(1, len(inputs)) if isinstance(inputs, list) else 1
 
 
+def _watch_chain_request(conn: Request, path: str, body: object, principal: Principal) -> None:
+    """Security events of a chain request that goes ahead: identity named in config,
+    metadata or input (ignored, but recorded), and a chat session id that may be
+    another tenant's (checked in the background: `app.core.cross_tenant`)."""
+    if overrides := identity_overrides(body, conn.path_params.get("config_hash"), principal):
+        security_log_of(conn).record_for(conn, "identity_override", principal, {"overrides": overrides})
+    if path.startswith(INSIGHTS_CHAT_PATH + "/") and isinstance(body, dict):
+        inputs = body.get("inputs") if isinstance(body.get("inputs"), list) else [body.get("input")]
+        sessions = {i.get("session_id") for i in inputs if isinstance(i, dict) and isinstance(i.get("session_id"), str)}
+        for session_id in sorted(sessions)[:10]:
+            conn.app.state.services.cross_tenant.notice_missing(conn, principal, "chat_session", session_id)
+
+
 async def guard_request(conn: HTTPConnection) -> None:
     route = conn.scope.get("route")
     path = getattr(route, "path", conn.url.path)
     is_websocket = conn.scope["type"] == "websocket"
     policy = policy_for(path, "WEBSOCKET" if is_websocket else conn.scope["method"])
     if policy is None:
+        security_log_of(conn).record_for(conn, "forbidden_role", None, {"reason": "no access policy for this route"})
         if is_websocket:
             raise WebSocketException(code=4403, reason="no access policy for this route")
         raise Forbidden("no access policy for this route")
     if policy.public or is_websocket:
         return
-    principal = await authenticate(conn)
+    principal = await authenticate(conn)  # a 401 is recorded where it is answered (app.api.errors)
     assert policy.roles is not None
     if not principal.has_any_role(policy.roles):
+        security_log_of(conn).record_for(conn, "forbidden_role", principal, {
+            "required": sorted(policy.roles), "roles": sorted(principal.roles), "method": conn.scope.get("method")})
         raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
     if not isinstance(conn, Request) or conn.method not in BODY_METHODS:
         return
     body = await _chain_body(conn) if _is_chain_run(path) else None
+    if _is_chain_run(path):
+        _watch_chain_request(conn, path, body, principal)
     if policy.rate_limited:
         await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))

@@ -107,6 +107,12 @@ class Settings(BaseSettings, ProviderSettings):
     audit_process_dead_after_s: float = Field(
         default=30.0, gt=0, description="A process silent this long is dead; its runs become 'interrupted'."
     )
+    security_log_per_client: str = Field(
+        default="30/minute", description="Security events recorded per kind and client address; more are only counted."
+    )
+    security_log_per_kind: str = Field(
+        default="600/minute", description="Security events recorded per kind from all clients; more are only counted."
+    )
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN

@@ -40,3 +40,11 @@ TOKENS = Counter(
     ["tenant", "feature", "provider", "model", "direction"],
 )
 SECURITY_EVENTS = Counter("ai_security_events_total", "Flagged security events.", ["kind"])
+SECURITY_EVENTS_SUPPRESSED = Counter(
+    "ai_security_events_suppressed_total",
+    "Security events counted but not written: their kind's or client's recording budget was spent.", ["kind"],
+)
+SECURITY_CHECKS_SKIPPED = Counter(
+    "ai_security_checks_skipped_total",
+    "Cross-tenant ownership checks skipped because too many were already running.", ["resource"],
+)

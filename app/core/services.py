@@ -19,6 +19,8 @@ from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
 from app.core.cpu_pool import FairCpuPool
+from app.core.cross_tenant import CrossTenantWatch
+from app.core.security_log import SecurityLog
 from app.core.config import Settings
 from app.core.scoring_comparison import ModelComparison
 from app.core.scoring_models import TenantScoringModels
@@ -31,6 +33,7 @@ from app.store.knowledge import KnowledgeBase
 from app.store.lead_outcomes import OutcomeLog
 from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
+from app.store.ownership import ResourceOwnership
 from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
@@ -82,6 +85,8 @@ class Services:
     liveness: ProcessLiveness
     rate_limiter: RequestRateLimiter
     cpu: FairCpuPool
+    security_log: SecurityLog
+    cross_tenant: CrossTenantWatch
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -129,6 +134,8 @@ class Services:
             check_every_s=settings.scoring_model_check_s,
         )
         outcomes = OutcomeLog(engine)
+        security_log = SecurityLog(audit, per_client=settings.security_log_per_client,
+                                   per_kind=settings.security_log_per_kind)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -170,6 +177,8 @@ class Services:
                 per_user=settings.rate_limit_user,
             ),
             cpu=cpu,
+            security_log=security_log,
+            cross_tenant=CrossTenantWatch(ResourceOwnership(engine), security_log),
         )
 
     def warm_up(self) -> None:
@@ -186,6 +195,7 @@ class Services:
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()
+        await self.cross_tenant.drain()
         await self.audit.close()
         await self.liveness.stop()
         await self.bus.close()

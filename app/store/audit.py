@@ -244,10 +244,12 @@ class AuditLog:
             return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
 
     async def recent_security_events(
-        self, tenant_id: str | None, limit: int, *, kind: str | None = None
+        self, tenant_id: str | None, limit: int, *, kind: str | None = None, every_tenant: bool = False
     ) -> list[dict[str, Any]]:
-        """Newest first; `tenant_id=None` reads every tenant's and the tenant-less ones
-        (an operator's view)."""
+        """Newest first; `every_tenant=True` (with no tenant) reads every tenant's and the
+        tenant-less ones: an operator's view, asked for explicitly, never by a missing id."""
+        if tenant_id is None and not every_tenant:
+            raise ValueError("a tenant, or every_tenant=True")
         statement = select(security_events).order_by(security_events.c.id.desc()).limit(limit)
         if tenant_id is not None:
             statement = statement.where(security_events.c.tenant_id == tenant_id)

@@ -1,8 +1,8 @@
 """Tamper-evident audit (#14 item 4) and security events with route and client (#14 item 3).
 
 Adds the per-tenant hash chain (`audit_chain`, `audit_chain_heads`), the `route` and
-`client_address` of security events, and the two indexes the cross-tenant checks look
-up by (a document id, a chat session id, whatever the tenant). Records written before
+`client_address` of security events, and the indexes the cross-tenant checks look
+up by (a document, lead or chat session id, whatever the tenant). Records written before
 this revision are chained here, in their order, so `python -m app audit verify` covers
 them too; their digests are computed from the tables as they stand at this revision
 (reflected, not the code's current tables).
@@ -49,6 +49,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("client_address", sa.String(64), nullable=True))
     op.create_index("ix_kb_documents_document_id", "kb_documents", ["document_id"])
     op.create_index("ix_conversation_turns_session_id", "conversation_turns", ["session_id"])
+    op.create_index("ix_lead_scores_lead_id", "lead_scores", ["lead_id"])
     _chain_existing_records(op.get_bind())
 
 
@@ -66,6 +67,7 @@ def _chain_existing_records(connection: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_lead_scores_lead_id", "lead_scores")
     op.drop_index("ix_conversation_turns_session_id", "conversation_turns")
     op.drop_index("ix_kb_documents_document_id", "kb_documents")
     with op.batch_alter_table("security_events") as batch:
