@@ -150,15 +150,26 @@ async def test_a_chopped_chain_tail_and_its_unchained_records_are_reported(url: 
                           rewound.stdout)) == 2, rewound.stdout
 
 
-async def test_interrupted_runs_are_chained_when_they_become_final(url: str) -> None:
+async def test_interrupted_runs_are_chained_and_chained_again_if_they_finish_after_all(url: str) -> None:
     await record_some(url)
     engine = create_engine(url)
     liveness = ProcessLiveness(engine, heartbeat_s=60, dead_after_s=30, interrupted_after_s=0)
     assert await liveness.sweep() == 1  # "still-running" belonged to process p1, which never beat
-    await engine.dispose()
     result = verify(url)
     assert result.returncode == 0, result.stdout
     assert "tenant acme: 7 links" in result.stdout
+    # A process only thought dead (a late heartbeat) finishes the run after all.
+    audit = AuditLog(engine, interrupted_after_s=900, process_id="p1")
+    await audit.run_finished("still-running", status="ok", tokens_in=1, tokens_out=2, cost_usd=0.0,
+                             latency_ms=3.0, degraded=False)
+    await audit.close()
+    await engine.dispose()
+    finished = verify(url)
+    assert finished.returncode == 0, finished.stdout
+    assert "tenant acme: 8 links" in finished.stdout
+    await execute(url, "UPDATE ai_runs SET status = 'interrupted' WHERE run_id = 'still-running'")
+    edited = verify(url)
+    assert edited.returncode == 1 and "(run still-running): the record's stored values changed" in edited.stdout
 
 
 async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: str) -> None:

@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Connection,
+    Index,
     Integer,
     String,
     Table,
     Text,
-    UniqueConstraint,
     bindparam,
     cast,
     insert,
@@ -62,7 +62,10 @@ audit_chain = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Column("chained_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("record_kind", "record_id", name="uq_audit_chain_record"),
+    # Not unique: a record that changes after it was chained (a run the liveness sweep
+    # marked interrupted that finishes after all) is chained again; its newest link
+    # must match what is stored, the older ones stay in the sequence.
+    Index("ix_audit_chain_record", "record_kind", "record_id"),
 )
 
 audit_chain_heads = Table(

@@ -3,7 +3,9 @@
 For every tenant it walks the links in sequence order and reports the first link of
 each kind of damage: a gap in the sequence (a deleted link), a `prev_hash` or `hash`
 that does not follow (an edited link), a record that no longer exists (a deleted
-record), a record whose stored values no longer match its digest (an edited record),
+record), a record whose stored values no longer match its newest link's digest (an
+edited record; a record chained twice, a run interrupted then finished, is compared
+with its newest link),
 a head row that disagrees with the last link (a chopped-off tail), and final records
 that have no link at all (inserted behind the service's back, or their link deleted).
 
@@ -67,6 +69,7 @@ def _verify_tenant(connection: Connection, tenant_id: str, tables: dict[str, Cha
     for link in links:
         wanted.setdefault(link["record_kind"], []).append(link["record_id"])
     stored = {kind: stored_values(connection, tables[kind], ids) for kind, ids in wanted.items() if kind in tables}
+    newest = {(link["record_kind"], link["record_id"]): link["seq"] for link in links}  # re-chained records
     expected_seq, previous = 1, GENESIS
     for link in links:
         record = f"{link['record_kind']} {link['record_id']}"
@@ -87,7 +90,8 @@ def _verify_tenant(connection: Connection, tenant_id: str, tables: dict[str, Cha
             problem("unknown record kind")
         elif values is None:
             problem("the record was deleted")
-        elif digest(link["record_kind"], values) != link["digest"]:
+        elif (newest[(link["record_kind"], link["record_id"])] == link["seq"]
+              and digest(link["record_kind"], values) != link["digest"]):
             problem("the record's stored values changed since it was chained: the record was edited")
         expected_seq, previous = link["seq"] + 1, link["hash"]
     report.links = len(links)

@@ -36,8 +36,8 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("chained_at", UTCDateTime(), nullable=False),
-        sa.UniqueConstraint("record_kind", "record_id", name="uq_audit_chain_record"),
     )
+    op.create_index("ix_audit_chain_record", "audit_chain", ["record_kind", "record_id"])
     op.create_table(
         "audit_chain_heads",
         sa.Column("tenant_id", sa.String(128), primary_key=True),
@@ -74,4 +74,5 @@ def downgrade() -> None:
         batch.drop_column("client_address")
         batch.drop_column("route")
     op.drop_table("audit_chain_heads")
+    op.drop_index("ix_audit_chain_record", "audit_chain")
     op.drop_table("audit_chain")
