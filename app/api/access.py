@@ -120,8 +120,11 @@ def _watch_chain_request(conn: Request, path: str, body: object, principal: Prin
     if overrides := identity_overrides(body, conn.path_params.get("config_hash"), principal):
         security_log_of(conn).record_for(conn, "identity_override", principal, {"overrides": overrides})
     if path.startswith(INSIGHTS_CHAT_PATH + "/") and isinstance(body, dict):
-        inputs = body.get("inputs") if isinstance(body.get("inputs"), list) else [body.get("input")]
-        sessions = {i.get("session_id") for i in inputs if isinstance(i, dict) and isinstance(i.get("session_id"), str)}
+        batch = body.get("inputs")
+        inputs: list[object] = batch if isinstance(batch, list) else [body.get("input")]
+        sessions: set[str] = {
+            i["session_id"] for i in inputs if isinstance(i, dict) and isinstance(i.get("session_id"), str)
+        }
         for session_id in sorted(sessions)[:10]:
             conn.app.state.services.cross_tenant.notice_missing(conn, principal, "chat_session", session_id)
 

@@ -43,7 +43,8 @@ def _configs(body: dict[str, Any], config_hash: str | None) -> list[tuple[str, o
     )
     if config_hash:
         try:
-            configs.append(("path config", json.loads(LZString.decompressFromEncodedURIComponent(config_hash) or "")))
+            decoded = LZString.decompressFromEncodedURIComponent(config_hash)  # type: ignore[no-untyped-call]
+            configs.append(("path config", json.loads(decoded or "")))
         except (ValueError, TypeError, KeyError, IndexError):
             pass  # LangServe refuses it by itself
     return configs

@@ -188,7 +188,7 @@ class AuditLog:
             finished = by_kind.get("run_finished", [])
             for row in finished:
                 # One statement per distinct column set: finished records differ in fields.
-                values = {k: bindparam(k) for k in row if k != "b_run_id"}
+                values: dict[str, Any] = {k: bindparam(k) for k in row if k != "b_run_id"}
                 await connection.execute(
                     update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
                 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, String, and_, cast, select
+from sqlalchemy import ColumnElement, Connection, String, and_, cast, select
 
 from app.store.audit_chain import (
     GENESIS,
@@ -118,7 +118,7 @@ def _unchained(connection: Connection, chained: ChainedTable) -> list[Problem]:
     joined = table.outerjoin(
         audit_chain, and_(audit_chain.c.record_kind == chained.kind, audit_chain.c.record_id == cast(key, String))
     )
-    condition = audit_chain.c.seq.is_(None)
+    condition: ColumnElement[bool] = audit_chain.c.seq.is_(None)
     if chained.final is not None:
         condition = and_(condition, chained.final)
     rows = connection.execute(select(key, table.c.tenant_id).select_from(joined).where(condition).limit(1000))
