@@ -15,11 +15,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import event, select, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, select, text
 
 from app.store.audit import AuditLog
 from app.store.audit_chain import audit_chain, audit_chain_heads
-from app.store.database import create_engine, database_url, migrate
+from app.store.database import MIGRATIONS, create_engine, database_url, migrate
 from app.store.liveness import ProcessLiveness
 from tests.support.replicas import PROJECT_ROOT
 from tests.support.servers import postgres_server
@@ -196,3 +198,29 @@ async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: st
         assert sorted(seq for t, seq in links if t == tenant) == list(range(1, 501))
     result = verify(url)
     assert result.returncode == 0, result.stdout
+
+
+async def test_records_written_before_the_chain_existed_are_chained_by_the_migration(url: str) -> None:
+    def up_to_0005_with_records(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+        connection.execute(text(
+            "INSERT INTO ai_runs (run_id, tenant_id, user_id, chain, status, tokens_in, tokens_out, cost_usd,"
+            " degraded, started_at) VALUES ('old-run', 'acme', 'u', 'scoring', 'ok', 3, 4, 0.5, false,"
+            " CURRENT_TIMESTAMP), ('old-running', 'acme', 'u', 'scoring', 'running', 0, 0, 0, false, CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO security_events (tenant_id, user_id, kind, detail, created_at)"
+            " VALUES ('acme', 'u', 'prompt_injection', '{\"excerpt\": \"old\"}', CURRENT_TIMESTAMP)"))
+
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(up_to_0005_with_records)
+    await migrate(engine)
+    await engine.dispose()
+    result = verify(url)
+    assert result.returncode == 0, result.stdout
+    assert "tenant acme: 2 links" in result.stdout, "the finished run and the event; the running run waits"
+    await execute(url, "UPDATE ai_runs SET cost_usd = 0 WHERE run_id = 'old-run'")
+    assert "(run old-run): the record's stored values changed" in verify(url).stdout

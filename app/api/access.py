@@ -9,6 +9,7 @@ forgotten open (the LangGraph Server pitfall, where unmatched requests are accep
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from fastapi import WebSocketException
@@ -151,6 +152,9 @@ async def guard_request(conn: HTTPConnection) -> None:
         return
     body = await _chain_body(conn) if _is_chain_run(path) else None
     if _is_chain_run(path):
-        _watch_chain_request(conn, path, body, principal)
+        try:
+            _watch_chain_request(conn, path, body, principal)
+        except Exception:  # noqa: BLE001 - watching must never fail the request it watches
+            logging.getLogger(__name__).exception("security checks of a chain request failed")
     if policy.rate_limited:
         await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))

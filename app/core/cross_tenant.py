@@ -1,5 +1,5 @@
-"""Notices a caller reaching for another tenant's resource: a document, lead or run id,
-or a chat session id, that its own tenant does not have and another one does.
+"""Notices a caller reaching for another tenant's resource: a document or lead id, or a
+chat session id, that its own tenant does not have and another one does.
 
 Why in the background: the answer to the caller is already decided (404, or a chat
 with no history); whether the id belongs to someone else only matters to the security

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.audit_chain import ChainedTable, chain_records
+from app.store.audit_chain import ChainedTable, chain_groups
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
@@ -192,14 +192,14 @@ class AuditLog:
                 await connection.execute(
                     update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
                 )
-            if finished:
-                await connection.run_sync(chain_records, CHAINED_RUNS, [row["b_run_id"] for row in finished], now)
+            event_ids: list[str] = []
             if rows := by_kind.get("security_event"):
                 inserted = await connection.execute(
                     insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), rows
                 )
-                ids = [str(event_id) for event_id in inserted.scalars()]
-                await connection.run_sync(chain_records, CHAINED_EVENTS, ids, now)
+                event_ids = [str(event_id) for event_id in inserted.scalars()]
+            run_ids = [row["b_run_id"] for row in finished]
+            await connection.run_sync(chain_groups, [(CHAINED_RUNS, run_ids), (CHAINED_EVENTS, event_ids)], now)
 
     def _status(self) -> Any:
         """Runs of processes without ids (before liveness existed) that are still

@@ -158,27 +158,37 @@ def _locked_head(connection: Connection, tenant_id: str) -> tuple[int, str]:
 
 
 def chain_records(connection: Connection, chained: ChainedTable, ids: Sequence[str], now: Any) -> int:
-    """Appends a link for each record in `ids` (in that order), digesting what is stored
-    now; call it in the transaction that made the records final. Returns links added."""
-    if not ids:
+    """Appends a link for each record in `ids` (in that order); see `chain_groups`."""
+    return chain_groups(connection, [(chained, ids)], now)
+
+
+def chain_groups(connection: Connection, groups: Sequence[tuple[ChainedTable, Sequence[str]]], now: Any) -> int:
+    """Appends a link for each record of each group (in that order), digesting what is
+    stored now; call it in the transaction that made the records final, after its other
+    writes. Every head of the batch is locked here, at once and in tenant order, so two
+    writers never wait on each other's heads in a cycle. Returns links added."""
+    if not any(ids for _, ids in groups):
         return 0
     pin_text_forms(connection)
-    values = stored_values(connection, chained, ids)
-    by_tenant: dict[str, list[tuple[str, str]]] = {}
-    for record_id in ids:
-        row = values.get(str(record_id))
-        if row is None:
-            continue  # nothing stored (a finish for a run whose start was never written)
-        tenant = row.get("tenant_id") or TENANTLESS
-        by_tenant.setdefault(tenant, []).append((str(record_id), digest(chained.kind, row)))
+    by_tenant: dict[str, list[tuple[str, str, str]]] = {}
+    for chained, ids in groups:
+        values = stored_values(connection, chained, ids) if ids else {}
+        for record_id in ids:
+            row = values.get(str(record_id))
+            if row is None:
+                continue  # nothing stored (a finish for a run whose start was never written)
+            tenant = row.get("tenant_id") or TENANTLESS
+            by_tenant.setdefault(tenant, []).append((chained.kind, str(record_id), digest(chained.kind, row)))
+    if not by_tenant:
+        return 0
     links: list[dict[str, Any]] = []
     heads: list[dict[str, Any]] = []
     for tenant in sorted(by_tenant):  # one lock order for every writer: no deadlocks
         seq, previous = _locked_head(connection, tenant)
-        for record_id, record_digest in by_tenant[tenant]:
+        for kind, record_id, record_digest in by_tenant[tenant]:
             seq += 1
-            current = link_hash(tenant, seq, chained.kind, record_id, record_digest, previous)
-            links.append({"tenant_id": tenant, "seq": seq, "record_kind": chained.kind, "record_id": record_id,
+            current = link_hash(tenant, seq, kind, record_id, record_digest, previous)
+            links.append({"tenant_id": tenant, "seq": seq, "record_kind": kind, "record_id": record_id,
                           "digest": record_digest, "prev_hash": previous, "hash": current, "chained_at": now})
             previous = current
         heads.append({"b_tenant": tenant, "b_seq": seq, "b_hash": previous})

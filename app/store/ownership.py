@@ -12,15 +12,14 @@ from typing import Literal
 from sqlalchemy import Column, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.audit import ai_runs
 from app.store.database import conversation_turns, documents, lead_scores
 
-Resource = Literal["document", "lead", "run", "chat_session"]
+# No route takes a run id (runs are only listed, per tenant), so runs have no entry.
+Resource = Literal["document", "lead", "chat_session"]
 
 _ID_COLUMNS: dict[Resource, Column[str]] = {
     "document": documents.c.document_id,
     "lead": lead_scores.c.lead_id,
-    "run": ai_runs.c.run_id,
     "chat_session": conversation_turns.c.session_id,
 }
 
