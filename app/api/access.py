@@ -151,10 +151,10 @@ async def guard_request(conn: HTTPConnection) -> None:
     if not isinstance(conn, Request) or conn.method not in BODY_METHODS:
         return
     body = await _chain_body(conn) if _is_chain_run(path) else None
-    if _is_chain_run(path):
+    if policy.rate_limited:
+        await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))
+    if _is_chain_run(path):  # after the rate limit: a refused request starts no background check
         try:
             _watch_chain_request(conn, path, body, principal)
         except Exception:  # noqa: BLE001 - watching must never fail the request it watches
             logging.getLogger(__name__).exception("security checks of a chain request failed")
-    if policy.rate_limited:
-        await conn.app.state.services.rate_limiter.check(principal, _cost(conn.url.path, body))
