@@ -4,6 +4,7 @@
 - `python -m app keys rotate [--data-keys]`: re-wraps every tenant's data keys under the
   current DATA_ENCRYPTION_KEY (the old one in DATA_ENCRYPTION_OLD_KEYS meanwhile); with
   `--data-keys`, also gives every tenant a new data key for its new records.
+- `python -m app audit verify`: checks the tamper-evident audit chain (`app.audit_cli`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     rotate = key_commands.add_parser("rotate", help="re-wrap data keys under the current master key")
     rotate.add_argument("--data-keys", action="store_true", help="also start a new data key per tenant")
+    audit = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the hash chain of the configured database; print tenant heads")
     args = parser.parse_args(argv)
     if args.command == "keys":
         return asyncio.run(rotate_keys(new_data_keys=args.data_keys))
+
+    if args.command == "audit":
+        from app.audit_cli import verify_command  # imports the stores: only this command needs them
+
+        return verify_command(get_settings())
 
     verifier = TokenVerifier(get_settings())
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]

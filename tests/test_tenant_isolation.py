@@ -82,7 +82,10 @@ def test_nothing_of_tenant_a_reaches_tenant_b(
         usage_b = http.get("/api/v1/ai/usage", headers=b).json()
         checks["usage records"] = {line["feature"] for line in usage_b["lines"]} == {"insights"}
         checks["run records"] = all(r["chain"] == "insights" for r in http.get("/api/v1/ai/usage/runs", headers=b).json())
-        checks["security events"] = http.get("/api/v1/ai/security/events", headers=b).json() == []
+        # B's only own event may be its use of A's session id (recorded in the background):
+        # nothing of A's is in B's list.
+        events_b = http.get("/api/v1/ai/security/events", headers=b).json()
+        checks["security events"] = [e["kind"] for e in events_b if e["kind"] != "foreign_session"] == []
         assert http.get("/api/v1/ai/security/events", headers=a).json(), "A's own events are visible to A"
     assert all(checks.values()), {k: v for k, v in checks.items() if not v}
 

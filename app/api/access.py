@@ -9,23 +9,27 @@ forgotten open (the LangGraph Server pitfall, where unmatched requests are accep
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from fastapi import WebSocketException
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection, Request
 
+from app.api.identity_overrides import identity_overrides
 from app.api.request_body import BODY_METHODS, PARSED_BODY
-from app.core.auth import authenticate
+from app.core.auth import Principal, authenticate
 from app.core.errors import Forbidden
+from app.core.security_log import security_log_of
 
 ADMIN = frozenset({"admin"})
 ANALYSTS = frozenset({"admin", "manager", "rep"})
 MANAGERS = frozenset({"admin", "manager"})
 EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
-# The service's operator: not a tenant role (it opens no tenant's chains or data), it
-# may only act on tenants as a whole (erasure) and read every tenant's security events.
-OPERATOR = frozenset({"operator"})
+# The service's operator: not a tenant role (it opens no tenant's chains or data): it
+# acts on tenants as a whole (erasure) and reads every tenant's security events, and only
+# with a token of OPERATOR_TENANT.
+OPERATORS = frozenset({"operator"})
 
 INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
 LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
@@ -65,7 +69,8 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/security/events": Policy(ADMIN),
     "/api/v1/ai/privacy/customers/{customer_id}/export": Policy(ADMIN, rate_limited=True),
     "/api/v1/ai/privacy/customers/{customer_id}": Policy(ADMIN, rate_limited=True),
-    "/api/v1/ai/privacy/tenants/{tenant_id}": Policy(OPERATOR),
+    "/api/v1/ai/privacy/tenants/{tenant_id}": Policy(OPERATORS),
+    "/api/v1/ai/security/events/all": Policy(OPERATORS),
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),
@@ -118,27 +123,53 @@ def _cost(path: str, body: object) -> int:
     return max(1, len(inputs)) if isinstance(inputs, list) else 1
 
 
+def _watch_chain_request(conn: Request, path: str, body: object, principal: Principal) -> None:
+    """Security events of a chain request that goes ahead: identity named in config,
+    metadata or input (ignored, but recorded), and a chat session id that may be
+    another tenant's (checked in the background: `app.core.cross_tenant`)."""
+    if overrides := identity_overrides(body, conn.path_params.get("config_hash"), principal):
+        security_log_of(conn).record_for(conn, "identity_override", principal, {"overrides": overrides})
+    if path.startswith(INSIGHTS_CHAT_PATH + "/") and isinstance(body, dict):
+        batch = body.get("inputs")
+        inputs: list[object] = batch if isinstance(batch, list) else [body.get("input")]
+        sessions: set[str] = {
+            i["session_id"] for i in inputs if isinstance(i, dict) and isinstance(i.get("session_id"), str)
+        }
+        for session_id in sorted(sessions)[:10]:
+            conn.app.state.services.cross_tenant.notice_missing(conn, principal, "chat_session", session_id)
+
+
 async def guard_request(conn: HTTPConnection) -> None:
     route = conn.scope.get("route")
     path = getattr(route, "path", conn.url.path)
     is_websocket = conn.scope["type"] == "websocket"
     policy = policy_for(path, "WEBSOCKET" if is_websocket else conn.scope["method"])
     if policy is None:
+        security_log_of(conn).record_for(conn, "forbidden_role", None, {"reason": "no access policy for this route"})
         if is_websocket:
             raise WebSocketException(code=4403, reason="no access policy for this route")
         raise Forbidden("no access policy for this route")
     if policy.public or is_websocket:
         return
-    principal = await authenticate(conn)
+    principal = await authenticate(conn)  # a 401 is recorded where it is answered (app.api.errors)
     assert policy.roles is not None
     if not principal.has_any_role(policy.roles):
+        security_log_of(conn).record_for(conn, "forbidden_role", principal, {
+            "required": sorted(policy.roles), "roles": sorted(principal.roles), "method": conn.scope.get("method")})
         raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
     services = conn.app.state.services
-    if policy.roles == OPERATOR and principal.tenant_id != services.settings.operator_tenant:
+    if policy.roles == OPERATORS and principal.tenant_id != services.settings.operator_tenant:
         # The role alone is a string any token of the issuer could carry: operators are
         # also the members of the one operator tenant (OPERATOR_TENANT).
+        security_log_of(conn).record_for(conn, "forbidden_role", principal, {
+            "required": "operator tenant", "roles": sorted(principal.roles), "method": conn.scope.get("method")})
         raise Forbidden("operator routes need a token of the operator tenant")
     has_body = isinstance(conn, Request) and conn.method in BODY_METHODS
     body = await _chain_body(conn) if has_body and _is_chain_run(path) else None
     if policy.rate_limited:
         await services.rate_limiter.check(principal, _cost(conn.url.path, body))
+    if _is_chain_run(path):  # after the rate limit: a refused request starts no background check
+        try:
+            _watch_chain_request(conn, path, body, principal)
+        except Exception:  # noqa: BLE001 - watching must never fail the request it watches
+            logging.getLogger(__name__).exception("security checks of a chain request failed")

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
 from app.core.errors import AppError, RateLimited, Unauthenticated, Unprocessable
+from app.core.security_log import security_log_of
 from app.store.audit import AuditUnavailable
 from app.store.knowledge import DocumentNotFound
 from chains.context import MissingIdentity
@@ -90,7 +91,12 @@ def error_response(error: AppError) -> JSONResponse:
 
 
 async def app_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Every HTTP 401 raised in a route or dependency is answered here, so it is
+    recorded here (tenant-less: nothing in a refused token is trusted). The sign-in
+    middleware and WebSocket handlers answer their own and record them themselves."""
     assert isinstance(exc, AppError)
+    if isinstance(exc, Unauthenticated):
+        security_log_of(request).token_refused(request, exc)
     return error_response(exc)
 
 

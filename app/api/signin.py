@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.errors import error_response
 from app.core.auth import TokenVerifier
 from app.core.errors import Unauthenticated
+from app.core.security_log import security_log_of
 
 
 _UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f\\]")
@@ -55,6 +56,7 @@ class TokenSignInMiddleware:
         try:
             principal = await self.verifier.verify(token)
         except Unauthenticated as error:
+            security_log_of(request).token_refused(request, error)
             await error_response(error)(scope, receive, send)
             return
         remaining = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]

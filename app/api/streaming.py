@@ -70,13 +70,16 @@ async def serve_websocket(
     services: Services = websocket.app.state.services
     close_timeout_s = services.settings.ws_send_timeout_s
     await websocket.accept()
+    principal: Principal | None = None
     try:
         principal, auth_event_id = await authenticate_websocket(websocket, services)
         ensure_may_watch(websocket, principal)
     except Unauthenticated as error:
+        services.security_log.token_refused(websocket, error)
         await _close(websocket, CLOSE_UNAUTHENTICATED, error.detail, close_timeout_s)
         return
     except Forbidden as error:
+        services.security_log.record_for(websocket, "forbidden_role", principal, {"reason": error.detail})
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
         return
     channel = channel_of(principal)

@@ -187,6 +187,7 @@ class WebSocketFeed:
         try:
             fresh = await self.services.verifier.verify(token)
         except Unauthenticated as refused:
+            self.services.security_log.token_refused(self.websocket, refused)
             await self.error("invalid_token", refused.detail)
             return
         if (fresh.tenant_id, fresh.user_id) != (self.principal.tenant_id, self.principal.user_id):

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -48,13 +47,13 @@ class Principal:
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     tenant_id = claims.get("tenant_id")
     if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.fullmatch(tenant_id):
-        raise Unauthenticated("token has no valid tenant_id claim")
+        raise Unauthenticated("token has no valid tenant_id claim", reason="claims")
     user_id = claims.get("sub")
     if not isinstance(user_id, str) or not user_id or len(user_id) > 256:
-        raise Unauthenticated("token has no valid sub claim")
+        raise Unauthenticated("token has no valid sub claim", reason="claims")
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-        raise Unauthenticated("roles claim must be a list of strings")
+        raise Unauthenticated("roles claim must be a list of strings", reason="claims")
     return Principal(
         user_id=user_id,
         tenant_id=tenant_id,
@@ -102,11 +101,11 @@ class TokenVerifier:
         Refusals say what kind of problem it was, never the library's own message (it
         can echo attacker-chosen content); the detail goes to the security log."""
         if len(token) > MAX_TOKEN_BYTES:
-            raise Unauthenticated("token too large")
+            raise Unauthenticated("token too large", reason="too_large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise Unauthenticated("malformed token") from exc
+            raise Unauthenticated("malformed token", reason="malformed") from exc
         algorithm = header.get("alg")
         key: Any
         secret = self.secret if algorithm in SYMMETRIC_ALGORITHMS else None
@@ -117,10 +116,10 @@ class TokenVerifier:
                 # PyJWKClient fetches with blocking urllib; keys are cached after the first call.
                 signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
             except jwt.PyJWTError as exc:
-                raise Unauthenticated("no signing key for this token") from exc
+                raise Unauthenticated("no signing key for this token", reason="unknown_key") from exc
             key, allowed = signing_key.key, list(ASYMMETRIC_ALGORITHMS)
         else:
-            raise Unauthenticated("token algorithm is not accepted")
+            raise Unauthenticated("token algorithm is not accepted", reason="algorithm")
         try:
             claims = jwt.decode(
                 token,
@@ -132,9 +131,16 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise Unauthenticated("token expired") from exc
+            raise Unauthenticated("token expired", reason="expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("invalid token", reason="wrong_audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("invalid token", reason="wrong_issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            reason = {"aud": "wrong_audience", "iss": "wrong_issuer"}.get(exc.claim, "missing_claim")
+            raise Unauthenticated("invalid token", reason=reason) from exc
         except jwt.PyJWTError as exc:
-            raise Unauthenticated("invalid token") from exc
+            raise Unauthenticated("invalid token", reason="invalid") from exc
         return _principal_from_claims(claims)
 
     def mint(
@@ -167,7 +173,7 @@ def token_from_connection(conn: HTTPConnection, cookie_name: str) -> str | None:
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+            raise Unauthenticated("Authorization header must be 'Bearer <token>'", reason="malformed_header")
         return credentials.strip()
     return conn.cookies.get(cookie_name) or None
 
@@ -186,7 +192,7 @@ async def authenticate(conn: HTTPConnection) -> Principal:
     verifier: TokenVerifier = services.verifier
     token = token_from_connection(conn, services.settings.auth_cookie_name)
     if token is None:
-        raise Unauthenticated("missing bearer token")
+        raise Unauthenticated("missing bearer token", reason="missing")
     principal = await verifier.verify(token)
     conn.state.principal = principal
     return principal

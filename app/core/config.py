@@ -130,6 +130,12 @@ class Settings(BaseSettings, ProviderSettings):
     alert_webhook_max_attempts: int = Field(default=6, ge=1, le=20, description="Then the alert is given up (logged, counted).")
     alert_webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry pause; doubles, at most 60 s.")
     alert_webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    security_log_per_client: str = Field(
+        default="30/minute", description="Security events recorded per kind and client address; more are only counted."
+    )
+    security_log_per_kind: str = Field(
+        default="600/minute", description="Security events recorded per kind from all clients; more are only counted."
+    )
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN

@@ -15,7 +15,14 @@ class AppError(Exception):
 
 
 class Unauthenticated(AppError):
+    """`reason` is a short code for the security log (`app.core.security_log`), never
+    shown to the client beyond the detail it already gets."""
+
     status_code = 401
+
+    def __init__(self, detail: str, reason: str = "invalid_token") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class Forbidden(AppError):

@@ -51,3 +51,11 @@ PROVIDER_CIRCUIT_TRANSITIONS = Counter(
 ALERT_WEBHOOK_DELIVERIES = Counter(
     "ai_alert_webhook_deliveries_total", "Alert webhook attempts, by result (delivered, retried, failed).", ["result"]
 )
+SECURITY_EVENTS_SUPPRESSED = Counter(
+    "ai_security_events_suppressed_total",
+    "Security events counted but not written: their kind's or client's recording budget was spent.", ["kind"],
+)
+SECURITY_CHECKS_SKIPPED = Counter(
+    "ai_security_checks_skipped_total",
+    "Cross-tenant ownership checks skipped because too many were already running.", ["resource"],
+)

@@ -4,10 +4,10 @@ A breaker that opens or closes (`chains.providers.health`) raises, in the backgr
 the call that caused it is not slowed:
 
 - an `alert` event on the admin channel (`WS /ws/ai/admin`, `GET /api/v1/ai/stream/admin`);
-  provider health is shared by all tenants, so the event is tenant-less (`tenant_id ""`)
+  provider health is shared by all tenants, so the event is tenant-less (`tenant_id "-"`)
   and every tenant's admins receive it;
 - an ops record: a `security_events` row of kind `provider_circuit_opened` or
-  `provider_circuit_closed` under the operator bucket (tenant id "");
+  `provider_circuit_closed` in the tenant-less bucket (tenant id "-") operators read;
 - metrics: the breaker state gauge per provider and a transition counter;
 - the signed webhook (`ALERT_WEBHOOK_URL`) when configured.
 
@@ -26,11 +26,11 @@ from app.core.metrics import PROVIDER_CIRCUIT_STATE, PROVIDER_CIRCUIT_TRANSITION
 from app.realtime.bus import EventBus
 from app.realtime.events import ADMIN_CHANNEL
 from app.store.audit import AuditLog
+from app.store.audit_chain import TENANTLESS
 from chains.providers.health import STATE_VALUE, BreakerState, Transition
 
 log = logging.getLogger(__name__)
 
-OPERATOR_TENANT = ""  # the tenant-less bucket of operator records
 SYSTEM_USER = "system"
 KINDS = {BreakerState.OPEN: "provider_circuit_opened", BreakerState.CLOSED: "provider_circuit_closed"}
 
@@ -76,19 +76,19 @@ class ProviderAlerts:
         data = alert_data(transition)
         message: dict[str, Any] | None = None
         try:
-            event = await self.bus.publish(ADMIN_CHANNEL, type="alert", tenant_id=OPERATOR_TENANT, data=data)
+            event = await self.bus.publish(ADMIN_CHANNEL, type="alert", tenant_id=TENANTLESS, data=data)
             message = event.as_message()
         except Exception:  # noqa: BLE001 - the other channels still carry it
             log.exception("provider alert could not be published")
         try:
             await self.audit.security_event(
-                wait=False, tenant_id=OPERATOR_TENANT, user_id=SYSTEM_USER, run_id=None, kind=data["kind"], detail=data
+                wait=False, tenant_id=TENANTLESS, user_id=SYSTEM_USER, run_id=None, kind=data["kind"], detail=data
             )
         except Exception:  # noqa: BLE001
             log.exception("provider alert could not be recorded")
         if self.webhook is not None:
             if message is None:
-                message = {"id": None, "type": "alert", "tenant_id": OPERATOR_TENANT, "data": data,
+                message = {"id": None, "type": "alert", "tenant_id": TENANTLESS, "data": data,
                            "created_at": _iso(transition.at)}
             self.webhook.send(message)
 

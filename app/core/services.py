@@ -28,6 +28,8 @@ from app.crypto.secret_file import load_or_create_secret
 from app.realtime.redis_data_keys import RedisDataKeyStore
 from app.store.data_keys import SqlDataKeyStore
 from app.core.cpu_pool import FairCpuPool
+from app.core.cross_tenant import CrossTenantWatch
+from app.core.security_log import SecurityLog
 from app.core.config import Settings
 from app.core.scoring_comparison import ModelComparison
 from app.core.scoring_models import TenantScoringModels
@@ -42,6 +44,7 @@ from app.store.lead_outcomes import OutcomeLog
 from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
 from app.store.provider_health import RedisBreakerStore
+from app.store.ownership import ResourceOwnership
 from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
@@ -139,6 +142,8 @@ class Services:
     cpu: FairCpuPool
     privacy: Privacy
     retention: RetentionSweeper
+    security_log: SecurityLog
+    cross_tenant: CrossTenantWatch
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -198,6 +203,8 @@ class Services:
             policy = BreakerPolicy.from_settings(settings)
             store: BreakerStore = RedisBreakerStore(redis, policy) if redis is not None else InMemoryBreakerStore(policy)
             breakers = CircuitBreakers(store, observer=provider_alerts)
+        security_log = SecurityLog(audit, per_client=settings.security_log_per_client,
+                                   per_kind=settings.security_log_per_kind)
         return cls(
             settings=settings,
             verifier=TokenVerifier(settings),
@@ -250,6 +257,8 @@ class Services:
                 "interactions": settings.retention_interactions_days,
                 "lead_scores": settings.retention_lead_scores_days,
             }, every_s=settings.retention_sweep_s),
+            security_log=security_log,
+            cross_tenant=CrossTenantWatch(ResourceOwnership(engine), security_log),
         )
 
     def warm_up(self) -> None:
@@ -270,6 +279,7 @@ class Services:
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()
+        await self.cross_tenant.drain()
         await self.audit.close()
         await self.liveness.stop()
         await self.bus.close()

@@ -1,5 +1,8 @@
 """The audit trail: one durable record per AI decision, and the security events.
 
+Final records are chained per tenant in the same transaction (`app.store.audit_chain`):
+a finished run when its record is completed, a security event when it is inserted.
+
 A run's record is written *before* the run starts (status `running`) and completed
 when it ends, so a process killed mid-run leaves a record that later reads as
 `interrupted` instead of no record at all. Writes go through one writer task that
@@ -35,7 +38,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
+from app.store.audit_chain import ChainedTable, chain_groups
 from app.store.database import UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
@@ -80,8 +85,22 @@ security_events = Table(
     Column("kind", String(64), nullable=False),
     Column("detail", JSON, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("route", String(256), nullable=True),  # where it happened (a route template)
+    Column("client_address", String(64), nullable=True),  # who knocked, as the server saw it
     Index("ix_security_events_tenant", "tenant_id", "created_at"),
 )
+
+CHAINED_RUNS = ChainedTable("run", ai_runs, "run_id", final=ai_runs.c.status.not_in(("running",)))
+CHAINED_EVENTS = ChainedTable("security_event", security_events, "id")
+CHAINED_TABLES = (CHAINED_RUNS, CHAINED_EVENTS)
+
+
+def _opened_detail(cipher: TenantCipher, stored: Any) -> Any:
+    """An erased tenant's records stay in the chain, but their details no longer open."""
+    try:
+        return cipher.open_json(DETAIL, stored)
+    except DecryptionFailed:
+        return {"unreadable": "sealed with a data key that was destroyed (the tenant's erasure)"}
 
 
 def utcnow() -> datetime:
@@ -136,9 +155,13 @@ class AuditLog:
         await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
 
     async def security_event(self, *, wait: bool = True, **values: Any) -> None:
-        cipher = await self.keys.cipher(values["tenant_id"])
-        values["detail"] = cipher.seal_json(DETAIL, values.get("detail") or {})
         await self._submit("security_event", {**values, "created_at": utcnow()}, wait=wait)
+
+    def enqueue_security_event(self, **values: Any) -> None:
+        """Queues an event without waiting for it (the security log's path: recording
+        must never fail or slow the request it is about). Needs a running loop."""
+        self._ensure_writer()
+        self._queue.put_nowait(_Write("security_event", {**values, "created_at": utcnow()}))
 
     async def _write_forever(self) -> None:
         while True:
@@ -172,17 +195,34 @@ class AuditLog:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in batch:
             by_kind.setdefault(item.kind, []).append(item.values)
+        now = utcnow()
         async with self.engine.begin() as connection:
             if rows := by_kind.get("run_started"):
                 await connection.execute(insert(ai_runs), rows)
-            for row in by_kind.get("run_finished", ()):
+            finished = by_kind.get("run_finished", [])
+            for row in finished:
                 # One statement per distinct column set: finished records differ in fields.
-                values = {k: bindparam(k) for k in row if k != "b_run_id"}
+                values: dict[str, Any] = {k: bindparam(k) for k in row if k != "b_run_id"}
                 await connection.execute(
                     update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
                 )
-            if rows := by_kind.get("security_event"):
-                await connection.execute(insert(security_events), rows)
+            event_ids: list[str] = []
+            if rows := await self._sealed(by_kind.get("security_event", [])):
+                inserted = await connection.execute(
+                    insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), rows
+                )
+                event_ids = [str(event_id) for event_id in inserted.scalars()]
+            run_ids = [row["b_run_id"] for row in finished]
+            await connection.run_sync(chain_groups, [(CHAINED_RUNS, run_ids), (CHAINED_EVENTS, event_ids)], now)
+
+    async def _sealed(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Details sealed in the writer, so a key that cannot be read yet (the database
+        blinked) is retried with the batch instead of failing the caller."""
+        sealed = []
+        for event in events:
+            cipher = await self.keys.cipher(event["tenant_id"])
+            sealed.append({**event, "detail": cipher.seal_json(DETAIL, event.get("detail") or {})})
+        return sealed
 
     def _status(self) -> Any:
         """Runs of processes without ids (before liveness existed) that are still
@@ -226,17 +266,22 @@ class AuditLog:
         async with self.engine.connect() as connection:
             return [dict(row) for row in (await connection.execute(statement)).mappings().all()]
 
-    async def recent_security_events(self, tenant_id: str, limit: int) -> list[dict[str, Any]]:
-        statement = (
-            select(security_events)
-            .where(security_events.c.tenant_id == tenant_id)
-            .order_by(security_events.c.id.desc())
-            .limit(limit)
-        )
+    async def recent_security_events(
+        self, tenant_id: str | None, limit: int, *, kind: str | None = None, every_tenant: bool = False
+    ) -> list[dict[str, Any]]:
+        """Newest first; `every_tenant=True` (with no tenant) reads every tenant's and the
+        tenant-less ones: an operator's view, asked for explicitly, never by a missing id."""
+        if tenant_id is None and not every_tenant:
+            raise ValueError("a tenant, or every_tenant=True")
+        statement = select(security_events).order_by(security_events.c.id.desc()).limit(limit)
+        if tenant_id is not None:
+            statement = statement.where(security_events.c.tenant_id == tenant_id)
+        if kind is not None:
+            statement = statement.where(security_events.c.kind == kind)
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).mappings().all()
-        cipher = await self.keys.cipher(tenant_id)
-        return [{**row, "detail": cipher.open_json(DETAIL, row["detail"])} for row in rows]
+        ciphers = {tenant: await self.keys.cipher(tenant) for tenant in {row["tenant_id"] for row in rows}}
+        return [{**row, "detail": _opened_detail(ciphers[row["tenant_id"]], row["detail"])} for row in rows]
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -75,6 +75,7 @@ documents = Table(
     Column("text", Text, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
+    Index("ix_kb_documents_document_id", "document_id"),  # cross-tenant checks of 404s (app.store.ownership)
 )
 
 document_chunks = Table(
@@ -103,6 +104,7 @@ conversation_turns = Table(
     Column("content", Text, nullable=False),
     Column("created_at", UTCDateTime(), server_default=func.now(), nullable=False),
     Index("ix_conversation_turns_session", "tenant_id", "user_id", "customer_id", "session_id", "id"),
+    Index("ix_conversation_turns_session_id", "session_id"),  # foreign-session checks (app.store.ownership)
 )
 
 
@@ -150,6 +152,7 @@ lead_scores = Table(
     Column("explanation", JSON, nullable=False),  # reasoning and base_log_odds, as served
     Column("scored_at", UTCDateTime(), nullable=False),
     Index("ix_lead_scores_lead", "tenant_id", "lead_id", "id"),
+    Index("ix_lead_scores_lead_id", "lead_id"),  # cross-tenant checks of 404s (app.store.ownership)
 )
 
 lead_outcomes = Table(

@@ -21,7 +21,8 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.audit import ai_runs, utcnow
+from app.store.audit import CHAINED_RUNS, ai_runs, utcnow
+from app.store.audit_chain import chain_records
 from app.store.database import service_processes
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,14 @@ class ProcessLiveness:
                 update(ai_runs)
                 .where(and_(ai_runs.c.status == "running", or_(orphaned, legacy)))
                 .values(status="interrupted")
+                .returning(ai_runs.c.run_id)
             )
+            # `interrupted` is final: chained here, like a run that finished.
+            interrupted = sorted(result.scalars())
+            await connection.run_sync(chain_records, CHAINED_RUNS, interrupted, now)
             await connection.execute(delete(service_processes).where(
                 service_processes.c.last_seen < now - FORGET_PROCESSES_AFTER))
-        return int(result.rowcount or 0)
+        return len(interrupted)
 
     async def _beat_forever(self) -> None:
         while True:

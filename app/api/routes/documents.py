@@ -7,16 +7,19 @@ the AI tells every rep, so who changed which one, and when, is kept.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import CurrentPrincipal, ServicesDep
 from app.core.auth import Principal
 from app.core.services import Services
-from app.store.knowledge import StoredDocument
+from app.store.knowledge import DocumentNotFound, StoredDocument
+
+_T = TypeVar("_T")
 from chains.schemas import CUSTOMER_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/ai/insights", tags=["insights"])
@@ -59,6 +62,17 @@ async def _audit(services: Services, principal: Principal, kind: str, stored: St
     )
 
 
+async def _in_tenant(request: Request, services: Services, principal: Principal, document_id: str,
+                     lookup: Awaitable[_T]) -> _T:
+    """A document id the caller's tenant does not have may be another tenant's: that is
+    checked after the 404 is answered (`app.core.cross_tenant`)."""
+    try:
+        return await lookup
+    except DocumentNotFound:
+        services.cross_tenant.notice_missing(request, principal, "document", document_id)
+        raise
+
+
 def _stored(stored: StoredDocument) -> DocumentStored:
     return DocumentStored(document_id=stored.document_id, customer_id=stored.customer_id,
                           title=stored.title, chunks=stored.chunks)
@@ -92,26 +106,33 @@ async def list_documents(
 
 
 @router.get("/documents/{document_id}")
-async def read_document(document_id: DocumentId, principal: CurrentPrincipal, services: ServicesDep) -> DocumentRead:
-    found = await services.knowledge.get_document(tenant_id=principal.tenant_id, document_id=document_id)
+async def read_document(
+    document_id: DocumentId, request: Request, principal: CurrentPrincipal, services: ServicesDep
+) -> DocumentRead:
+    found = await _in_tenant(request, services, principal, document_id,
+                             services.knowledge.get_document(tenant_id=principal.tenant_id, document_id=document_id))
     return DocumentRead.model_validate(found, from_attributes=True)
 
 
 @router.put("/documents/{document_id}")
 async def replace_document(
-    document_id: DocumentId, document_in: DocumentIn, principal: CurrentPrincipal, services: ServicesDep
+    document_id: DocumentId, document_in: DocumentIn, request: Request, principal: CurrentPrincipal,
+    services: ServicesDep,
 ) -> DocumentStored:
     """Replaces the document; its passages are re-chunked and re-embedded at once, so the
     next question is answered from the new text."""
-    stored = await services.knowledge.replace_document(
+    stored = await _in_tenant(request, services, principal, document_id, services.knowledge.replace_document(
         tenant_id=principal.tenant_id, document_id=document_id, customer_id=document_in.customer_id,
         title=document_in.title, text=document_in.text,
-    )
+    ))
     await _audit(services, principal, "document_updated", stored)
     return _stored(stored)
 
 
 @router.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_document(document_id: DocumentId, principal: CurrentPrincipal, services: ServicesDep) -> None:
-    stored = await services.knowledge.delete_document(tenant_id=principal.tenant_id, document_id=document_id)
+async def delete_document(
+    document_id: DocumentId, request: Request, principal: CurrentPrincipal, services: ServicesDep
+) -> None:
+    stored = await _in_tenant(request, services, principal, document_id,
+                              services.knowledge.delete_document(tenant_id=principal.tenant_id, document_id=document_id))
     await _audit(services, principal, "document_deleted", stored)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -142,10 +142,14 @@ class LeadScoreRecord(BaseModel):
 
 
 @router.get(LEAD_PATH)
-async def read_lead_score(lead_id: LeadId, principal: CurrentPrincipal, services: ServicesDep) -> LeadScoreRecord:
+async def read_lead_score(
+    lead_id: LeadId, request: Request, principal: CurrentPrincipal, services: ServicesDep
+) -> LeadScoreRecord:
     """The lead's latest score with its reasoning, its earlier scores and its outcomes."""
     scores = await services.scores.history(principal.tenant_id, lead_id)
     if not scores:
+        # Lead ids are the CRM's and may repeat across tenants: a signal, checked later.
+        services.cross_tenant.notice_missing(request, principal, "lead", lead_id)
         raise NotFound(f"lead {lead_id!r} was never scored in your tenant")
     latest = scores[0]
     outcomes = await services.outcomes.for_lead(principal.tenant_id, lead_id)

@@ -1,4 +1,5 @@
-"""A tenant admin's view of their own AI usage, runs and security events."""
+"""A tenant admin's view of their own AI usage, runs and security events; an operator's
+view of every tenant's security events and the tenant-less ones (refused tokens)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from app.api.deps import CurrentPrincipal, ServicesDep
+from app.core.auth import TENANT_ID_PATTERN
 from app.store.audit import utcnow
+from app.store.audit_chain import TENANTLESS
 
 router = APIRouter(prefix="/api/v1/ai", tags=["usage and audit"])
 
@@ -64,6 +67,15 @@ class SecurityEventRecord(BaseModel):
     kind: str
     detail: dict[str, Any]
     created_at: datetime
+    route: str | None = None
+    client_address: str | None = None
+
+
+class OperatorSecurityEventRecord(SecurityEventRecord):
+    tenant_id: str = Field(description=f"The tenant; {TENANTLESS!r} when no tenant was verified (a refused token).")
+
+
+EventKind = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 
 
 @router.get("/usage")
@@ -108,7 +120,24 @@ async def read_recent_runs(
 async def read_security_events(
     principal: CurrentPrincipal, services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    kind: EventKind = None,
 ) -> list[SecurityEventRecord]:
-    """Flagged inputs (prompt-injection attempts) of the caller's tenant, newest first."""
-    rows = await services.audit.recent_security_events(principal.tenant_id, limit)
+    """The caller's tenant's security events, newest first: flagged inputs (prompt
+    injection), forbidden roles, identity overrides, cross-tenant attempts, document changes."""
+    rows = await services.audit.recent_security_events(principal.tenant_id, limit, kind=kind)
     return [SecurityEventRecord(**row) for row in rows]
+
+
+@router.get("/security/events/all")
+async def read_all_security_events(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    kind: EventKind = None,
+    tenant_id: Annotated[
+        str | None, Query(max_length=128, pattern=f"^(?:{TENANT_ID_PATTERN.pattern}|{TENANTLESS})$")
+    ] = None,
+) -> list[OperatorSecurityEventRecord]:
+    """Operators only: every tenant's security events and the tenant-less ones (refused
+    tokens), newest first; `tenant_id` narrows to one tenant (`-`: the tenant-less)."""
+    rows = await services.audit.recent_security_events(tenant_id, limit, kind=kind, every_tenant=tenant_id is None)
+    return [OperatorSecurityEventRecord(**row) for row in rows]

@@ -3,8 +3,8 @@
 Existing rows stay as they were and are read as plaintext until rewritten: records
 sealed from now on carry a header (app.crypto.envelope) that tells them apart.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from alembic import op
 
 from app.store.database import UTCDateTime
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 
 
 def upgrade() -> None:
