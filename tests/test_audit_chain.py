@@ -25,6 +25,7 @@ from app.store.database import MIGRATIONS, create_engine, database_url, migrate
 from app.store.liveness import ProcessLiveness
 from tests.support.replicas import PROJECT_ROOT
 from tests.support.servers import postgres_server
+from tests.support.stores import keyring_for
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -59,7 +60,7 @@ async def record_some(url: str) -> None:
     """Two tenants' runs and events, and a tenant-less event, through the service's writer."""
     engine = create_engine(url)
     await migrate(engine)
-    audit = AuditLog(engine, interrupted_after_s=900, process_id="p1")
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
     for tenant in ("acme", "globex"):
         for n in range(3):
             run_id = f"{tenant}-run-{n}"
@@ -161,7 +162,7 @@ async def test_interrupted_runs_are_chained_and_chained_again_if_they_finish_aft
     assert result.returncode == 0, result.stdout
     assert "tenant acme: 7 links" in result.stdout
     # A process only thought dead (a late heartbeat) finishes the run after all.
-    audit = AuditLog(engine, interrupted_after_s=900, process_id="p1")
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
     await audit.run_finished("still-running", status="ok", tokens_in=1, tokens_out=2, cost_usd=0.0,
                              latency_ms=3.0, degraded=False)
     await audit.close()
@@ -180,7 +181,7 @@ async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: st
     commits = [0]
     for engine in engines:
         event.listen(engine.sync_engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
-    writers = [AuditLog(engine, interrupted_after_s=900, process_id=f"p{i}") for i, engine in enumerate(engines)]
+    writers = [AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id=f"p{i}") for i, engine in enumerate(engines)]
 
     async def write(writer: AuditLog, n: int) -> None:
         await writer.security_event(tenant_id=("acme", "globex")[n % 2], user_id=f"u{n}", run_id=None,

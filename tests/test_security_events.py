@@ -89,7 +89,7 @@ def test_refused_tokens_go_to_the_tenantless_bucket_that_only_operators_read(
     for token in wrong.values():
         response = http.get("/api/v1/ai/usage", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
-    operator = auth("ops", "olga", roles=("operator",))
+    operator = auth("operator", "olga", roles=("operator",))
     events = events_until(http, ALL_EVENTS, operator, lambda e: set(wrong) <= {x["kind"] for x in e}, tenant_id="-")
     for kind in wrong:
         event = next(e for e in events if e["kind"] == kind)
@@ -103,15 +103,17 @@ def test_refused_tokens_go_to_the_tenantless_bucket_that_only_operators_read(
 def test_operator_is_no_tenant_role_and_operator_routes_are_operators_only(
     http: httpx.Client, auth: Callable[..., dict[str, str]]
 ) -> None:
-    operator = auth("ops", "olga", roles=("operator",))
+    operator = auth("operator", "olga", roles=("operator",))
     assert http.post(f"{LEAD_SCORING_PATH}/invoke", headers=operator, json={"input": LEAD}).status_code == 403
     assert http.get(EVENTS, headers=operator).status_code == 403
     assert http.get(ALL_EVENTS, headers=auth("acme", roles=("admin", "manager", "rep"))).status_code == 403
+    # The role alone is not enough: operators belong to OPERATOR_TENANT.
+    assert http.get(ALL_EVENTS, headers=auth("acme", roles=("operator",))).status_code == 403
     assert http.get(ALL_EVENTS, headers=operator, params={"tenant_id": "bad tenant!"}).status_code == 422
     assert http.get(ALL_EVENTS, headers=operator, params={"limit": 0}).status_code == 422
     # The operator's own refusals are on record, under the operator token's tenant.
     events = events_until(http, ALL_EVENTS, operator,
-                          lambda e: sum(x["kind"] == "forbidden_role" for x in e) >= 2, tenant_id="ops")
+                          lambda e: sum(x["kind"] == "forbidden_role" for x in e) >= 2, tenant_id="operator")
     assert {e["route"] for e in events if e["kind"] == "forbidden_role"} >= {f"{LEAD_SCORING_PATH}/invoke", EVENTS}
 
 
@@ -201,7 +203,7 @@ async def test_a_websocket_with_a_bad_token_is_recorded(
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     with httpx.Client(base_url=url, timeout=30) as http:
-        events = events_until(http, ALL_EVENTS, auth("ops", "olga", roles=("operator",)),
+        events = events_until(http, ALL_EVENTS, auth("operator", "olga", roles=("operator",)),
                               lambda e: any(x["route"] == "/ws/ai/insights/{customer_id}" for x in e),
                               kind="token_wrong_audience")
     assert events[0]["tenant_id"] == "-"
@@ -214,7 +216,7 @@ def metric(text: str, name: str, kind: str) -> float:
 
 def test_a_flood_of_bad_tokens_is_counted_but_only_its_budget_is_written(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, security_log_per_client="5/hour", security_log_per_kind="1000/hour")
-    operator = {"Authorization": "Bearer " + TokenVerifier(settings).mint(tenant_id="ops", user_id="o",
+    operator = {"Authorization": "Bearer " + TokenVerifier(settings).mint(tenant_id="operator", user_id="o",
                                                                           roles=("operator",))}
     with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
         before = http.get("/metrics").text
