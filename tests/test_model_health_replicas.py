@@ -18,7 +18,7 @@ import pytest
 
 from app.core.config import Settings
 from app.server import create_app
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
 from tests.support.replicas import replica
@@ -33,7 +33,8 @@ def replicas(
     base = tmp_path_factory.mktemp("health-replicas")
     with redis_server(base / "redis") as redis_url:
         env = {
-            "AUTH_JWT_SECRET": TEST_SECRET, "APP_ENV": "test", "REDIS_URL": redis_url,
+            "AUTH_JWT_SECRET": TEST_SECRET, "DATA_ENCRYPTION_KEY": TEST_DATA_KEY, "APP_ENV": "test",
+            "REDIS_URL": redis_url,
             "LLM_PROVIDERS": "openai,local", "OPENAI_BASE_URL": fake_openai[1], "OPENAI_API_KEY": "sk-test",
             "OPENAI_MODEL": "fake-gpt", "LLM_MAX_RETRIES": "0", "LLM_FIRST_TOKEN_TIMEOUT_S": "2",
             "LLM_BREAKER_MIN_CALLS": str(MIN_CALLS), "LLM_BREAKER_COOLDOWN_S": "600",
@@ -48,7 +49,7 @@ async def alerts_replayed(url: str) -> list[dict[str, Any]]:
     ws = await admin_feed(url, "acme", "?last_event_id=0-0")
     events = []
     try:
-        while (message := json.loads(await ws.recv()))["type"] != "ready":
+        while (message := json.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] != "ready":
             events.append(message)
     finally:
         await ws.close()

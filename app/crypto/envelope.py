@@ -77,7 +77,10 @@ class MasterKeys:
     def unwrap(self, tenant_id: str, version: int, master_key_id: str, wrapped: bytes) -> bytes:
         master = self._by_id.get(master_key_id)
         if master is None:
-            raise DecryptionFailed(f"master key {master_key_id} is not configured (DATA_ENCRYPTION_OLD_KEYS?)")
+            raise DecryptionFailed(
+                f"master key {master_key_id} is not configured: replicas sharing a database or Redis need the "
+                "same DATA_ENCRYPTION_KEY (a generated development key is per DATA_DIR), and a rotated-out key "
+                "belongs in DATA_ENCRYPTION_OLD_KEYS until `python -m app keys rotate` has run")
         try:
             return master.aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _wrap_aad(tenant_id, version))
         except InvalidTag as error:
