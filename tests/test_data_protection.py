@@ -22,7 +22,7 @@ from redis import Redis
 from sqlalchemy import insert, select, update
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
-from app.core.auth import TokenVerifier
+from app.core.auth import Principal, TokenVerifier
 from app.core.services import Services
 from app.crypto.envelope import DecryptionFailed
 from app.server import create_app
@@ -267,7 +267,7 @@ async def test_retention_purges_only_what_is_past_its_period(world: World) -> No
     assert purged["conversation"] == 1 and first not in left and len(left) == 1
 
 
-def test_rotating_the_master_key_keeps_every_record_readable(world: World) -> None:
+async def test_rotating_the_master_key_keeps_every_record_readable(world: World) -> None:
     """Last of the module: afterwards the world's own service no longer has the current key."""
     tenant = "tenant-rotated"
     leave_customer_data(world, tenant)
@@ -280,17 +280,22 @@ def test_rotating_the_master_key_keeps_every_record_readable(world: World) -> No
     assert rotated.returncode == 0, rotated.stderr
     assert "re-wrapped" in rotated.stdout and " 0 data keys re-wrapped" not in rotated.stdout
     # A service that knows only the new key reads what was sealed before, and writes anew.
+    # (Built on this loop rather than served: a second server on the same SQLite file in
+    # one process is not what replicas do.)
     settings = make_settings(world.data_dir, database_url=database.get("DATABASE_URL"), redis_url=world.redis_url,
                              data_encryption_key=new_key)
-    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
-        verifier = TokenVerifier(settings)
-        admin = {"Authorization": f"Bearer {verifier.mint(tenant_id=tenant, user_id='u1', roles=['admin'])}"}
-        export = http.get(f"/api/v1/ai/privacy/customers/{CUSTOMER}/export", headers=admin)
-        assert export.status_code == 200, export.text
-        assert [d["text"] for d in export.json()["documents"]] == [SECRET + "."]
-        assert export.json()["cached_analyses"] and export.json()["events"]
-        assert http.post("/api/v1/ai/insights/documents", headers=admin,
-                         json={"customer_id": CUSTOMER, "title": "New", "text": "Sealed with version two."}).status_code == 201
+    services = Services.build(settings)
+    try:
+        admin = Principal(user_id="u1", tenant_id=tenant, roles=frozenset({"admin"}), expires_at=0)
+        export = await services.privacy.export_customer(admin, CUSTOMER)
+        assert [d["text"] for d in export["documents"]] == [SECRET + "."]
+        assert export["cached_analyses"] and export["events"] and export["conversation_turns"]
+        await services.knowledge.add_document(tenant_id=tenant, user_id="u1", customer_id=CUSTOMER, title="New",
+                                              text="Sealed with the next version.")
+        texts = {d["text"] for d in (await services.privacy.export_customer(admin, CUSTOMER))["documents"]}
+        assert texts == {SECRET + ".", "Sealed with the next version."}
+    finally:
+        await services.close()
 
 
 def test_a_development_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:

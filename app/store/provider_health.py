@@ -162,10 +162,12 @@ class RedisBreakerStore:
         self._redis_back_at = time.monotonic() + REDIS_RETRY_AFTER_S
 
     async def allow(self, provider: str, now: float) -> Verdict:
-        if (cached := self._cached(provider, now)) is not None:
-            return cached
+        # While Redis is away this process decides alone: what it last read from Redis is
+        # no longer the state (its own breaker may have opened since).
         if not self._redis_usable():
             return await self.fallback.allow(provider, now)
+        if (cached := self._cached(provider, now)) is not None:
+            return cached
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 allowed, state, opened_at = await self._allow(
