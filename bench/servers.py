@@ -59,7 +59,7 @@ def full_app(data_dir: Path) -> FastAPI:
             "SCHEDULER_MAX_CONCURRENCY", "2000"),
     })
     from app.server import create_app
-    from chains.providers import Provider
+    from chains.providers.models import Provider
 
     app = create_app()
     services = app.state.services

@@ -279,6 +279,7 @@ class Services:
         await self.trainer.close()
         self.cpu.close()
         await self.scores.close()
+        await self.interactions.close()
         await self.cross_tenant.drain()
         await self.audit.close()
         await self.liveness.stop()

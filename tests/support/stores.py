@@ -48,6 +48,10 @@ async def sqlite_stores(directory: Path) -> AsyncIterator[Stores]:
     await migrate(engine)
     try:
         keys = keyring_for(engine)
-        yield Stores(InteractionLog(engine, keys), KnowledgeBase(engine, keys))
+        stores = Stores(InteractionLog(engine, keys), KnowledgeBase(engine, keys))
+        try:
+            yield stores
+        finally:
+            await stores.interactions.close()
     finally:
         await engine.dispose()
