@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 async def rotate_keys(*, new_data_keys: bool) -> int:
     """Safe while the service runs: a replica unwraps with the old or the new master key,
     and reads a tenant's keys again within DATA_KEY_CACHE_S."""
-    from app.core.services import key_rotation
+    from app.core.encryption_keys import key_rotation
 
     for store, (rewrapped, versions) in (await key_rotation(get_settings(), new_data_keys=new_data_keys)).items():
         print(f"{store}: {rewrapped} data keys re-wrapped, {versions} new data keys")

@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import insert, or_, select
 
 from app.core.config import Settings
-from app.core.services import keyring
+from app.core.encryption_keys import keyring
 from app.store.database import create_engine, database_url, document_chunks, documents, migrate
 from app.store.knowledge import KnowledgeBase, bump_revision
 from chains.embeddings import embed, embed_one

@@ -36,7 +36,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.cpu_pool import FairCpuPool
-from app.core.services import keyring
+from app.core.encryption_keys import keyring
 from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
 from app.store.memory import ConversationMemory

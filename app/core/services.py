@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,11 +21,8 @@ from app.realtime.bus import EventBus, InProcessBus
 from app.realtime.redis_bus import RedisStreamBus
 
 from app.core.auth import TokenVerifier
-from app.crypto.envelope import MasterKeys
+from app.core.encryption_keys import keyring, redis_keyring
 from app.crypto.keyring import Keyring
-from app.crypto.secret_file import load_or_create_secret
-from app.realtime.redis_data_keys import RedisDataKeyStore
-from app.store.data_keys import SqlDataKeyStore
 from app.core.cpu_pool import FairCpuPool
 from app.core.cross_tenant import CrossTenantWatch
 from app.core.security_log import SecurityLog
@@ -36,7 +32,7 @@ from app.core.scoring_models import TenantScoringModels
 from app.core.scoring_training import TenantModelTrainer
 from app.store.audit import AuditLog
 from app.store.liveness import ProcessLiveness
-from app.store.database import create_engine, database_url, migrate
+from app.store.database import create_engine, database_url
 from app.store.customer_records import CustomerRecords
 from app.store.interactions import InteractionLog
 from app.store.knowledge import KnowledgeBase
@@ -73,45 +69,6 @@ class TrainedModels(Mapping[str, LeadScoringModel]):
 
     def __len__(self) -> int:
         return len(VERSIONS)
-
-
-def master_keys(settings: Settings) -> MasterKeys:
-    """DATA_ENCRYPTION_KEY, or in development a key generated once beside the data
-    (production refuses to start without the variable: see `Settings`)."""
-    if settings.data_encryption_key is not None:
-        current = settings.data_encryption_key.get_secret_value()
-    else:
-        current = load_or_create_secret(settings.encryption_key_file, what="development data encryption key")
-    return MasterKeys(current, [key.get_secret_value() for key in settings.data_encryption_old_keys])
-
-
-def keyring(settings: Settings, engine: AsyncEngine) -> Keyring:
-    """Data keys for the database's records, kept in the database."""
-    return Keyring(functools.cache(lambda: master_keys(settings)), SqlDataKeyStore(engine),
-                   ttl_s=settings.data_key_cache_s)
-
-
-def redis_keyring(keys: Keyring, redis: Redis, *, ttl_s: float = 60.0) -> Keyring:
-    """Data keys for the values kept in Redis, kept in Redis, under the same master keys."""
-    return Keyring(lambda: keys.masters, RedisDataKeyStore(redis), ttl_s=ttl_s)
-
-
-async def key_rotation(settings: Settings, *, new_data_keys: bool) -> dict[str, tuple[int, int]]:
-    """`python -m app keys rotate`: the database's keys, and Redis's when configured."""
-    engine = create_engine(database_url(settings.database_url, settings.sqlite_path))
-    keys = keyring(settings, engine)
-    try:
-        await migrate(engine)
-        done = {"database": await keys.rotate(new_data_keys=new_data_keys)}
-        if settings.redis_url:
-            redis = Redis.from_url(settings.redis_url)
-            try:
-                done["redis"] = await redis_keyring(keys, redis).rotate(new_data_keys=new_data_keys)
-            finally:
-                await redis.aclose()
-        return done
-    finally:
-        await engine.dispose()
 
 
 @dataclass
