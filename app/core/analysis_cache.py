@@ -13,7 +13,8 @@ An answer from the cache must describe the message it answers. So:
 
 `InMemoryAnalysisCache` serves one replica (bounded per customer and in total);
 `RedisAnalysisCache` is shared by all; its entries (analysis, embedding, signature)
-are sealed with the tenant's data key, so Redis and its dumps hold no customer text.
+are sealed with the tenant's data key, and its field names are keyed hashes of the
+message, so Redis and its dumps hold no customer text nor a plain hash of it.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class RedisAnalysisCache:
     async def _get(self, tenant_id: str, query: CacheQuery) -> CacheHit | None:
         entries_key, _ = self._keys(tenant_id, query.customer_id)
         cipher = await self.keys.cipher(tenant_id)
-        exact = await self.redis.hget(entries_key, query.key)
+        exact = await self.redis.hget(entries_key, cipher.fingerprint(PURPOSE, query.key))
         if exact is not None:
             entry = _Entry.from_json(cipher.open(PURPOSE, exact))
             return CacheHit("exact", 1.0, entry.output, entry.cached_from)
@@ -280,8 +281,9 @@ class RedisAnalysisCache:
 
     async def _put(self, tenant_id: str, query: CacheQuery, output: dict[str, Any]) -> None:
         entries_key, order_key = self._keys(tenant_id, query.customer_id)
-        key = query.key
-        sealed = (await self.keys.cipher(tenant_id)).seal(PURPOSE, _entry_for(query, output).to_json().encode())
+        cipher = await self.keys.cipher(tenant_id)
+        key = cipher.fingerprint(PURPOSE, query.key)
+        sealed = cipher.seal(PURPOSE, _entry_for(query, output).to_json().encode())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(entries_key, key, sealed)
             pipe.zadd(order_key, {key: time.time()})

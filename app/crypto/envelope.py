@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import struct
@@ -105,6 +106,9 @@ class TenantCipher:
         self.tenant_id = tenant_id
         self.version = max(keys) if sealing_version is None else sealing_version
         self._aeads = {version: AESGCM(key) for version, key in keys.items()}
+        # From the oldest live key, so a rotation does not change fingerprints.
+        self._fingerprint_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                                     info=b"crm-ai fingerprint v1").derive(keys[min(keys)])
 
     def _aad(self, purpose: str) -> bytes:
         return f"{self.tenant_id}|{purpose}".encode()
@@ -126,6 +130,11 @@ class TenantCipher:
             return aead.decrypt(record[header:header + NONCE_BYTES], record[header + NONCE_BYTES:], self._aad(purpose))
         except InvalidTag as error:
             raise DecryptionFailed(f"a {purpose} record of tenant {self.tenant_id} does not authenticate") from error
+
+    def fingerprint(self, purpose: str, value: str) -> str:
+        """A keyed hash, for lookup keys that would otherwise be a plain hash of customer
+        text (anyone reading the store could confirm a guess of a short message)."""
+        return hmac.new(self._fingerprint_key, f"{purpose}|{value}".encode(), hashlib.sha256).hexdigest()
 
     def seal_text(self, purpose: str, text: str) -> str:
         return TEXT_PREFIX + base64.urlsafe_b64encode(self.seal(purpose, text.encode())).decode()
