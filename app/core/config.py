@@ -140,16 +140,9 @@ class Settings(BaseSettings, ProviderSettings):
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "data_encryption_old_keys", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("data_encryption_old_keys", mode="before")
-    @classmethod
-    def _split_old_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
