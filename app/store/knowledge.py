@@ -269,9 +269,12 @@ def _open_index(cipher: TenantCipher, rows: list[Any], *, previous: RetrievalInd
     A chunk that does not open (sealed by a replica that still held a key its tenant's
     erasure destroyed) is left out and logged: one such row must not stop the tenant's chat."""
     chunks, vectors = [], []
+    titles: dict[str, str] = {}  # a document's title is joined onto each of its chunks: open it once
     for row in rows:
         try:
-            chunk = IndexedChunk(row.document_id, row.customer_id, cipher.open_text(TITLE, row.title),
+            if row.document_id not in titles:
+                titles[row.document_id] = cipher.open_text(TITLE, row.title)
+            chunk = IndexedChunk(row.document_id, row.customer_id, titles[row.document_id],
                                  cipher.open_text(CHUNK_TEXT, row.text))
             vectors.append(cipher.open(CHUNK_EMBEDDING, row.embedding))
         except DecryptionFailed as error:
