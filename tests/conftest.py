@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.server import create_app
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
+from tests.support.servers import postgres_server
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 # Replicas share a master key as they share the JWT secret (a generated one is per data dir).
@@ -40,6 +41,17 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each module that asks runs once on SQLite (None: the embedded default) and once on
+    a throwaway real PostgreSQL (its URL)."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_server() as url:
+            yield url
 
 
 @pytest.fixture(scope="session")

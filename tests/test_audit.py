@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from concurrent.futures import ThreadPoolExecutor
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,16 +20,6 @@ from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
 from tests.support.replicas import replica, replica_process
-from tests.support.servers import postgres_server
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_server() as url:
-            yield url
 
 
 def headers(tenant: str, roles: tuple[str, ...] = ("rep",)) -> dict[str, str]:

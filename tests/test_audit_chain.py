@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,31 +20,21 @@ from sqlalchemy import Connection, event, select, text
 
 from app.store.audit import AuditLog
 from app.store.audit_chain import audit_chain, audit_chain_heads
-from app.store.database import MIGRATIONS, create_engine, database_url, migrate
+from app.store.database import MIGRATIONS, create_engine, database_url as to_async_url, migrate
 from app.store.liveness import ProcessLiveness
 from tests.support.replicas import PROJECT_ROOT
-from tests.support.servers import postgres_server
 from tests.support.stores import keyring_for
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_server() as url:
-            yield url
-
-
 @pytest.fixture
-def url(backend: str | None, tmp_path: Path) -> str:
+def url(database_url: str | None, tmp_path: Path) -> str:
     """A fresh database per test: a SQLite file, or a new PostgreSQL database."""
-    if backend is None:
-        return database_url(None, tmp_path / "audit.sqlite3")
+    if database_url is None:
+        return to_async_url(None, tmp_path / "audit.sqlite3")
     name = f"audit_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(backend.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
-    return database_url(backend.rsplit("/", 1)[0] + f"/{name}", Path("/unused"))
+    return to_async_url(database_url.rsplit("/", 1)[0] + f"/{name}", Path("/unused"))
 
 
 def verify(url: str) -> subprocess.CompletedProcess[str]:

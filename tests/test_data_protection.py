@@ -32,7 +32,7 @@ from app.store.knowledge import TEXT
 from tests.conftest import TEST_DATA_KEY, make_settings
 from tests.support.live_server import live_server
 from tests.support.payloads import LEAD
-from tests.support.servers import postgres_server, redis_server
+from tests.support.servers import redis_server
 
 SECRET = "Quokka Ventures renews only with the Zanzibar rebate of 37 percent"
 MARKERS = ("Quokka", "Zanzibar")  # no store may hold these in clear
@@ -58,21 +58,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[World]:
-    def start(database_url: str | None) -> Iterator[World]:
-        Redis.from_url(redis_url).flushdb()
-        data_dir = tmp_path_factory.mktemp("protection")
-        settings = make_settings(data_dir, database_url=database_url, redis_url=redis_url)
-        app = create_app(settings)
-        with live_server(app) as url:
-            yield World(url, app.state.services, TokenVerifier(settings), database_url or "sqlite", redis_url, data_dir)
-
-    if request.param == "sqlite":
-        yield from start(None)
-    else:
-        with postgres_server() as pg:
-            yield from start(pg)
+@pytest.fixture(scope="module")
+def world(database_url: str | None, tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[World]:
+    Redis.from_url(redis_url).flushdb()
+    data_dir = tmp_path_factory.mktemp("protection")
+    settings = make_settings(data_dir, database_url=database_url, redis_url=redis_url)
+    app = create_app(settings)
+    with live_server(app) as url:
+        yield World(url, app.state.services, TokenVerifier(settings), database_url or "sqlite", redis_url, data_dir)
 
 
 @asynccontextmanager

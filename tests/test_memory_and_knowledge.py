@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH
 from app.core.auth import TokenVerifier
@@ -16,7 +14,6 @@ from app.server import create_app
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
-from tests.support.servers import postgres_server
 
 DOCUMENTS = [
     ("cust-7", "Renewal requirements", "Before renewing in March, Northwind requires single sign-on "
@@ -27,15 +24,6 @@ DOCUMENTS = [
     (None, "Pricing policy", "Annual plans get a 15 percent discount. Discounts above 25 percent need "
      "approval from the head of sales."),
 ]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_server() as url:
-            yield url
 
 
 def start(data_dir: Path, database_url: str | None, openai_url: str | None = None):  # type: ignore[no-untyped-def]

@@ -35,7 +35,6 @@ from chains.scoring.synthetic import TENANT_FUNNEL, generate_leads
 from tests.conftest import make_settings
 from tests.support.live_server import live_server
 from tests.support.payloads import LEAD
-from tests.support.servers import postgres_server
 from tests.support.stores import keyring_for
 
 OUTCOMES = "/api/v1/ai/scoring/outcomes"
@@ -45,15 +44,6 @@ MIN_OUTCOMES = 200  # the documented default, not lowered for the tests
 RETRAIN_EVERY = 50
 CHECK_S = 0.5
 TAKEOVER_DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_server() as url:
-            yield url
 
 
 @dataclass
