@@ -9,17 +9,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from app.api.chains import INTERACTIONS_PATH, add_chain_routes, build_chains
-from app.api.errors import add_exception_handlers
+from app.api.chains import API_PREFIX, INTERACTIONS_PATH, add_chain_routes, build_chains
+from app.api.errors import add_exception_handlers, error_payload
 from app.api import streaming
 from app.api.access import guard_request
 from app.api.request_body import RequestBodyMiddleware
 from app.api.routes import console, documents, health, metrics, privacy, providers, scoring, usage
+from app.api.routes import workflows as workflows_routes
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.services import Services
+from app.core.workflows import WorkflowRunner
 from app.store.database import migrate
 
 log = logging.getLogger("app")
@@ -69,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     are made in the lifespan (or on first use), so importing this module has no effects."""
     settings = settings or get_settings()
     services = Services.build(settings)
+    chains = build_chains(services)
+    workflows = WorkflowRunner(
+        services.workflow_runs, {path.removeprefix(API_PREFIX): chain for path, chain in chains.items()},
+        services.bus, process_id=services.liveness.process_id, alive=services.liveness.alive,
+        describe_error=error_payload, max_concurrency=settings.workflow_max_concurrency,
+        max_active_per_tenant=settings.workflow_max_active_per_tenant,
+        retry_after_s=settings.workflow_retry_after_s, sweep_s=settings.workflow_sweep_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,8 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.warm_up()
         await services.cpu.start()
         services.retention.start()
+        workflows.start_supervising()
         tune_gc_once()
         yield
+        await workflows.stop()  # before the process stops beating: its runs are handed over
         await services.close()
 
     app = FastAPI(
@@ -92,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(guard_request)],  # deny by default: see app.api.access
     )
     app.state.services = services
+    app.state.workflows = workflows
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
     app.add_middleware(
@@ -109,7 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(providers.router)
     app.include_router(console.router)
     app.include_router(streaming.router)
-    add_chain_routes(app, build_chains(services))
+    app.include_router(workflows_routes.router)
+    add_chain_routes(app, chains)
     # After the chains: LangServe's endpoints under /api/v1/ai/scoring/leads/ match first.
     app.include_router(scoring.router)
     app.include_router(privacy.router)

@@ -31,9 +31,10 @@ EVERYONE = frozenset({"admin", "manager", "rep", "viewer"})
 # with a token of OPERATOR_TENANT.
 OPERATORS = frozenset({"operator"})
 
-INTERACTIONS_PATH = "/api/v1/ai/realtime/interactions"
-LEAD_SCORING_PATH = "/api/v1/ai/scoring/leads"
-INSIGHTS_CHAT_PATH = "/api/v1/ai/insights/chat"
+API_PREFIX = "/api/v1/ai/"  # a chain's name is its path under it (background runs name chains so)
+INTERACTIONS_PATH = API_PREFIX + "realtime/interactions"
+LEAD_SCORING_PATH = API_PREFIX + "scoring/leads"
+INSIGHTS_CHAT_PATH = API_PREFIX + "insights/chat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,11 @@ ROUTE_POLICIES: dict[str, Policy] = {
     "/api/v1/ai/privacy/customers/{customer_id}": Policy(ADMIN, rate_limited=True),
     "/api/v1/ai/privacy/tenants/{tenant_id}": Policy(OPERATORS),
     "/api/v1/ai/security/events/all": Policy(OPERATORS),
+    # Background runs: the chain's own roles are checked by the route (app.api.routes.workflows).
+    "/api/v1/ai/workflows": Policy(EVERYONE, rate_limited=True),
+    "/api/v1/ai/workflows/{workflow_id}": Policy(EVERYONE, rate_limited=True),
+    "/api/v1/ai/stream/workflows/{workflow_id}": Policy(EVERYONE),
+    "/ws/ai/workflows/{workflow_id}": Policy(EVERYONE),
     "/api/v1/ai/stream/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/insights/{customer_id}": Policy(EVERYONE),
     "/ws/ai/scoring": Policy(EVERYONE),

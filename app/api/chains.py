@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from langchain_core.runnables import Runnable
 from langserve import add_routes
 
-from app.api.access import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.api.access import API_PREFIX, INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from app.core.auth import Principal
 from app.core.errors import Unauthenticated
 from app.core.managed_chain import ManagedChain
@@ -27,7 +27,7 @@ from chains.providers.router import ProviderRouter
 from chains.interactions import build_interaction_chain
 from chains.scoring.chain import build_lead_scoring_chain
 
-__all__ = ["INSIGHTS_CHAT_PATH", "INTERACTIONS_PATH", "LEAD_SCORING_PATH", "add_chain_routes", "build_chains"]
+__all__ = ["API_PREFIX", "INSIGHTS_CHAT_PATH", "INTERACTIONS_PATH", "LEAD_SCORING_PATH", "add_chain_routes", "build_chains"]
 
 
 class RequestDisconnect:

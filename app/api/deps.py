@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from app.core.auth import Principal, authenticate
 from app.core.config import Settings
 from app.core.services import Services
+from app.core.workflows import WorkflowRunner
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -24,6 +25,12 @@ def get_app_settings(conn: HTTPConnection) -> Settings:
     return get_services(conn).settings
 
 
+def get_workflows(conn: HTTPConnection) -> WorkflowRunner:
+    workflows: WorkflowRunner = conn.app.state.workflows
+    return workflows
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+WorkflowsDep = Annotated[WorkflowRunner, Depends(get_workflows)]

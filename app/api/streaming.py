@@ -15,31 +15,36 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Path, Query, Request, WebSocket, WebSocketDisconnect
+from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
 from starlette.websockets import WebSocketState
 
 from app.api.access import policy_for
-from app.api.deps import CurrentPrincipal, ServicesDep
+from app.api.deps import CurrentPrincipal, ServicesDep, get_workflows
+from app.api.routes.workflows import WorkflowId
 from app.api.ws_session import (
     CLOSE_FORBIDDEN,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
+    FeedComplete,
     TokenExpired,
+    Watch,
     WebSocketFeed,
     authenticate_websocket,
     valid_event_id,
 )
 from app.core.auth import Principal
-from app.core.errors import Forbidden, Unauthenticated
+from app.core.errors import Forbidden, NotFound, Unauthenticated
 from app.core.metrics import SSE_SESSIONS, WEBSOCKET_SESSIONS
 from app.core.services import Services
 from app.realtime.bus import SlowConsumer
-from app.realtime.events import ADMIN_CHANNEL, customer_channel, scoring_channel
+from app.core.workflows import is_end
+from app.realtime.events import ADMIN_CHANNEL, Event, customer_channel, scoring_channel, workflow_channel
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["real-time push"])
@@ -54,6 +59,15 @@ def ensure_may_watch(websocket: WebSocket, principal: Principal) -> None:
         raise Forbidden("no role that may watch this tenant's channels")
 
 
+def following(channel_of: Callable[[Principal], str]) -> Callable[[Principal], Awaitable[Watch]]:
+    """A feed of a channel named from the token alone (no lookup needed)."""
+
+    async def watch_of(principal: Principal) -> Watch:
+        return Watch(channel_of(principal))
+
+    return watch_of
+
+
 async def _close(websocket: WebSocket, code: int, reason: str, timeout_s: float) -> None:
     """Closes with `code`; bounded, because a client that stopped reading blocks the
     close frame too (it gets the frame if it reads again within `timeout_s`)."""
@@ -65,7 +79,7 @@ async def _close(websocket: WebSocket, code: int, reason: str, timeout_s: float)
 
 
 async def serve_websocket(
-    websocket: WebSocket, channel_of: Callable[[Principal], str], last_event_id: str | None
+    websocket: WebSocket, watch_of: Callable[[Principal], Awaitable[Watch]], last_event_id: str | None
 ) -> None:
     services: Services = websocket.app.state.services
     close_timeout_s = services.settings.ws_send_timeout_s
@@ -82,12 +96,18 @@ async def serve_websocket(
         services.security_log.record_for(websocket, "forbidden_role", principal, {"reason": error.detail})
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
         return
-    channel = channel_of(principal)
-    subscription = await services.bus.subscribe(channel)
+    try:
+        watch = await watch_of(principal)
+    except NotFound as error:  # a run id of no business of the caller's
+        await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
+        return
+    subscription = await services.bus.subscribe(watch.channel)
     WEBSOCKET_SESSIONS.inc()
-    feed = WebSocketFeed(websocket, services, channel, principal, lambda p: ensure_may_watch(websocket, p))
+    feed = WebSocketFeed(websocket, services, watch, principal, lambda p: ensure_may_watch(websocket, p))
     try:
         await feed.run(subscription, valid_event_id(auth_event_id or last_event_id))
+    except FeedComplete:
+        pass  # closed 1000 below: the run ended
     except SlowConsumer:
         # The close frame queues behind what the client has not read: wait for it to
         # read again (bounded), so it learns why instead of seeing a bare disconnect.
@@ -111,36 +131,45 @@ async def serve_websocket(
 async def watch_customer_insights(
     websocket: WebSocket, customer_id: CustomerIdPath, last_event_id: str | None = Query(default=None)
 ) -> None:
-    await serve_websocket(websocket, lambda p: customer_channel(p.tenant_id, customer_id), last_event_id)
+    await serve_websocket(websocket, following(lambda p: customer_channel(p.tenant_id, customer_id)), last_event_id)
 
 
 @router.websocket("/ws/ai/scoring")
 async def watch_lead_scores(websocket: WebSocket, last_event_id: str | None = Query(default=None)) -> None:
-    await serve_websocket(websocket, lambda p: scoring_channel(p.tenant_id), last_event_id)
+    await serve_websocket(websocket, following(lambda p: scoring_channel(p.tenant_id)), last_event_id)
 
 
 @router.websocket("/ws/ai/admin")
 async def watch_admin_alerts(websocket: WebSocket, last_event_id: str | None = Query(default=None)) -> None:
     """Operator alerts (provider circuit opened/closed) for admins of any tenant: they
     concern the shared providers, so every tenant's admins follow the same channel."""
-    await serve_websocket(websocket, lambda p: ADMIN_CHANNEL, last_event_id)
+    await serve_websocket(websocket, following(lambda p: ADMIN_CHANNEL), last_event_id)
 
 
 def _sse_error(code: str, message: str) -> dict[str, str]:
     return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": True})}
 
 
+def _sse_event(event: Event) -> dict[str, str]:
+    return {"id": event.id, "event": event.type, "data": json.dumps(event.as_message())}
+
+
 async def sse_events(
-    services: Services, channel: str, last_event_id: str | None, expires_at: float
+    services: Services, watch: Watch, last_event_id: str | None, expires_at: float
 ) -> AsyncIterator[dict[str, str]]:
     """The channel's events until the token expires: then an `error` event
     (`token_expired`) ends the feed, and the client reconnects with a fresh token and
-    its Last-Event-ID."""
-    subscription = await services.bus.subscribe(channel)
+    its Last-Event-ID. A run's feed ends after its final event."""
+    subscription = await services.bus.subscribe(watch.channel)
     SSE_SESSIONS.inc()
     try:
-        history = await services.bus.history(channel, last_event_id)
-        events = subscription.events(history, last_event_id)
+        resume_from = last_event_id or watch.start_after
+        history = await services.bus.history(watch.channel, resume_from)
+        if watch.closing is not None and not any(watch.ends_with(event) for event in history):
+            closing = await watch.closing(history[-1].id if history else resume_from)
+            if closing is not None:
+                history.append(closing)
+        events = subscription.events(history, resume_from)
         while True:
             try:
                 async with asyncio.timeout(max(0.0, expires_at - time.time())):
@@ -148,7 +177,9 @@ async def sse_events(
             except TimeoutError:
                 yield _sse_error("token_expired", "the token expired: reconnect with a fresh one and Last-Event-ID")
                 return
-            yield {"id": event.id, "event": event.type, "data": json.dumps(event.as_message())}
+            yield _sse_event(event)
+            if watch.ends_with(event):
+                return
     except SlowConsumer:
         yield _sse_error("slow_consumer", "too slow: reconnect with Last-Event-ID")
     finally:
@@ -168,7 +199,7 @@ async def stream_customer_insights(
     channel = customer_channel(principal.tenant_id, customer_id)
     resume_from = valid_event_id(last_event_id_header or last_event_id)
     return EventSourceResponse(
-        sse_events(services, channel, resume_from, principal.expires_at),
+        sse_events(services, Watch(channel), resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -184,7 +215,56 @@ async def stream_admin_alerts(
     """Server-sent operator alerts (admins), resumable with Last-Event-ID."""
     resume_from = valid_event_id(last_event_id_header or last_event_id)
     return EventSourceResponse(
-        sse_events(services, ADMIN_CHANNEL, resume_from, principal.expires_at),
+        sse_events(services, Watch(ADMIN_CHANNEL), resume_from, principal.expires_at),
+        ping=int(services.settings.push_heartbeat_s),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _workflow_watch(conn: HTTPConnection, workflow_id: str) -> Callable[[Principal], Awaitable[Watch]]:
+    """A background run's feed: from its first event (or the client's resume point) to
+    its `end`. A run id the caller's tenant does not have is refused (and, if another
+    tenant has it, recorded as a cross-tenant attempt)."""
+    workflows = get_workflows(conn)
+
+    async def watch_of(principal: Principal) -> Watch:
+        if await workflows.runs.get(principal.tenant_id, workflow_id) is None:
+            conn.app.state.services.cross_tenant.notice_missing(conn, principal, "workflow_run", workflow_id)
+            raise NotFound("no background run with this id in your tenant")
+
+        async def closing(after: str | None) -> Event | None:
+            return await workflows.closing_event(principal.tenant_id, workflow_id, after)
+
+        return Watch(workflow_channel(principal.tenant_id, workflow_id), start_after="0-0", is_final=is_end,
+                     closing=closing)
+
+    return watch_of
+
+
+@router.websocket("/ws/ai/workflows/{workflow_id}")
+async def watch_workflow(
+    websocket: WebSocket, workflow_id: WorkflowId, last_event_id: str | None = Query(default=None)
+) -> None:
+    """A background run's events from its start (or after `last_event_id`); closed with
+    1000 after its `end`. Leaving does not cancel the run."""
+    await serve_websocket(websocket, _workflow_watch(websocket, workflow_id), last_event_id)
+
+
+@router.get("/api/v1/ai/stream/workflows/{workflow_id}")
+async def stream_workflow(
+    workflow_id: WorkflowId,
+    request: Request,
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: str | None = None,
+) -> EventSourceResponse:
+    """Server-sent events of a background run, from its start or after Last-Event-ID;
+    the response ends after the run's `end` event."""
+    watch = await _workflow_watch(request, workflow_id)(principal)
+    resume_from = valid_event_id(last_event_id_header or last_event_id)
+    return EventSourceResponse(
+        sse_events(services, watch, resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

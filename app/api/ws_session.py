@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,26 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 class TokenExpired(Exception):
     """The session's token expired and no fresh one arrived."""
+
+
+class FeedComplete(Exception):
+    """The watched channel's final event was delivered (a background run ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What a feed follows. A customer's insights go on forever and start from "now";
+    a background run's events start from its first one and end with its final event:
+    `closing` gives that event from the run's record when the channel's history does
+    not hold it (the run ended before the replay window, or while Redis was away)."""
+
+    channel: str
+    start_after: str | None = None
+    is_final: Callable[[Event], bool] | None = None
+    closing: Callable[[str | None], Awaitable[Event | None]] | None = None
+
+    def ends_with(self, event: Event) -> bool:
+        return self.is_final is not None and self.is_final(event)
 
 
 def valid_event_id(value: object) -> str | None:
@@ -94,13 +115,14 @@ class WebSocketFeed:
         self,
         websocket: WebSocket,
         services: Services,
-        channel: str,
+        watch: Watch,
         principal: Principal,
         authorize: Callable[[Principal], None],
     ) -> None:
         self.websocket = websocket
         self.services = services
-        self.channel = channel
+        self.watch = watch
+        self.channel = watch.channel
         self.principal = principal
         self._authorize = authorize  # raises Forbidden: re-checked for every fresh token
         self.delivered: set[str] = set()
@@ -122,12 +144,20 @@ class WebSocketFeed:
             if event.id not in self.delivered:
                 self.delivered.add(event.id)
                 await self.send(event.as_message())
+                if self.watch.ends_with(event):
+                    raise FeedComplete()
         if len(self.delivered) > 4 * self.services.settings.push_buffer_events:
             keep = self.services.settings.push_buffer_events
             self.delivered = set(sorted(self.delivered, key=parse_event_id)[-keep:])
 
     async def run(self, subscription: Subscription, last_event_id: str | None) -> None:
-        await self.deliver(await self.services.bus.history(self.channel, last_event_id))
+        resume_from = last_event_id or self.watch.start_after
+        history = await self.services.bus.history(self.channel, resume_from)
+        await self.deliver(history)
+        if self.watch.closing is not None:
+            closing = await self.watch.closing(history[-1].id if history else resume_from)
+            if closing is not None:
+                await self.deliver([closing])
         await self.send({"type": "ready"})
         reader = asyncio.create_task(self._read_client())
         heartbeat_s = self.services.settings.push_heartbeat_s

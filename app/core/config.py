@@ -123,7 +123,18 @@ class Settings(BaseSettings, ProviderSettings):
     retention_conversation_days: int = Field(default=365, ge=0)
     retention_interactions_days: int = Field(default=730, ge=0)
     retention_lead_scores_days: int = Field(default=730, ge=0)
+    retention_workflows_days: int = Field(default=30, ge=0, description="Background runs (their events live 24 h).")
     retention_sweep_s: float = Field(default=3600.0, gt=0)
+    # Background runs (README, "Background runs").
+    workflow_max_concurrency: int = Field(default=64, ge=1, description="Runs one process executes at once; more wait queued.")
+    workflow_max_active_per_tenant: int = Field(
+        default=100, ge=1, description="Queued plus running runs per tenant, cluster-wide; past it a POST answers 429."
+    )
+    workflow_retry_after_s: int = Field(default=5, ge=1, description="Retry-After of that 429.")
+    workflow_sweep_s: float = Field(
+        default=0.5, gt=0,
+        description="How often a replica looks for cancel requests of its runs, runs of dead replicas and re-queued runs.",
+    )
     # Model-health alerts (README, "Model health"): also POSTed here, signed, when set.
     alert_webhook_url: str | None = None
     alert_webhook_secret: SecretStr | None = None

@@ -22,10 +22,11 @@ from app.core.auth import Principal
 from app.crypto.keyring import Keyring
 from app.realtime.alerts import SentimentHistory
 from app.realtime.bus import EventBus
-from app.realtime.events import Event, customer_channel, scoring_channel
+from app.realtime.events import Event, customer_channel, scoring_channel, workflow_channel
 from app.store.audit import AuditLog
 from app.store.customer_records import CustomerRecords
 from app.store.knowledge import KnowledgeBase
+from app.store.workflow_runs import WorkflowRuns
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Privacy:
     keys: Keyring
     redis_keys: Keyring | None
     audit: AuditLog
+    workflow_runs: WorkflowRuns
 
     async def export_customer(self, principal: Principal, customer_id: str) -> dict[str, Any]:
         tenant_id = principal.tenant_id
@@ -66,7 +68,10 @@ class Privacy:
 
     async def erase_customer(self, principal: Principal, customer_id: str) -> dict[str, int]:
         tenant_id = principal.tenant_id
+        runs = await self.workflow_runs.ids_of_customer(tenant_id, customer_id)
         erased = await self.records.erase(tenant_id, customer_id)
+        erased["workflow_event_channels"] = sum([await self.bus.erase(workflow_channel(tenant_id, run_id))
+                                                 for run_id in runs])
         erased["cached_analyses"] = await self.cache.erase(tenant_id, customer_id)
         erased["event_channels"] = await self.bus.erase(customer_channel(tenant_id, customer_id))
         erased["score_events"] = await self.bus.erase_events(scoring_channel(tenant_id), _is_lead(customer_id))

@@ -41,6 +41,7 @@ from app.store.lead_scores import ScoreLog
 from app.store.memory import ConversationMemory
 from app.store.provider_health import RedisBreakerStore
 from app.store.ownership import ResourceOwnership
+from app.store.workflow_runs import WorkflowRuns
 from app.store.scoring_models import ModelRegistry
 from chains.embeddings import embed_one
 from chains.local.classifier import classifier as interaction_classifier
@@ -101,6 +102,7 @@ class Services:
     retention: RetentionSweeper
     security_log: SecurityLog
     cross_tenant: CrossTenantWatch
+    workflow_runs: WorkflowRuns
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -154,6 +156,7 @@ class Services:
         outcomes = OutcomeLog(engine, keys)
         knowledge = KnowledgeBase(engine, keys)
         records = CustomerRecords(engine, keys)
+        workflow_runs = WorkflowRuns(engine, keys)
         provider_alerts = ProviderAlerts(bus, audit, _alert_webhook(settings))
         breakers: CircuitBreakers | None = None
         if settings.llm_breaker_enabled:
@@ -208,14 +211,16 @@ class Services:
             ),
             cpu=cpu,
             privacy=Privacy(records=records, cache=cache, bus=bus, sentiment=history, knowledge=knowledge,
-                            keys=keys, redis_keys=redis_keys, audit=audit),
+                            keys=keys, redis_keys=redis_keys, audit=audit, workflow_runs=workflow_runs),
             retention=RetentionSweeper(records, {
                 "conversation": settings.retention_conversation_days,
                 "interactions": settings.retention_interactions_days,
                 "lead_scores": settings.retention_lead_scores_days,
+                "workflows": settings.retention_workflows_days,
             }, every_s=settings.retention_sweep_s),
             security_log=security_log,
             cross_tenant=CrossTenantWatch(ResourceOwnership(engine), security_log),
+            workflow_runs=workflow_runs,
         )
 
     def warm_up(self) -> None:

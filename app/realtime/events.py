@@ -29,6 +29,11 @@ def scoring_channel(tenant_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}scoring"
 
 
+def workflow_channel(tenant_id: str, run_id: str) -> str:
+    """A background run's events: its chunks, status changes and `end`."""
+    return f"{tenant_prefix(tenant_id)}workflow:{run_id}"
+
+
 # Operator events that concern every tenant (provider health): one channel all tenants'
 # admins follow. Its events carry tenant_id "" (no tenant).
 ADMIN_CHANNEL = "ops:admin"

@@ -20,6 +20,7 @@ from app.crypto.envelope import TenantCipher
 from app.crypto.keyring import Keyring
 from app.store import interactions as interaction_log, knowledge, lead_outcomes as outcome_log, lead_scores as score_log
 from app.store import memory
+from app.store import workflow_runs as workflow_log
 from app.store.database import (
     conversation_turns,
     customer_interactions,
@@ -28,6 +29,7 @@ from app.store.database import (
     lead_outcomes,
     lead_scores,
     scoring_models,
+    workflow_runs,
 )
 
 # Every table of customer content, with the column a customer is found by. Erasing a
@@ -39,6 +41,7 @@ BY_CUSTOMER: dict[str, tuple[Table, str]] = {
     "interactions": (customer_interactions, "customer_id"),
     "lead_scores": (lead_scores, "lead_id"),
     "lead_outcomes": (lead_outcomes, "lead_id"),
+    "workflow_runs": (workflow_runs, "customer_id"),  # a scoring run's lead id is kept there too
 }
 TENANT_TABLES: tuple[Table, ...] = (*(table for table, _ in BY_CUSTOMER.values()), scoring_models)
 # Retention: which table a kind of data lives in, and the column its age is read from.
@@ -46,6 +49,7 @@ RETAINED: dict[str, tuple[Table, str]] = {
     "conversation": (conversation_turns, "created_at"),
     "interactions": (customer_interactions, "created_at"),
     "lead_scores": (lead_scores, "scored_at"),
+    "workflows": (workflow_runs, "created_at"),
 }
 
 
@@ -60,6 +64,7 @@ SEALED: dict[str, dict[str, tuple[str, bool]]] = {
     "interactions": {"summary": (interaction_log.PURPOSE, False)},
     "lead_scores": {"features": (score_log.FEATURES, True), "explanation": (score_log.EXPLANATION, True)},
     "lead_outcomes": {"features": (outcome_log.FEATURES, True)},
+    "workflow_runs": {"input": (workflow_log.INPUT, True), "output": (workflow_log.OUTPUT, True)},
 }
 
 
@@ -67,6 +72,8 @@ def _opened(cipher: TenantCipher, name: str, row: dict[str, Any]) -> dict[str, A
     """A row as the customer should read it: sealed columns opened, the tenant left out."""
     row = {key: value for key, value in row.items() if key != "tenant_id"}
     for column, (purpose, is_json) in SEALED.get(name, {}).items():
+        if row[column] is None:  # a run that has no output yet
+            continue
         row[column] = cipher.open_json(purpose, row[column]) if is_json else cipher.open_text(purpose, row[column])
     return row
 

@@ -202,6 +202,37 @@ tenant_data_keys = Table(
 )
 
 
+workflow_runs = Table(
+    # Background runs (#16): a chain's run that no client holds. `process_id` is the
+    # replica executing it (NULL while re-queued for any replica to claim); input and
+    # output are sealed; `customer_id` (or a scoring run's lead id) finds it for erasure.
+    "workflow_runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("chain", String(64), nullable=False),
+    Column("customer_id", String(128), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("retry", Boolean, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("process_id", String(64), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("idempotency_key", String(256), nullable=True),
+    Column("request_digest", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ix_workflow_runs_tenant_created", "tenant_id", "created_at", "run_id"),
+    Index("ix_workflow_runs_tenant_status", "tenant_id", "status"),
+    Index("ix_workflow_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
+    Index("ix_workflow_runs_status_process", "status", "process_id"),
+)
+
+
 def database_url(configured: str | None, sqlite_path: Path) -> str:
     """Maps the contract's `postgresql://…` to the async psycopg 3 driver."""
     if configured is None:

@@ -18,7 +18,7 @@ import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.audit import CHAINED_RUNS, ai_runs, utcnow
@@ -50,13 +50,17 @@ class ProcessLiveness:
         self._task = asyncio.create_task(self._beat_forever(), name="process-heartbeat")
         return interrupted
 
+    def alive(self) -> Select[tuple[str]]:
+        """The ids of processes that beat within `dead_after_s` (a subquery: work held by
+        any other process is abandoned)."""
+        return select(service_processes.c.process_id).where(
+            service_processes.c.last_seen >= utcnow() - timedelta(seconds=self.dead_after_s)
+        )
+
     async def sweep(self) -> int:
         """Marks the runs of processes that stopped beating as `interrupted`; returns how many."""
         now = utcnow()
-        alive = select(service_processes.c.process_id).where(
-            service_processes.c.last_seen >= now - timedelta(seconds=self.dead_after_s)
-        )
-        orphaned = and_(ai_runs.c.process_id.is_not(None), ai_runs.c.process_id.not_in(alive))
+        orphaned = and_(ai_runs.c.process_id.is_not(None), ai_runs.c.process_id.not_in(self.alive()))
         legacy = and_(ai_runs.c.process_id.is_(None),
                       ai_runs.c.started_at < now - timedelta(seconds=self.interrupted_after_s))
         async with self.engine.begin() as connection:

@@ -12,15 +12,16 @@ from typing import Literal
 from sqlalchemy import Column, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.database import conversation_turns, documents, lead_scores
+from app.store.database import conversation_turns, documents, lead_scores, workflow_runs
 
-# No route takes a run id (runs are only listed, per tenant), so runs have no entry.
-Resource = Literal["document", "lead", "chat_session"]
+# Audit runs are only listed, per tenant, so they have no entry; background runs do.
+Resource = Literal["document", "lead", "chat_session", "workflow_run"]
 
 _ID_COLUMNS: dict[Resource, Column[str]] = {
     "document": documents.c.document_id,
     "lead": lead_scores.c.lead_id,
     "chat_session": conversation_turns.c.session_id,
+    "workflow_run": workflow_runs.c.run_id,
 }
 
 

@@ -1,0 +1,275 @@
+"""Background runs' records (#16): what was asked, where it runs, how it ended.
+
+The row is the run's truth on every replica: status moves only forward
+(`queued` → `running` → a final status) by compare-and-set updates that name the
+status they expect and, once a replica took the run, that replica's process id. So a
+cancel, a finishing run and a replica sweeping up after a dead one can race and exactly
+one of them wins: only the winner announces the change.
+
+Input and output quote the customer: both are sealed with the tenant's data key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.crypto.keyring import Keyring
+from app.store.audit import utcnow
+from app.store.database import workflow_runs as runs
+
+INPUT, OUTPUT = "workflow_runs.input", "workflow_runs.output"
+ACTIVE = ("queued", "running")
+FINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+LIST_COLUMNS = [c for c in runs.c if c.name not in ("input", "output")]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRun:
+    run_id: str
+    tenant_id: str
+    user_id: str
+    chain: str
+    customer_id: str | None
+    status: str
+    retry: bool
+    attempt: int
+    process_id: str | None
+    cancel_requested: bool
+    idempotency_key: str | None
+    request_digest: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: dict[str, Any] | None = None
+    input: Any = None  # None in listings
+    output: Any = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def public(self, *, full: bool = True) -> dict[str, Any]:
+        """The run as clients read it (`GET /api/v1/ai/workflows/{id}`)."""
+        end = self.finished_at
+        view: dict[str, Any] = {
+            "id": self.run_id, "chain": self.chain, "status": self.status, "customer_id": self.customer_id,
+            "user_id": self.user_id, "retry": self.retry, "attempt": self.attempt,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": end.isoformat() if end else None,
+            "queued_ms": _ms(self.created_at, self.started_at or end),
+            "run_ms": _ms(self.started_at, end),
+            "error": self.error,
+        }
+        if full:
+            view["input"], view["output"] = self.input, self.output
+        return view
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds() * 1000, 3) if start and end else None
+
+
+class TooManyActiveRuns(Exception):
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} runs queued or running")
+        self.active = active
+
+
+class IdempotencyKeyReused(Exception):
+    """The key names a run started with a different request."""
+
+
+class WorkflowRuns:
+    def __init__(self, engine: AsyncEngine, keys: Keyring) -> None:
+        self.engine = engine
+        self.keys = keys
+        # Per-tenant: count-then-insert must not interleave within a process (SQLite's
+        # deferred transactions would both read the old count); PostgreSQL replicas
+        # serialise on an advisory lock as well.
+        self._create_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def create(
+        self, *, run_id: str, tenant_id: str, user_id: str, chain: str, customer_id: str | None, input: Any,
+        retry: bool, idempotency_key: str | None, request_digest: str, process_id: str, max_active: int,
+    ) -> tuple[WorkflowRun, bool]:
+        """The new run (True), or the one its idempotency key already names (False)."""
+        sealed = (await self.keys.cipher(tenant_id)).seal_json(INPUT, input)
+        lock = self._create_locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            try:
+                async with self.engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                                                 {"key": f"workflows:{tenant_id}"})
+                    if idempotency_key is not None:
+                        found = await self._by_key(connection, tenant_id, idempotency_key)
+                        if found is not None:
+                            return await self._replayed(found, request_digest), False
+                    active = (await connection.execute(
+                        select(func.count()).select_from(runs)
+                        .where(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
+                    )).scalar_one()
+                    if active >= max_active:
+                        raise TooManyActiveRuns(active)
+                    await connection.execute(insert(runs).values(
+                        run_id=run_id, tenant_id=tenant_id, user_id=user_id, chain=chain, customer_id=customer_id,
+                        status="queued", input=sealed, retry=retry, attempt=1, process_id=process_id,
+                        cancel_requested=False, idempotency_key=idempotency_key, request_digest=request_digest,
+                        created_at=utcnow(),
+                    ))
+            except IntegrityError:
+                # Another process inserted the same key first (SQLite shared by workers).
+                assert idempotency_key is not None
+                async with self.engine.connect() as connection:
+                    found = await self._by_key(connection, tenant_id, idempotency_key)
+                if found is None:
+                    raise
+                return await self._replayed(found, request_digest), False
+        created = await self.get(tenant_id, run_id)
+        assert created is not None
+        return created, True
+
+    async def _by_key(self, connection: AsyncConnection, tenant_id: str, key: str) -> dict[str, Any] | None:
+        row = (await connection.execute(
+            select(runs).where(runs.c.tenant_id == tenant_id, runs.c.idempotency_key == key)
+        )).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def _replayed(self, row: dict[str, Any], request_digest: str) -> WorkflowRun:
+        if row["request_digest"] != request_digest:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+        return await self._opened(row)
+
+    async def _opened(self, row: Any) -> WorkflowRun:
+        values = dict(row)
+        if "input" in values:
+            cipher = await self.keys.cipher(values["tenant_id"])
+            values["input"] = cipher.open_json(INPUT, values["input"])
+            if values.get("output") is not None:
+                values["output"] = cipher.open_json(OUTPUT, values["output"])
+        return WorkflowRun(**values)
+
+    async def get(self, tenant_id: str, run_id: str) -> WorkflowRun | None:
+        return await self._first(select(runs).where(runs.c.tenant_id == tenant_id, runs.c.run_id == run_id))
+
+    async def get_any(self, run_id: str) -> WorkflowRun | None:
+        """A run by id alone: for the replica that executes it, never for a client."""
+        return await self._first(select(runs).where(runs.c.run_id == run_id))
+
+    async def _first(self, statement: Select[Any]) -> WorkflowRun | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(statement)).mappings().first()
+        return await self._opened(row) if row is not None else None
+
+    async def page(self, tenant_id: str, *, status: str | None, limit: int,
+                   before: tuple[datetime, str] | None) -> list[WorkflowRun]:
+        """Newest first; `before` is the (created_at, id) of the last run of the previous page."""
+        statement = select(*LIST_COLUMNS).where(runs.c.tenant_id == tenant_id)
+        if status is not None:
+            statement = statement.where(runs.c.status == status)
+        if before is not None:
+            at, run_id = before
+            statement = statement.where(or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.run_id < run_id)))
+        statement = statement.order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [WorkflowRun(**dict(row)) for row in rows]
+
+    async def claim(self, run_id: str, process_id: str) -> bool:
+        """queued → running on this replica, unless it was cancelled meanwhile."""
+        return await self._update(
+            and_(runs.c.run_id == run_id, runs.c.status == "queued", runs.c.process_id == process_id,
+                 runs.c.cancel_requested.is_(False)),
+            status="running", started_at=utcnow(),
+        )
+
+    async def finish(self, run: WorkflowRun, process_id: str, status: str, *, output: Any = None,
+                     error: dict[str, Any] | None = None) -> bool:
+        """Final, if this replica still holds the run (a sweep may have taken it)."""
+        sealed = (await self.keys.cipher(run.tenant_id)).seal_json(OUTPUT, output) if output is not None else None
+        return await self._update(
+            and_(runs.c.run_id == run.run_id, runs.c.status.in_(ACTIVE), runs.c.process_id == process_id),
+            status=status, output=sealed, error=error, finished_at=utcnow(),
+        )
+
+    async def cancel_queued(self, tenant_id: str, run_id: str) -> bool:
+        """A run no replica started yet is cancelled here and now."""
+        return await self._update(
+            and_(runs.c.tenant_id == tenant_id, runs.c.run_id == run_id, runs.c.status == "queued"),
+            status="cancelled", cancel_requested=True, finished_at=utcnow(),
+            error={"code": "cancelled", "message": "cancelled before it started", "retryable": False},
+        )
+
+    async def request_cancel(self, tenant_id: str, run_id: str) -> bool:
+        """A running run is cancelled by the replica that runs it (`cancel_requests`)."""
+        return await self._update(
+            and_(runs.c.tenant_id == tenant_id, runs.c.run_id == run_id, runs.c.status.in_(ACTIVE)),
+            cancel_requested=True,
+        )
+
+    async def cancel_requests(self, process_id: str) -> list[str]:
+        statement = select(runs.c.run_id).where(
+            runs.c.status.in_(ACTIVE), runs.c.process_id == process_id, runs.c.cancel_requested.is_(True))
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(statement)).scalars())
+
+    async def abandoned(self, alive: Select[Any] | None, process_id: str | None = None) -> list[WorkflowRun]:
+        """Active runs held by a process that is not in `alive` (or by `process_id`, a
+        replica stopping): each is re-queued once if it asked for a retry, else
+        `interrupted`. Returns the runs as they now are, each changed by this call only."""
+        held = runs.c.process_id == process_id if process_id is not None else and_(
+            runs.c.process_id.is_not(None), runs.c.process_id.not_in(alive))
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(
+                select(runs.c.run_id, runs.c.process_id, runs.c.status, runs.c.retry, runs.c.attempt,
+                       runs.c.cancel_requested).where(runs.c.status.in_(ACTIVE), held)
+            )).all()
+        changed: list[WorkflowRun] = []
+        for run_id, holder, status, retry, attempt, cancel_requested in rows:
+            expected = and_(runs.c.run_id == run_id, runs.c.process_id == holder, runs.c.status == status)
+            if retry and attempt < 2 and not cancel_requested:
+                moved = await self._update(expected, status="queued", process_id=None, attempt=attempt + 1,
+                                           started_at=None)
+            else:
+                moved = await self._update(expected, status="interrupted", finished_at=utcnow(), error={
+                    "code": "interrupted", "retryable": True,
+                    "message": "the replica running it stopped before it finished"})
+            if moved and (run := await self.get_any(run_id)) is not None:
+                changed.append(run)
+        return changed
+
+    async def claim_requeued(self, process_id: str, limit: int) -> list[WorkflowRun]:
+        """Re-queued runs (no replica holds them) taken by this replica, oldest first."""
+        if limit <= 0:
+            return []
+        async with self.engine.connect() as connection:
+            candidates = list((await connection.execute(
+                select(runs.c.run_id).where(runs.c.status == "queued", runs.c.process_id.is_(None))
+                .order_by(runs.c.created_at).limit(limit)
+            )).scalars())
+        claimed: list[WorkflowRun] = []
+        for run_id in candidates:
+            if await self._update(and_(runs.c.run_id == run_id, runs.c.status == "queued",
+                                       runs.c.process_id.is_(None)), process_id=process_id):
+                if (run := await self.get_any(run_id)) is not None:
+                    claimed.append(run)
+        return claimed
+
+    async def ids_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
+        """For erasure: each run's events are a channel of their own."""
+        statement = select(runs.c.run_id).where(runs.c.tenant_id == tenant_id, runs.c.customer_id == customer_id)
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(statement)).scalars())
+
+    async def _update(self, where: Any, **values: Any) -> bool:
+        async with self.engine.begin() as connection:
+            return bool((await connection.execute(update(runs).where(where).values(**values))).rowcount)
