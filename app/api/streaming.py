@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
 from starlette.websockets import WebSocketState
@@ -165,10 +165,12 @@ async def sse_events(
     try:
         resume_from = last_event_id or watch.start_after
         history = await services.bus.history(watch.channel, resume_from)
-        if watch.closing is not None and not any(watch.ends_with(event) for event in history):
-            closing = await watch.closing(history[-1].id if history else resume_from)
-            if closing is not None:
-                history.append(closing)
+        if watch.ending is not None and not any(watch.ends_with(event) for event in history):
+            ending = await watch.ending(history[-1].id if history else resume_from)
+            if ending is not None:
+                for event in history + ending:
+                    yield _sse_event(event)
+                return
         events = subscription.events(history, resume_from)
         while True:
             try:
@@ -232,11 +234,11 @@ def _workflow_watch(conn: HTTPConnection, workflow_id: str) -> Callable[[Princip
             conn.app.state.services.cross_tenant.notice_missing(conn, principal, "workflow_run", workflow_id)
             raise NotFound("no background run with this id in your tenant")
 
-        async def closing(after: str | None) -> Event | None:
-            return await workflows.closing_event(principal.tenant_id, workflow_id, after)
+        async def ending(after: str | None) -> list[Event] | None:
+            return await workflows.ending(principal.tenant_id, workflow_id, after)
 
         return Watch(workflow_channel(principal.tenant_id, workflow_id), start_after="0-0", is_final=is_end,
-                     closing=closing)
+                     ending=ending)
 
     return watch_of
 
@@ -258,11 +260,15 @@ async def stream_workflow(
     services: ServicesDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: str | None = None,
-) -> EventSourceResponse:
+) -> Response:
     """Server-sent events of a background run, from its start or after Last-Event-ID;
-    the response ends after the run's `end` event."""
+    the response ends after the run's `end` event. Resuming after the `end` answers 204,
+    which tells a browser's EventSource to stop reconnecting."""
     watch = await _workflow_watch(request, workflow_id)(principal)
     resume_from = valid_event_id(last_event_id_header or last_event_id)
+    if resume_from is not None and await get_workflows(request).has_ended_before(
+            principal.tenant_id, workflow_id, resume_from):
+        return Response(status_code=204)
     return EventSourceResponse(
         sse_events(services, watch, resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),

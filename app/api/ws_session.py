@@ -49,14 +49,15 @@ class FeedComplete(Exception):
 @dataclass(frozen=True, slots=True)
 class Watch:
     """What a feed follows. A customer's insights go on forever and start from "now";
-    a background run's events start from its first one and end with its final event:
-    `closing` gives that event from the run's record when the channel's history does
-    not hold it (the run ended before the replay window, or while Redis was away)."""
+    a background run's events start from its first one and end with its final event.
+    `ending(after)` is asked when a replay after `after` held no final event: None while
+    the channel goes on, else the events that end the feed (none if the client had the
+    final one already; the final event rebuilt if the replay window lost it)."""
 
     channel: str
     start_after: str | None = None
     is_final: Callable[[Event], bool] | None = None
-    closing: Callable[[str | None], Awaitable[Event | None]] | None = None
+    ending: Callable[[str | None], Awaitable[list[Event] | None]] | None = None
 
     def ends_with(self, event: Event) -> bool:
         return self.is_final is not None and self.is_final(event)
@@ -154,10 +155,11 @@ class WebSocketFeed:
         resume_from = last_event_id or self.watch.start_after
         history = await self.services.bus.history(self.channel, resume_from)
         await self.deliver(history)
-        if self.watch.closing is not None:
-            closing = await self.watch.closing(history[-1].id if history else resume_from)
-            if closing is not None:
-                await self.deliver([closing])
+        if self.watch.ending is not None:
+            ending = await self.watch.ending(history[-1].id if history else resume_from)
+            if ending is not None:
+                await self.deliver(ending)
+                raise FeedComplete()
         await self.send({"type": "ready"})
         reader = asyncio.create_task(self._read_client())
         heartbeat_s = self.services.settings.push_heartbeat_s

@@ -40,6 +40,7 @@ from chains.context import RunContext, RunIdentity, with_run_context
 log = logging.getLogger(__name__)
 SERIALIZER = WellKnownLCSerializer()
 CANCEL_WAIT_S = 1.0
+ENDING_GRACE_S, ENDING_GRACE_CHECKS = 1.0, 10
 
 
 def is_end(event: Event) -> bool:
@@ -90,8 +91,8 @@ class WorkflowRunner:
         """Returns the run and whether this request created it (False: an idempotent replay).
         The caller checked that the principal may run `chain` (`app.api.access`)."""
         payload = validated_input(self.chains[chain], raw_input)
-        digest = hashlib.sha256(
-            json.dumps({"chain": chain, "input": raw_input, "retry": retry}, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(  # of the input as the chain reads it: defaults spelled out or not
+            json.dumps({"chain": chain, "input": payload, "retry": retry}, sort_keys=True, default=str).encode()
         ).hexdigest()
         try:
             run, created = await self.runs.create(
@@ -143,15 +144,31 @@ class WorkflowRunner:
                     break
         return await self.get(principal, run_id)
 
-    async def closing_event(self, tenant_id: str, run_id: str, after: str | None) -> Event | None:
-        """The `end` of a run that ended, from its record, for a watcher whose replay
-        did not hold it; its id follows `after` so the watcher takes it as new."""
+    async def ending(self, tenant_id: str, run_id: str, after: str | None) -> list[Event] | None:
+        """For a watcher whose replay after `after` held no `end`: None while the run goes
+        on. Once it ended: what was published after `after` (nothing if the watcher has
+        its `end` already), or, when the log holds no `end` (the replay window passed,
+        Redis was away), the `end` rebuilt from the record, with an id after `after` so
+        the watcher takes it."""
         run = await self.runs.get(tenant_id, run_id)
         if run is None or not run.final:
             return None
+        channel = workflow_channel(tenant_id, run_id)
+        # The record turns final a moment before the `end` is published: wait for the
+        # real one rather than rebuild an `end` that the real one would then repeat.
+        for _ in range(ENDING_GRACE_CHECKS):
+            log = await self.bus.history(channel, "0-0")
+            if any(is_end(event) for event in log):
+                return [event for event in log if event.after(after)]  # published since the replay
+            await asyncio.sleep(ENDING_GRACE_S / ENDING_GRACE_CHECKS)
         ms, seq = parse_event_id(after or "0-0")
-        return Event(id=f"{ms}-{seq + 1}", type="end", tenant_id=tenant_id, data=end_data(run),
-                     customer_id=run.customer_id)
+        return [Event(id=f"{ms}-{seq + 1}", type="end", tenant_id=tenant_id, data=end_data(run),
+                      customer_id=run.customer_id)]
+
+    async def has_ended_before(self, tenant_id: str, run_id: str, after: str) -> bool:
+        """Whether the run's `end` lies at or before `after`: that watcher has seen it all."""
+        log = await self.bus.history(workflow_channel(tenant_id, run_id), "0-0")
+        return any(is_end(event) and not event.after(after) for event in log)
 
     # -- execution --------------------------------------------------------------
 

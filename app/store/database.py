@@ -228,7 +228,7 @@ workflow_runs = Table(
     Column("finished_at", UTCDateTime(), nullable=True),
     Index("ix_workflow_runs_tenant_created", "tenant_id", "created_at", "run_id"),
     Index("ix_workflow_runs_tenant_status", "tenant_id", "status"),
-    Index("ix_workflow_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
+    Index("ix_workflow_runs_idempotency", "tenant_id", "user_id", "idempotency_key", unique=True),
     Index("ix_workflow_runs_status_process", "status", "process_id"),
 )
 

@@ -111,7 +111,7 @@ class WorkflowRuns:
                         await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
                                                  {"key": f"workflows:{tenant_id}"})
                     if idempotency_key is not None:
-                        found = await self._by_key(connection, tenant_id, idempotency_key)
+                        found = await self._by_key(connection, tenant_id, user_id, idempotency_key)
                         if found is not None:
                             return await self._replayed(found, request_digest), False
                     active = (await connection.execute(
@@ -130,7 +130,7 @@ class WorkflowRuns:
                 # Another process inserted the same key first (SQLite shared by workers).
                 assert idempotency_key is not None
                 async with self.engine.connect() as connection:
-                    found = await self._by_key(connection, tenant_id, idempotency_key)
+                    found = await self._by_key(connection, tenant_id, user_id, idempotency_key)
                 if found is None:
                     raise
                 return await self._replayed(found, request_digest), False
@@ -138,9 +138,10 @@ class WorkflowRuns:
         assert created is not None
         return created, True
 
-    async def _by_key(self, connection: AsyncConnection, tenant_id: str, key: str) -> dict[str, Any] | None:
+    async def _by_key(self, connection: AsyncConnection, tenant_id: str, user_id: str, key: str) -> dict[str, Any] | None:
+        """Keys are each user's own: a retry comes from the client that sent the first try."""
         row = (await connection.execute(
-            select(runs).where(runs.c.tenant_id == tenant_id, runs.c.idempotency_key == key)
+            select(runs).where(runs.c.tenant_id == tenant_id, runs.c.user_id == user_id, runs.c.idempotency_key == key)
         )).mappings().first()
         return dict(row) if row is not None else None
 

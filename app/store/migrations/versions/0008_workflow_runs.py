@@ -39,7 +39,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_workflow_runs_tenant_created", "workflow_runs", ["tenant_id", "created_at", "run_id"])
     op.create_index("ix_workflow_runs_tenant_status", "workflow_runs", ["tenant_id", "status"])
-    op.create_index("ix_workflow_runs_idempotency", "workflow_runs", ["tenant_id", "idempotency_key"], unique=True)
+    op.create_index("ix_workflow_runs_idempotency", "workflow_runs", ["tenant_id", "user_id", "idempotency_key"], unique=True)
     op.create_index("ix_workflow_runs_status_process", "workflow_runs", ["status", "process_id"])
 
 

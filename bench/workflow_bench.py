@@ -1,0 +1,722 @@
+"""Background runs (#16): many concurrent runs, watchers joining and leaving, no lost event.
+
+    .venv/bin/python -m bench.workflow_bench [--runs 1000] [--replicas 1|2] [--redis] [--watch-fraction 1.0]
+
+Starts the real service (`uvicorn app.server:app` with the guarded HTTP protocol, as
+scripts/run.sh runs it) on a throwaway SQLite DATA_DIR; with `--redis`, on a throwaway
+redis-server too, and with `--replicas 2` two such processes share that Redis and that
+SQLite file. Then:
+
+1. starts `--runs` runs of `realtime/interactions` (local model) concurrently, at most
+   `--post-concurrency` POSTs in flight, round-robin over the replicas;
+2. gives (a `--watch-fraction` of) the runs one watcher each, half over SSE, half over
+   WebSocket. A watcher first joins at once (the run usually still queued), a random
+   moment later (running), or once GET shows the run final; it reads a random number of
+   events, leaves (closes, or for some WebSockets drops the TCP connection), waits a
+   little and rejoins with the last event id it saw (on the other replica when there
+   are two), until it receives `end`;
+3. once every run is final, reads each run's whole event log once over SSE from the
+   start: the reference;
+4. checks, per run, that the watcher's events over all its joins are exactly the
+   reference (same ids and payloads, same order, no duplicate, no gap), that the last is
+   `end`, that `end` has GET's status and output, that the status is `succeeded`, and
+   that the run streamed at least one `data` event.
+
+Prints the totals, a breakdown by transport and by when the watcher first joined, the
+first failing runs with each join (for reproduction), and what the servers logged at
+WARNING or above. Exits 1 if any run failed a check. The servers' logs are kept under
+/tmp (their paths are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from bench.fanout_bench import raise_fd_limit
+from bench.servers import BENCH_SECRET
+from bench.stream_bench import request_for
+from tests.support.replicas import replica_process
+from tests.support.servers import RedisServer
+
+CHAIN = "realtime/interactions"
+FINAL = {"succeeded", "failed", "cancelled", "interrupted"}
+IDLE_TIMEOUT_S = 60.0  # a join that receives nothing for this long is recorded as stalled
+TAIL_TIMEOUT_S = 5.0  # after `end`, the server must end the response / close the socket
+PHASES = ("at-once", "during", "after-end")
+
+MESSAGES = [
+    "Our dashboard is slow again, can you look at it today?",
+    "I was charged twice for the March invoice, please refund the duplicate payment.",
+    "Thanks a lot, the new export feature works perfectly for our team!",
+    "Can we schedule a demo of the analytics add-on next Tuesday afternoon?",
+    "The mobile app crashes every time I open the reports tab on Android.",
+    "We are thinking about cancelling our subscription, the price went up too much.",
+    "How do I add five more seats to our plan without changing the billing date?",
+    "Your support agent Maria was fantastic, she solved our SSO issue in minutes.",
+    "The API keeps returning 502 errors since this morning, our integration is down.",
+    "Could you send me the security questionnaire and your SOC 2 report?",
+    "I can't reset my password, the email with the link never arrives.",
+    "We'd like a quote for 200 licences for the whole sales department.",
+    "The CSV import silently drops rows that contain accented characters.",
+    "Is there a discount if we switch to annual billing this quarter?",
+    "This is the third time I report the same bug and nobody answers, very disappointed.",
+    "Please update the billing address on our account to 12 Harbour Street, Leeds.",
+    "Great webinar yesterday, can you share the slides and the recording?",
+    "Our admin left the company, how do we transfer ownership of the workspace?",
+    "The calendar sync with Outlook duplicates every meeting since the last update.",
+    "We need the contract renewed before Friday or our legal team will block payments.",
+]
+OPENERS = ["", "Hi team, ", "Hello, ", "Good morning. ", "Hey there! ", "Dear support, "]
+CLOSERS = ["", " Thanks.", " Regards, Sam", " Let me know ASAP.", " Cheers!", " Best, the ops team"]
+CHANNELS = ["chat", "email", "sms", "web"]
+
+
+def text_for(rng: random.Random) -> str:
+    parts = rng.sample(MESSAGES, rng.choice((1, 1, 2)))
+    return rng.choice(OPENERS) + " ".join(parts) + rng.choice(CLOSERS)
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+@dataclass
+class Join:
+    replica: int
+    transport: str
+    resume_from: str | None
+    planned: int | None  # events to read before leaving; None: until `end`
+    how: str = "close"  # how it leaves: close, or abort (WebSocket: drop the TCP connection)
+    at: float = 0.0
+    ids: list[str] = field(default_factory=list)
+    outcome: str = ""
+
+    def describe(self, t0: float) -> str:
+        span = f"{self.ids[0]}..{self.ids[-1]}" if self.ids else "-"
+        planned = "all" if self.planned is None else self.planned
+        return (f"+{self.at - t0:6.2f}s r{self.replica} {self.transport:<3} resume={self.resume_from or '-':<17} "
+                f"plan={planned!s:<3} got={len(self.ids):<3} {span}  -> {self.outcome}")
+
+
+@dataclass
+class Run:
+    index: int
+    body: dict[str, Any]
+    replica: int
+    transport: str | None = None  # None: not watched
+    phase: str = ""
+    run_id: str | None = None
+    post_status: int = 0
+    post_error: str = ""
+    posted_at: float = 0.0
+    post_latency_s: float = float("nan")
+    events: list[dict[str, Any]] = field(default_factory=list)
+    joins: list[Join] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    end_at: float | None = None
+    done: bool = False
+    final: dict[str, Any] | None = None
+    reference: list[dict[str, Any]] | None = None
+    reference_error: str = ""
+    problems: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class SseStream:
+    """A minimal text/event-stream reader over an aiohttp response."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+
+    async def events(self) -> Any:
+        event_id, kind, data = None, "message", []
+        async for raw in self.response.content:
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event_id, kind, "\n".join(data)
+                event_id, kind, data = None, "message", []
+                continue
+            if line.startswith(":"):
+                continue  # ping
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "id":
+                event_id = value
+            elif name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, urls: list[str], pids: list[int]) -> None:
+        self.args = args
+        self.urls = urls
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.rng = random.Random(args.seed)
+        self.headers = request_for("full", urls[0])[2]
+        self.api: aiohttp.ClientSession | None = None
+        self.streams: aiohttp.ClientSession | None = None
+        self.t0 = 0.0
+        self.rss_peak = [0] * len(pids)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def rss(self) -> list[int]:
+        return [p.memory_info().rss for p in self.processes]
+
+    def cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.processes)
+
+    async def sample_rss(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.rss_peak = [max(a, b) for a, b in zip(self.rss_peak, self.rss())]
+            await asyncio.sleep(0.2)
+
+    async def get_run(self, replica: int, run_id: str) -> dict[str, Any]:
+        assert self.api is not None
+        async with self.api.get(f"{self.urls[replica]}/api/v1/ai/workflows/{run_id}",
+                                headers=self.headers) as response:
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                raise RuntimeError(f"GET {run_id}: HTTP {response.status} {body}")
+            return dict(body)
+
+    # -- one run: POST, then its watcher --------------------------------------------
+
+    async def post(self, run: Run, gate: asyncio.Semaphore) -> None:
+        assert self.api is not None
+        async with gate:
+            run.posted_at = time.perf_counter()
+            try:
+                async with self.api.post(f"{self.urls[run.replica]}/api/v1/ai/workflows", json=run.body,
+                                         headers=self.headers) as response:
+                    run.post_status = response.status
+                    body = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                run.post_error = repr(error)
+                return
+            finally:
+                run.post_latency_s = time.perf_counter() - run.posted_at
+        if run.post_status != 202:
+            run.post_error = f"HTTP {run.post_status}: {str(body)[:200]}"
+            return
+        run.run_id = body["id"]
+
+    def plan(self) -> int | None:
+        draw = self.rng.random()
+        if draw < 0.08:
+            return 0  # join and leave before reading anything
+        if draw < 0.80:
+            return self.rng.randint(1, 12)
+        return None
+
+    async def watch(self, run: Run) -> None:
+        assert run.run_id is not None
+        if run.phase == "during":
+            await asyncio.sleep(self.rng.uniform(0.0, self.args.join_spread_s))
+        elif run.phase == "after-end":
+            while True:
+                await asyncio.sleep(0.5 + self.rng.random())
+                try:
+                    if (await self.get_run(run.replica, run.run_id))["status"] in FINAL:
+                        break
+                except (aiohttp.ClientError, TimeoutError, RuntimeError) as error:
+                    run.errors.append(f"GET while waiting: {error!r}")
+        replica = self.rng.randrange(len(self.urls))
+        while not run.done:
+            forced = len(run.joins) >= self.args.max_joins
+            last_id = run.events[-1]["id"] if run.events else None
+            join = Join(replica, run.transport or "sse", last_id, None if forced else self.plan(),
+                        at=time.perf_counter())
+            if join.transport == "ws" and self.rng.random() < 0.3:
+                join.how = "abort"
+            run.joins.append(join)
+            try:
+                if join.transport == "sse":
+                    await self.sse_join(run, join)
+                else:
+                    await self.ws_join(run, join)
+            except (aiohttp.ClientError, ConnectionClosed, OSError, TimeoutError) as error:
+                join.outcome = f"error {error!r}"[:200]
+                run.errors.append(join.outcome)
+            if not run.done:
+                await asyncio.sleep(self.rng.uniform(0.0, 0.25))
+                replica = (replica + 1) % len(self.urls)
+
+    def take(self, run: Run, join: Join, message: dict[str, Any]) -> bool:
+        """Records a received event; True when the join should stop reading."""
+        join.ids.append(message["id"])
+        run.events.append(message)
+        if message["type"] == "end":
+            run.end_at = time.perf_counter()
+            run.done = True
+            join.outcome = "end"
+            return True
+        if join.planned is not None and len(join.ids) >= join.planned:
+            join.outcome = "left"
+            return True
+        return False
+
+    async def sse_join(self, run: Run, join: Join) -> None:
+        assert self.streams is not None
+        headers = dict(self.headers)
+        if join.resume_from:
+            headers["Last-Event-ID"] = join.resume_from
+        response = await self.streams.get(
+            f"{self.urls[join.replica]}/api/v1/ai/stream/workflows/{run.run_id}", headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=IDLE_TIMEOUT_S))
+        try:
+            if response.status != 200:
+                join.outcome = f"HTTP {response.status} {(await response.text())[:200]}"
+                run.errors.append(join.outcome)
+                return
+            if join.planned == 0:
+                join.outcome = "left"
+                return
+            events = SseStream(response).events()
+            async for event_id, kind, data in events:
+                message = json.loads(data)
+                if kind == "error":
+                    join.outcome = f"error event {message}"
+                    run.errors.append(join.outcome)
+                    return
+                if event_id != message.get("id") or kind != message.get("type"):
+                    run.errors.append(f"SSE id/event {event_id}/{kind} != data {message.get('id')}/{message.get('type')}")
+                if self.take(run, join, message):
+                    if join.outcome == "end":
+                        try:
+                            async with asyncio.timeout(TAIL_TIMEOUT_S):
+                                async for extra_id, extra_kind, _ in events:
+                                    run.errors.append(f"SSE event after end: {extra_kind} {extra_id}")
+                        except TimeoutError:
+                            run.errors.append("SSE response did not end after `end`")
+                    return
+            join.outcome = "eof before end"
+            if join.planned is None:
+                run.errors.append(f"SSE stream ended without `end` (join {len(run.joins)})")
+        finally:
+            response.close()
+
+    async def ws_join(self, run: Run, join: Join) -> None:
+        base = self.urls[join.replica].replace("http://", "ws://")
+        url = f"{base}/ws/ai/workflows/{run.run_id}"
+        if join.resume_from:
+            url += f"?last_event_id={join.resume_from}"
+        async with connect(url, additional_headers=self.headers, open_timeout=60, ping_interval=None,
+                           close_timeout=5, max_size=2**22) as ws:
+            if join.planned == 0:
+                join.outcome = "left"
+                if join.how == "abort":
+                    ws.transport.abort()
+                return
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), IDLE_TIMEOUT_S)
+                except TimeoutError:
+                    join.outcome = "stalled"
+                    run.errors.append(f"WS join {len(run.joins)}: nothing for {IDLE_TIMEOUT_S:.0f} s")
+                    return
+                except ConnectionClosed as closed:
+                    join.outcome = f"closed {closed.rcvd.code if closed.rcvd else None} before end"
+                    if join.planned is None or not (closed.rcvd and closed.rcvd.code == 1000):
+                        run.errors.append(f"WS {join.outcome}: {closed!r}"[:200])
+                    return
+                message = json.loads(raw)
+                kind = message.get("type")
+                if kind in ("ready", "heartbeat", "pong"):
+                    continue
+                if kind == "error":
+                    join.outcome = f"error message {message}"
+                    run.errors.append(join.outcome)
+                    return
+                if self.take(run, join, message):
+                    break
+            if join.outcome == "end":
+                try:
+                    extra = await asyncio.wait_for(ws.recv(), TAIL_TIMEOUT_S)
+                    if json.loads(extra).get("type") not in ("ready", "heartbeat"):
+                        run.errors.append(f"WS message after end: {extra[:120]}")
+                except ConnectionClosed as closed:
+                    if not closed.rcvd or closed.rcvd.code != 1000:
+                        run.errors.append(f"WS closed {closed.rcvd.code if closed.rcvd else None} after end")
+                except TimeoutError:
+                    run.errors.append("WS not closed after `end`")
+            elif join.how == "abort":
+                ws.transport.abort()
+
+    # -- reference and checks ----------------------------------------------------
+
+    async def read_reference(self, run: Run, gate: asyncio.Semaphore, replica: int = 0) -> None:
+        assert self.streams is not None and run.run_id is not None
+        async with gate:
+            events: list[dict[str, Any]] = []
+            try:
+                response = await self.streams.get(
+                    f"{self.urls[replica]}/api/v1/ai/stream/workflows/{run.run_id}", headers=self.headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=IDLE_TIMEOUT_S))
+                try:
+                    if response.status != 200:
+                        run.reference_error = f"HTTP {response.status}"
+                        return
+                    async for _, kind, data in SseStream(response).events():
+                        if kind == "error":
+                            run.reference_error = f"error event {data}"
+                            return
+                        events.append(json.loads(data))
+                        if kind == "end":
+                            break
+                finally:
+                    response.close()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                run.reference_error = repr(error)
+                return
+            run.reference = events
+
+    def check(self, run: Run) -> None:
+        counts, problems = run.counts, run.problems
+        if run.run_id is None:
+            problems.append(f"POST failed: {run.post_error}")
+            counts["not_succeeded"] += 1
+            return
+        status = (run.final or {}).get("status")
+        if status != "succeeded":
+            counts["not_succeeded"] += 1
+            problems.append(f"GET status {status!r} error={(run.final or {}).get('error')}")
+        reference = run.reference or []
+        if run.reference is None or not reference or reference[-1]["type"] != "end":
+            counts["bad_reference"] += 1
+            problems.append(f"reference log incomplete ({run.reference_error or len(reference)} events)")
+        ref_keys = [id_key(e["id"]) for e in reference]
+        if any(b <= a for a, b in zip(ref_keys, ref_keys[1:])):
+            counts["bad_reference"] += 1
+            problems.append("reference ids not strictly increasing")
+        if not any(e["type"] == "data" for e in reference):
+            counts["no_data"] += 1
+            problems.append("no `data` event in the reference")
+        if reference and reference[-1]["type"] == "end" and run.final is not None:
+            end = reference[-1]["data"]
+            if end.get("status") != run.final.get("status"):
+                problems.append(f"end status {end.get('status')} != GET status {run.final.get('status')}")
+                counts["end_mismatch"] += 1
+            if end.get("output") != run.final.get("output"):
+                problems.append("end output != GET output")
+                counts["end_mismatch"] += 1
+        if run.transport is None:
+            return
+        by_id = {e["id"]: e for e in reference}
+        seen: set[str] = set()
+        highest: tuple[int, int] | None = None
+        for event in run.events:
+            key = id_key(event["id"])
+            if event["id"] in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(event["id"])
+            if highest is not None and key < highest:
+                counts["out_of_order"] += 1
+            highest = key if highest is None else max(highest, key)
+            if event["id"] not in by_id:
+                counts["extra"] += 1
+            elif by_id[event["id"]] != event:
+                counts["payload_mismatch"] += 1
+        counts["lost"] += sum(1 for e in reference if e["id"] not in seen)
+        counts["delivered"] += len(run.events)
+        counts["joins"] += len(run.joins)
+        counts["errors"] += len(run.errors)
+        if not run.done:
+            counts["hung"] += 1
+            problems.append("the watcher never received `end`")
+        elif run.events[-1]["type"] != "end":
+            problems.append("the watcher's last event is not `end`")
+        for name in ("duplicate", "out_of_order", "extra", "payload_mismatch", "lost"):
+            if counts[name]:
+                problems.append(f"{name}: {counts[name]}")
+        if [e["id"] for e in run.events] != [e["id"] for e in reference] and not any(
+                counts[n] for n in ("duplicate", "out_of_order", "extra", "lost")):
+            problems.append("sequence differs from the reference")
+        problems.extend(f"watcher: {error}" for error in run.errors[:5])
+
+    # -- the whole benchmark -----------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """One run per replica, watched to its end, so imports and caches are paid for."""
+        for replica in range(len(self.urls)):
+            run = Run(-1, {"chain": CHAIN, "input": {"customer_id": "warm-up", "channel": "chat",
+                                                     "text": MESSAGES[0]}}, replica, "sse", "at-once")
+            await self.post(run, asyncio.Semaphore(1))
+            if run.run_id is None:
+                raise RuntimeError(f"warm-up POST failed: {run.post_error}")
+            await self.read_reference(run, asyncio.Semaphore(1), replica)
+            if not run.reference or run.reference[-1]["type"] != "end":
+                raise RuntimeError(f"warm-up run did not end: {run.reference_error}")
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        connector = aiohttp.TCPConnector(limit=args.post_concurrency * 2)
+        streams = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as api, \
+                aiohttp.ClientSession(connector=streams) as sse:
+            self.api, self.streams = api, sse
+            await self.warm_up()
+            await asyncio.sleep(1.0)
+            rss_before = self.rss()
+            self.rss_peak = list(rss_before)
+            cpu_before = self.cpu()
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(self.sample_rss(stop))
+
+            runs: list[Run] = []
+            watched = set(self.rng.sample(range(args.runs), round(args.runs * args.watch_fraction)))
+            for index in range(args.runs):
+                body = {"chain": CHAIN, "input": {"customer_id": f"bench-cust-{self.rng.randrange(300)}",
+                                                  "channel": self.rng.choice(CHANNELS),
+                                                  "text": text_for(self.rng)}}
+                run = Run(index, body, index % len(self.urls))
+                if index in watched:
+                    run.transport = "sse" if index % 2 == 0 else "ws"
+                    run.phase = self.rng.choices(PHASES, weights=(35, 40, 25))[0]
+                runs.append(run)
+
+            gate = asyncio.Semaphore(args.post_concurrency)
+            watchers: list[asyncio.Task[None]] = []
+
+            async def start(run: Run) -> None:
+                await self.post(run, gate)
+                if run.run_id is not None and run.transport is not None:
+                    watchers.append(asyncio.create_task(self.watch(run)))
+
+            self.t0 = time.perf_counter()
+            await asyncio.gather(*(start(run) for run in runs))
+            posted_s = time.perf_counter() - self.t0
+            hung = False
+            if watchers:
+                _, pending = await asyncio.wait(watchers, timeout=args.deadline_s)
+                hung = bool(pending)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+                for task in watchers:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+            # Every run final (watched ones are; unwatched ones are polled).
+            pending_runs = [r for r in runs if r.run_id is not None]
+            deadline = time.perf_counter() + args.deadline_s
+            while pending_runs and time.perf_counter() < deadline:
+                finals = await asyncio.gather(*(self.get_run(r.replica, r.run_id) for r in pending_runs),  # type: ignore[arg-type]
+                                              return_exceptions=True)
+                still = []
+                for r, body in zip(pending_runs, finals):
+                    if isinstance(body, dict) and body.get("status") in FINAL:
+                        r.final = body
+                    else:
+                        still.append(r)
+                pending_runs = still
+                if pending_runs:
+                    await asyncio.sleep(0.5)
+            all_final_s = time.perf_counter() - self.t0
+            watched_s = max((r.end_at for r in runs if r.end_at), default=self.t0) - self.t0
+            stop.set()
+            await sampler
+            cpu_s = self.cpu() - cpu_before
+
+            reference_gate = asyncio.Semaphore(args.post_concurrency)
+            await asyncio.gather(*(self.read_reference(r, reference_gate) for r in runs if r.run_id is not None))
+            for run in runs:
+                self.check(run)
+            return {"runs": runs, "posted_s": posted_s, "all_final_s": all_final_s, "watched_s": watched_s,
+                    "hung": hung, "rss_before": rss_before, "rss_peak": self.rss_peak, "cpu_s": cpu_s,
+                    "unfinished": len(pending_runs)}
+
+
+def mb(values: list[int]) -> str:
+    return " + ".join(f"{v / 2**20:.0f}" for v in values) + " MB"
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], t0: float) -> bool:
+    runs: list[Run] = result["runs"]
+    watched = [r for r in runs if r.transport is not None and r.run_id is not None]
+    total: Counter[str] = Counter()
+    for run in runs:
+        total.update(run.counts)
+    post = [r.post_latency_s for r in runs if r.run_id is not None]
+    to_end = [r.end_at - r.posted_at for r in watched if r.end_at is not None]
+    early = [r.end_at - r.posted_at for r in watched if r.end_at is not None and r.phase != "after-end"]
+    server_run = []
+    for r in runs:
+        if r.final and r.final.get("run_ms") is not None and r.final.get("queued_ms") is not None:
+            server_run.append((r.final["queued_ms"] + r.final["run_ms"]) / 1e3)
+    sse = sum(1 for r in watched if r.transport == "sse")
+    failed = [r for r in runs if r.problems]
+    wall = result["all_final_s"]
+    rows = [
+        ("runs", f"{len(runs)} ({len(runs) - len(post)} POSTs failed)"),
+        ("replicas", str(args.replicas)),
+        ("redis", "yes" if args.redis else "no"),
+        ("watchers (SSE / WS)", f"{len(watched)} ({sse} / {len(watched) - sse})"),
+        ("first join at-once / during / after-end",
+         " / ".join(str(sum(1 for r in watched if r.phase == p)) for p in PHASES)),
+        ("joins total", f"{total['joins']} ({total['joins'] / max(1, len(watched)):.1f} per watcher)"),
+        ("events delivered", str(total["delivered"])),
+        ("events in reference logs", str(sum(len(r.reference or []) for r in runs))),
+        ("lost events", str(total["lost"])),
+        ("duplicate events", str(total["duplicate"])),
+        ("out-of-order events", str(total["out_of_order"])),
+        ("events not in the reference (unknown ids)", str(total["extra"])),
+        ("events with another payload than reference", str(total["payload_mismatch"])),
+        ("watchers without `end` (hung)", str(total["hung"])),
+        ("watcher errors (HTTP, error events, closes)", str(total["errors"])),
+        ("runs not succeeded", str(total["not_succeeded"])),
+        ("runs with `end` != GET", str(sum(1 for r in runs if r.counts["end_mismatch"]))),
+        ("runs failing any check", str(len(failed))),
+        ("all POSTs answered", f"{result['posted_s']:.1f} s"),
+        ("wall time (first POST -> all runs final)", f"{wall:.1f} s"),
+        ("runs/s", f"{len(runs) / wall:.1f}"),
+        ("POST latency p50 / p95", f"{pct(post, .5) * 1e3:.0f} / {pct(post, .95) * 1e3:.0f} ms"),
+        ("POST -> `end` received p50 / p95 (all)", f"{pct(to_end, .5):.2f} / {pct(to_end, .95):.2f} s"),
+        ("  same, watchers not waiting for the end", f"{pct(early, .5):.2f} / {pct(early, .95):.2f} s"),
+        ("run queued+running (server) p50 / p95", f"{pct(server_run, .5):.2f} / {pct(server_run, .95):.2f} s"),
+        ("server CPU during the runs", f"{result['cpu_s']:.1f} s"),
+        ("server RSS before", mb(result["rss_before"])),
+        ("server RSS peak", mb(result["rss_peak"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    title = f"background runs: {len(runs)} runs, {args.replicas} replica(s), redis {'yes' if args.redis else 'no'}"
+    print(f"\n{title}")
+    print(f"{'metric':<{width}}  value")
+    print("-" * (width + 30))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+    def breakdown(label: str, groups: list[tuple[str, list[Run]]]) -> None:
+        header = (f"{label:<10} {'watchers':>8} {'joins':>6} {'events':>7} {'lost':>5} {'dup':>4} {'ooo':>4} "
+                  f"{'extra':>5} {'hung':>4} {'errors':>6} {'bad runs':>8}")
+        print(f"\n{header}\n{'-' * len(header)}")
+        for name, members in groups:
+            c: Counter[str] = Counter()
+            for r in members:
+                c.update(r.counts)
+            bad = sum(1 for r in members if r.problems)
+            print(f"{name:<10} {len(members):>8} {c['joins']:>6} {c['delivered']:>7} {c['lost']:>5} "
+                  f"{c['duplicate']:>4} {c['out_of_order']:>4} {c['extra']:>5} {c['hung']:>4} {c['errors']:>6} {bad:>8}")
+
+    breakdown("transport", [("SSE", [r for r in watched if r.transport == "sse"]),
+                            ("WebSocket", [r for r in watched if r.transport == "ws"])])
+    breakdown("first join", [(p, [r for r in watched if r.phase == p]) for p in PHASES])
+
+    if failed:
+        print(f"\nfirst failing runs (of {len(failed)}), each join as: time since first POST, replica, transport, "
+              f"Last-Event-ID sent, events planned, events got, ids -> outcome")
+        for run in failed[:args.show_failures]:
+            print(f"\n  run {run.run_id} (#{run.index}, POSTed to r{run.replica}, watcher {run.transport}, "
+                  f"first join {run.phase}):")
+            for problem in run.problems:
+                print(f"    ! {problem}")
+            ref_ids = [e["id"] for e in run.reference or []]
+            got_ids = [e["id"] for e in run.events]
+            if got_ids != ref_ids:
+                print(f"    reference ({len(ref_ids)}): {' '.join(ref_ids)}")
+                print(f"    watcher   ({len(got_ids)}): {' '.join(got_ids)}")
+                ref_by_id = {e['id']: e for e in run.reference or []}
+                for e in run.events:
+                    if e["id"] not in ref_by_id:
+                        print(f"    unknown event {e['id']} {e['type']} created_at={e.get('created_at')} "
+                              f"data={json.dumps(e['data'])[:160]}")
+            for join in run.joins:
+                print(f"    {join.describe(t0)}")
+    return not failed and not result["hung"] and not result["unfinished"]
+
+
+LOG_LINE = re.compile(r"Traceback|ERROR|CRITICAL|WARNING|Exception|exception")
+
+
+def scan_logs(paths: list[Path]) -> None:
+    print("\nserver logs:")
+    for path in paths:
+        text = path.read_text(errors="replace").splitlines() if path.exists() else []
+        hits = [line for line in text if LOG_LINE.search(line)]
+        kinds = Counter(re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+", "#", line)[:160] for line in hits)
+        print(f"  {path}: {len(text)} lines, {len(hits)} at WARNING or above / tracebacks")
+        for line, count in kinds.most_common(8):
+            print(f"    {count:>5} x {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--replicas", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--redis", action="store_true", help="share events through a throwaway redis-server")
+    parser.add_argument("--watch-fraction", type=float, default=1.0, help="runs that get a watcher")
+    parser.add_argument("--post-concurrency", type=int, default=50)
+    parser.add_argument("--max-joins", type=int, default=30, help="past it a watcher reads to the end")
+    parser.add_argument("--join-spread-s", type=float, default=3.0, help="'during' watchers join within it")
+    parser.add_argument("--deadline-s", type=float, default=300.0, help="watchers still going then are hung")
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--show-failures", type=int, default=5)
+    parser.add_argument("--log-dir", type=Path, default=None, help="server logs (default: a new dir in /tmp)")
+    args = parser.parse_args()
+    if args.replicas > 1 and not args.redis:
+        parser.error("--replicas 2 needs --redis: the in-process event bus is per process")
+    if not 0 <= args.watch_fraction <= 1:
+        parser.error("--watch-fraction is between 0 and 1")
+
+    # A SIGTERM (or Ctrl-C) unwinds through the context managers, which stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    raise_fd_limit()  # inherited by the servers too
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="workflow_bench-", dir="/tmp"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = [log_dir / f"replica-{i}.log" for i in range(args.replicas)]
+    ok = False
+    with tempfile.TemporaryDirectory(prefix="workflow_bench-data-") as data_dir, ExitStack() as stack:
+        env = {
+            "AUTH_JWT_SECRET": BENCH_SECRET, "APP_ENV": "test", "DATA_DIR": data_dir,
+            "DATA_ENCRYPTION_KEY": "bench-data-encryption-key-0123456789abcdef", "LLM_PROVIDERS": "local",
+            "RATE_LIMIT_TENANT": "1000000/minute", "RATE_LIMIT_USER": "1000000/minute",
+            "WORKFLOW_MAX_ACTIVE_PER_TENANT": "100000",
+        }
+        if args.redis:
+            redis = RedisServer(Path(data_dir) / "redis")
+            redis.start()
+            stack.callback(redis.stop)
+            env["REDIS_URL"] = redis.url
+        urls, pids = [], []
+        for log in logs:  # one after the other: the first one migrates the database
+            url, process = stack.enter_context(replica_process(env, log, startup_timeout_s=120))
+            urls.append(url)
+            pids.append(process.pid)
+        print(f"servers {', '.join(urls)} (pids {', '.join(map(str, pids))}), logs in {log_dir}", flush=True)
+        bench = Bench(args, urls, pids)
+        result = asyncio.run(bench.run())
+        ok = report(args, result, bench.t0)
+    scan_logs(logs)  # after the servers stopped: their shutdown is logged too
+    print(f"\n{'PASS' if ok else 'FAIL'}: seed {args.seed}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
