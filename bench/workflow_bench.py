@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ class Join:
     planned: int | None  # events to read before leaving; None: until `end`
     how: str = "close"  # how it leaves: close, or abort (WebSocket: drop the TCP connection)
     at: float = 0.0
+    wall: float = field(default_factory=time.time)  # to compare with the run's started_at/finished_at
     ids: list[str] = field(default_factory=list)
     outcome: str = ""
 
@@ -184,6 +186,7 @@ class Bench:
         self.streams: aiohttp.ClientSession | None = None
         self.t0 = 0.0
         self.rss_peak = [0] * len(pids)
+        self.threads_peak = [(0, 0)] * len(pids)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -193,9 +196,15 @@ class Bench:
     def cpu(self) -> float:
         return sum(sum(p.cpu_times()[:2]) for p in self.processes)
 
+    def threads_fds(self) -> list[tuple[int, int]]:
+        """Each aiosqlite connection is a thread and a file: a leaked one shows here."""
+        return [(p.num_threads(), p.num_fds()) for p in self.processes]
+
     async def sample_rss(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.rss_peak = [max(a, b) for a, b in zip(self.rss_peak, self.rss())]
+            self.threads_peak = [(max(a[0], b[0]), max(a[1], b[1]))
+                                 for a, b in zip(self.threads_peak, self.threads_fds())]
             await asyncio.sleep(0.2)
 
     async def get_run(self, replica: int, run_id: str) -> dict[str, Any]:
@@ -241,8 +250,9 @@ class Bench:
         if run.phase == "during":
             await asyncio.sleep(self.rng.uniform(0.0, self.args.join_spread_s))
         elif run.phase == "after-end":
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
             while True:
-                await asyncio.sleep(0.5 + self.rng.random())
+                await asyncio.sleep(self.rng.uniform(1.0, 2.0))
                 try:
                     if (await self.get_run(run.replica, run.run_id))["status"] in FINAL:
                         break
@@ -464,17 +474,28 @@ class Bench:
 
     # -- the whole benchmark -----------------------------------------------------------
 
-    async def warm_up(self) -> None:
-        """One run per replica, watched to its end, so imports and caches are paid for."""
+    async def warm_up(self) -> list[str]:
+        """Runs on each replica, each read to its end, until one succeeds there, so imports
+        and caches are paid for before measuring. Returns what each warm-up run ended as:
+        a run that did not succeed right after start-up is worth reporting."""
+        outcomes = []
         for replica in range(len(self.urls)):
-            run = Run(-1, {"chain": CHAIN, "input": {"customer_id": "warm-up", "channel": "chat",
-                                                     "text": MESSAGES[0]}}, replica, "sse", "at-once")
-            await self.post(run, asyncio.Semaphore(1))
-            if run.run_id is None:
-                raise RuntimeError(f"warm-up POST failed: {run.post_error}")
-            await self.read_reference(run, asyncio.Semaphore(1), replica)
-            if not run.reference or run.reference[-1]["type"] != "end":
-                raise RuntimeError(f"warm-up run did not end: {run.reference_error}")
+            for attempt in range(5):
+                run = Run(-1, {"chain": CHAIN, "input": {"customer_id": "warm-up", "channel": "chat",
+                                                         "text": MESSAGES[attempt]}}, replica, "sse", "at-once")
+                await self.post(run, asyncio.Semaphore(1))
+                if run.run_id is None:
+                    raise RuntimeError(f"warm-up POST failed: {run.post_error}")
+                await self.read_reference(run, asyncio.Semaphore(1), replica)
+                if not run.reference or run.reference[-1]["type"] != "end":
+                    raise RuntimeError(f"warm-up run did not end: {run.reference_error}")
+                end = run.reference[-1]["data"]
+                outcomes.append(f"r{replica} {run.run_id} {end.get('status')}"
+                                + (f" ({end['error'].get('message')})" if end.get("error") else ""))
+                if end.get("status") == "succeeded":
+                    break
+                await asyncio.sleep(1.0)
+        return outcomes
 
     async def run(self) -> dict[str, Any]:
         args = self.args
@@ -483,10 +504,12 @@ class Bench:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as api, \
                 aiohttp.ClientSession(connector=streams) as sse:
             self.api, self.streams = api, sse
-            await self.warm_up()
+            warm_up = await self.warm_up()
             await asyncio.sleep(1.0)
             rss_before = self.rss()
             self.rss_peak = list(rss_before)
+            threads_before = self.threads_fds()
+            self.threads_peak = list(threads_before)
             cpu_before = self.cpu()
             stop = asyncio.Event()
             sampler = asyncio.create_task(self.sample_rss(stop))
@@ -549,9 +572,23 @@ class Bench:
             await asyncio.gather(*(self.read_reference(r, reference_gate) for r in runs if r.run_id is not None))
             for run in runs:
                 self.check(run)
+            await asyncio.sleep(11.0)  # idle: pooled threads (anyio's, 10 s) and connections wind down
+            threads_after = self.threads_fds()
             return {"runs": runs, "posted_s": posted_s, "all_final_s": all_final_s, "watched_s": watched_s,
                     "hung": hung, "rss_before": rss_before, "rss_peak": self.rss_peak, "cpu_s": cpu_s,
-                    "unfinished": len(pending_runs)}
+                    "unfinished": len(pending_runs), "warm_up": warm_up,
+                    "threads": (threads_before, self.threads_peak, threads_after)}
+
+
+def run_state_at(run: Run, wall: float) -> str:
+    """The run's state when a join began, from GET's timestamps (same machine clock)."""
+    final = run.final or {}
+    started, finished = final.get("started_at"), final.get("finished_at")
+    if finished and wall >= datetime.fromisoformat(finished).timestamp():
+        return "ended"
+    if started and wall >= datetime.fromisoformat(started).timestamp():
+        return "running"
+    return "queued"
 
 
 def mb(values: list[int]) -> str:
@@ -572,6 +609,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], t0: float) -> bool:
         if r.final and r.final.get("run_ms") is not None and r.final.get("queued_ms") is not None:
             server_run.append((r.final["queued_ms"] + r.final["run_ms"]) / 1e3)
     sse = sum(1 for r in watched if r.transport == "sse")
+    first_state = Counter(run_state_at(r, r.joins[0].wall) for r in watched if r.joins)
+    join_state = Counter(run_state_at(r, j.wall) for r in watched for j in r.joins)
+    states = ("queued", "running", "ended")
     failed = [r for r in runs if r.problems]
     wall = result["all_final_s"]
     rows = [
@@ -581,7 +621,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], t0: float) -> bool:
         ("watchers (SSE / WS)", f"{len(watched)} ({sse} / {len(watched) - sse})"),
         ("first join at-once / during / after-end",
          " / ".join(str(sum(1 for r in watched if r.phase == p)) for p in PHASES)),
+        ("first join while run queued / running / ended", " / ".join(str(first_state[s]) for s in states)),
         ("joins total", f"{total['joins']} ({total['joins'] / max(1, len(watched)):.1f} per watcher)"),
+        ("joins while run queued / running / ended", " / ".join(str(join_state[s]) for s in states)),
         ("events delivered", str(total["delivered"])),
         ("events in reference logs", str(sum(len(r.reference or []) for r in runs))),
         ("lost events", str(total["lost"])),
@@ -604,7 +646,10 @@ def report(args: argparse.Namespace, result: dict[str, Any], t0: float) -> bool:
         ("server CPU during the runs", f"{result['cpu_s']:.1f} s"),
         ("server RSS before", mb(result["rss_before"])),
         ("server RSS peak", mb(result["rss_peak"])),
+        ("server threads / open fds before, peak, after", ";  ".join(
+            " -> ".join(f"{t}/{f}" for t, f in per) for per in zip(*result["threads"]))),
     ]
+    rows.insert(0, ("warm-up runs", "; ".join(result["warm_up"])))
     width = max(len(k) for k, _ in rows)
     title = f"background runs: {len(runs)} runs, {args.replicas} replica(s), redis {'yes' if args.redis else 'no'}"
     print(f"\n{title}")
@@ -674,7 +719,7 @@ def main() -> None:
     parser.add_argument("--watch-fraction", type=float, default=1.0, help="runs that get a watcher")
     parser.add_argument("--post-concurrency", type=int, default=50)
     parser.add_argument("--max-joins", type=int, default=30, help="past it a watcher reads to the end")
-    parser.add_argument("--join-spread-s", type=float, default=3.0, help="'during' watchers join within it")
+    parser.add_argument("--join-spread-s", type=float, default=1.0, help="'during' watchers join within it")
     parser.add_argument("--deadline-s", type=float, default=300.0, help="watchers still going then are hung")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--show-failures", type=int, default=5)

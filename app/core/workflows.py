@@ -9,8 +9,9 @@ live; no watcher holds the run, and closing every one of them does not cancel it
 
 Every `WORKFLOW_SWEEP_S` each replica (1) cancels its runs that a request on any
 replica asked to cancel, (2) takes over the runs of replicas that stopped beating
-(`app.store.liveness`): each is re-queued once if it asked for `retry`, else it ends
-`interrupted`, and (3) claims re-queued runs while it has free slots.
+(`app.store.liveness`): each is re-queued once, on the replica that noticed, if it
+asked for `retry`, else it ends `interrupted`; and (3) claims, while it has free
+slots, the re-queued runs a replica released as it stopped cleanly.
 """
 
 from __future__ import annotations
@@ -233,18 +234,23 @@ class WorkflowRunner:
             for run_id in await self.runs.cancel_requests(self.process_id):
                 if (task := self._tasks.get(run_id)) is not None:
                     task.cancel()
-        await self._announce(await self.runs.abandoned(self._alive()))
+        for run in await self._announce(await self.runs.abandoned(self._alive(), taker=self.process_id)):
+            self._launch(run)
         free = self._max_concurrency - len(self._tasks)
-        for run in await self.runs.claim_requeued(self.process_id, free):
+        for run in await self.runs.claim_released(self.process_id, free):
             self._launch(run)
 
-    async def _announce(self, changed: list[WorkflowRun]) -> None:
+    async def _announce(self, changed: list[WorkflowRun]) -> list[WorkflowRun]:
+        """Publishes what happened to runs taken from a stopped replica; returns the re-queued ones."""
+        requeued = []
         for run in changed:
             if run.final:
                 await self._announce_end(run)
             else:
                 await self._publish(run, "status", {"status": run.status, "attempt": run.attempt,
                                                     "reason": "the replica running it stopped: retrying"})
+                requeued.append(run)
+        return requeued
 
     async def stop(self) -> None:
         """A clean stop hands this replica's runs over as a dead one's would be: re-queued
@@ -259,7 +265,9 @@ class WorkflowRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await self._announce(await self.runs.abandoned(None, process_id=self.process_id))
+            mine = await self.runs.abandoned(None, taker=self.process_id, process_id=self.process_id)
+            for run in await self._announce(mine):
+                await self.runs.release(run.run_id, self.process_id)
         except Exception as error:  # noqa: BLE001 - other replicas sweep them up once this one stops beating
             log.warning("handing over background runs failed: %r", error)
 

@@ -223,10 +223,13 @@ class WorkflowRuns:
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
 
-    async def abandoned(self, alive: Select[Any] | None, process_id: str | None = None) -> list[WorkflowRun]:
+    async def abandoned(self, alive: Select[Any] | None, *, taker: str, process_id: str | None = None
+                        ) -> list[WorkflowRun]:
         """Active runs held by a process that is not in `alive` (or by `process_id`, a
-        replica stopping): each is re-queued once if it asked for a retry, else
-        `interrupted`. Returns the runs as they now are, each changed by this call only."""
+        replica stopping): each is re-queued once, held by `taker`, if it asked for a
+        retry, else `interrupted`. Returns the runs as they now are, each changed by this
+        call only. Held, not free for any replica: `taker` announces the new attempt
+        before anyone can start it, so its watchers see `queued` before `running`."""
         held = runs.c.process_id == process_id if process_id is not None else and_(
             runs.c.process_id.is_not(None), runs.c.process_id.not_in(alive))
         async with self.engine.connect() as connection:
@@ -238,7 +241,7 @@ class WorkflowRuns:
         for run_id, holder, status, retry, attempt, cancel_requested in rows:
             expected = and_(runs.c.run_id == run_id, runs.c.process_id == holder, runs.c.status == status)
             if retry and attempt < 2 and not cancel_requested:
-                moved = await self._update(expected, status="queued", process_id=None, attempt=attempt + 1,
+                moved = await self._update(expected, status="queued", process_id=taker, attempt=attempt + 1,
                                            started_at=None)
             else:
                 moved = await self._update(expected, status="interrupted", finished_at=utcnow(), error={
@@ -248,8 +251,13 @@ class WorkflowRuns:
                 changed.append(run)
         return changed
 
-    async def claim_requeued(self, process_id: str, limit: int) -> list[WorkflowRun]:
-        """Re-queued runs (no replica holds them) taken by this replica, oldest first."""
+    async def release(self, run_id: str, process_id: str) -> bool:
+        """A queued run this replica will not start (it is stopping): free for any other."""
+        return await self._update(and_(runs.c.run_id == run_id, runs.c.status == "queued",
+                                       runs.c.process_id == process_id), process_id=None)
+
+    async def claim_released(self, process_id: str, limit: int) -> list[WorkflowRun]:
+        """Released runs taken by this replica, oldest first."""
         if limit <= 0:
             return []
         async with self.engine.connect() as connection:

@@ -63,7 +63,9 @@ async def follow_ws(base_url: str, token: str, run_id: str, *, last_event_id: st
 def wait_for_status(http: httpx.Client, run_id: str, statuses: set[str], timeout_s: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
-        run: dict[str, Any] = http.get(f"{WORKFLOWS}/{run_id}").json()
+        response = http.get(f"{WORKFLOWS}/{run_id}")
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
         if run["status"] in statuses:
             return run
         assert time.monotonic() < deadline, f"run still {run['status']}, expected one of {statuses}"
