@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
+from app.realtime.events import workflow_channel
 from app.server import create_app
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
@@ -44,8 +46,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOp
 
 
 @pytest.fixture(scope="module")
-def url(settings: Settings) -> Iterator[str]:
-    with live_server(create_app(settings)) as base:
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def url(app: FastAPI) -> Iterator[str]:
+    with live_server(app) as base:
         yield base
 
 
@@ -284,3 +291,19 @@ def test_erasing_a_customer_erases_their_runs_and_events(url: str, mint: Callabl
         assert erased["workflow_runs"] == 1 and erased["workflow_event_channels"] == 1
         assert admin.get(f"{WORKFLOWS}/{run['id']}").status_code == 404
         assert admin.get(f"{WORKFLOWS}/{kept['id']}").json()["status"] == "succeeded"
+
+
+def test_erasing_a_customer_mid_run_stops_it_and_keeps_none_of_its_events(
+    app: FastAPI, url: str, mint: Callable[..., str], slow: FakeOpenAI
+) -> None:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint(tenant='erasing', roles=('admin',))}"}) as admin:
+        run = start(admin, "insights/chat", {**QUESTION, "customer_id": "gone-mid-run"})
+        follow_sse(admin, run["id"], leave_after=3)  # streaming
+        assert admin.delete("/api/v1/ai/privacy/customers/gone-mid-run").json()["erased"]["workflow_runs"] == 1
+        bus = app.state.services.bus
+        deadline = time.monotonic() + 10
+        while slow.streams_abandoned == 0 or asyncio.run(bus.history(workflow_channel("erasing", run["id"]), "0-0")):
+            assert time.monotonic() < deadline, "the run went on publishing the erased customer's answer"
+            time.sleep(0.05)
+        assert admin.get(f"{WORKFLOWS}/{run['id']}").status_code == 404
+        assert admin.get("/api/v1/ai/privacy/customers/gone-mid-run/export").json()["workflow_runs"] == []

@@ -208,6 +208,9 @@ class WorkflowRunner:
                    error: dict[str, Any] | None = None) -> None:
         if await self.runs.finish(run, self.process_id, status, output=output, error=error):
             await self._announce_end((await self.runs.get_any(run.run_id)) or run)
+        elif await self.runs.get_any(run.run_id) is None:
+            # Erased while it ran: what it published since goes too.
+            await self.bus.erase(workflow_channel(run.tenant_id, run.run_id))
 
     async def _announce_end(self, run: WorkflowRun) -> None:
         await self._publish(run, "end", end_data(run))
@@ -231,7 +234,9 @@ class WorkflowRunner:
 
     async def sweep(self) -> None:
         if self._tasks:
-            for run_id in await self.runs.cancel_requests(self.process_id):
+            running = list(self._tasks)
+            erased = set(running) - await self.runs.existing(running)  # their customer or tenant was erased
+            for run_id in erased | set(await self.runs.cancel_requests(self.process_id)):
                 if (task := self._tasks.get(run_id)) is not None:
                     task.cancel()
         for run in await self._announce(await self.runs.abandoned(self._alive(), taker=self.process_id)):

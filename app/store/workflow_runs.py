@@ -273,6 +273,10 @@ class WorkflowRuns:
                     claimed.append(run)
         return claimed
 
+    async def existing(self, run_ids: list[str]) -> set[str]:
+        async with self.engine.connect() as connection:
+            return set((await connection.execute(select(runs.c.run_id).where(runs.c.run_id.in_(run_ids)))).scalars())
+
     async def ids_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
         """For erasure: each run's events are a channel of their own."""
         statement = select(runs.c.run_id).where(runs.c.tenant_id == tenant_id, runs.c.customer_id == customer_id)
