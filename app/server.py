@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         announce_dev_sign_in(services)
         services.warm_up()
         await services.cpu.start()
+        await services.liveness.beat()
         services.retention.start()
         workflows.start_supervising()
         tune_gc_once()

@@ -9,12 +9,16 @@ token, so a run is still going while the test leaves, rejoins or cancels it.
 from __future__ import annotations
 
 import asyncio
+import random
+import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import insert, update
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,6 +26,8 @@ from app.core.auth import TokenVerifier
 from app.core.config import Settings
 from app.realtime.events import workflow_channel
 from app.server import create_app
+from app.store.database import create_engine, service_processes, workflow_runs
+from app.store.database import database_url as sqlalchemy_url
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
@@ -307,3 +313,105 @@ def test_erasing_a_customer_mid_run_stops_it_and_keeps_none_of_its_events(
             time.sleep(0.05)
         assert admin.get(f"{WORKFLOWS}/{run['id']}").status_code == 404
         assert admin.get("/api/v1/ai/privacy/customers/gone-mid-run/export").json()["workflow_runs"] == []
+
+
+def test_cancels_racing_the_end_leave_exactly_one_end_per_run(http: httpx.Client) -> None:
+    rng = random.Random(16)
+    runs = []
+    for _ in range(5):  # batches within the tenant's limit of 3 active runs
+        batch = [start(http, "realtime/interactions", ANALYSIS) for _ in range(MAX_ACTIVE)]
+        for run in batch:
+            time.sleep(rng.uniform(0.0, 0.1))  # some still running, some finishing, some done
+            assert http.delete(f"{WORKFLOWS}/{run['id']}").status_code in (200, 202)
+        for run in batch:
+            wait_for_status(http, run["id"], {"succeeded", "cancelled"})
+        runs += batch
+    for run in runs:
+        events = follow_sse(http, run["id"])  # ends only at an `end`: a lost one would hang here
+        ends = [e for e in events if e["type"] == "end"]
+        stored = http.get(f"{WORKFLOWS}/{run['id']}").json()
+        assert len(ends) == 1 and ends[0]["data"]["status"] == stored["status"]
+
+
+def test_a_replica_stops_a_run_it_no_longer_holds(settings: Settings, http: httpx.Client, slow: FakeOpenAI) -> None:
+    """As when another replica took the run over after this one's heartbeat came late."""
+    run = start(http, "insights/chat", QUESTION)
+    follow_sse(http, run["id"], leave_after=3)  # streaming
+
+    async def hand_over() -> None:
+        engine = create_engine(sqlalchemy_url(settings.database_url, settings.sqlite_path))
+        now = datetime.now(UTC)
+        async with engine.begin() as connection:  # a live replica (it beats), now holding the run
+            await connection.execute(insert(service_processes).values(
+                process_id="another-replica", host="elsewhere", started_at=now, last_seen=now + timedelta(hours=1)))
+            await connection.execute(update(workflow_runs).where(workflow_runs.c.run_id == run["id"])
+                                     .values(process_id="another-replica"))
+        await engine.dispose()
+
+    asyncio.run(hand_over())
+    deadline = time.monotonic() + 10
+    while slow.streams_abandoned == 0:
+        assert time.monotonic() < deadline, "this replica went on running a run it no longer holds"
+        time.sleep(0.05)
+    stored = http.get(f"{WORKFLOWS}/{run['id']}").json()
+    assert stored["status"] == "running" and stored["finished_at"] is None, "left to the replica that holds it"
+    assert all(e["type"] != "end" for e in follow_sse(http, run["id"], leave_after=100_000, timeout_s=1.0))
+
+
+def test_a_run_whose_end_cannot_be_written_for_a_while_still_ends(settings: Settings, http: httpx.Client) -> None:
+    if settings.database_url is not None:
+        pytest.skip("the lock that makes writes fail after busy_timeout is SQLite's")
+    run = start(http, "realtime/interactions", ANALYSIS)
+    writer = sqlite3.connect(settings.sqlite_path, timeout=30)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # every other write waits 5 s, then fails: past the run's end
+        time.sleep(7)
+    finally:
+        writer.rollback()
+        writer.close()
+    final = wait_for_status(http, run["id"], {"succeeded", "failed", "interrupted"}, timeout_s=60)
+    events = follow_sse(http, run["id"])
+    assert [e["data"]["status"] for e in events if e["type"] == "end"] == [final["status"]]
+
+
+def test_reading_watching_and_cancelling_follow_roles(url: str, mint: Callable[..., str]) -> None:
+    def as_(user: str, *roles: str) -> httpx.Client:
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint(tenant='roles', user=user, roles=roles)}"})
+
+    with as_("alice", "rep") as alice, as_("bob", "rep") as bob, as_("vera", "viewer") as viewer, \
+            as_("mia", "manager") as manager:
+        analysis = start(alice, "realtime/interactions", {**ANALYSIS, "tenant_id": "globex"})
+        assert viewer.get(f"{WORKFLOWS}/{analysis['id']}").status_code == 403, "viewers may not run analyses"
+        assert viewer.get(f"/api/v1/ai/stream/workflows/{analysis['id']}").status_code == 403
+        assert analysis["id"] not in {r["id"] for r in viewer.get(WORKFLOWS).json()["runs"]}
+        assert analysis["id"] in {r["id"] for r in bob.get(WORKFLOWS).json()["runs"]}, "the tenant's runs"
+        wait_for_status(alice, analysis["id"], {"succeeded"})
+        chat = start(alice, "insights/chat", QUESTION)
+        assert viewer.get(f"{WORKFLOWS}/{chat['id']}").status_code == 200, "viewers may ask the chat"
+        assert bob.delete(f"{WORKFLOWS}/{chat['id']}").status_code == 403, "not bob's run"
+        assert manager.delete(f"{WORKFLOWS}/{chat['id']}").status_code == 200
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint(tenant='roles', roles=('admin',))}"}) as admin:
+        deadline = time.monotonic() + 10
+        while not any(e["detail"].get("overrides") for e in
+                      admin.get("/api/v1/ai/security/events", params={"kind": "identity_override"}).json()):
+            assert time.monotonic() < deadline, "a tenant named in a background run's input is not recorded"
+            time.sleep(0.1)
+
+
+def test_a_late_heartbeat_does_not_make_a_replica_interrupt_its_own_runs(
+    app: FastAPI, settings: Settings, http: httpx.Client, slow: FakeOpenAI
+) -> None:
+    """As after a cold start (a minute of model training before the first beat)."""
+    run = start(http, "insights/chat", QUESTION)
+    follow_sse(http, run["id"], leave_after=3)
+
+    async def beat_long_ago() -> None:
+        engine = create_engine(sqlalchemy_url(settings.database_url, settings.sqlite_path))
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(service_processes).where(service_processes.c.process_id == app.state.services.liveness.process_id)
+                .values(last_seen=datetime.now(UTC) - timedelta(days=1)))
+        await engine.dispose()
+
+    asyncio.run(beat_long_ago())
+    assert wait_for_status(http, run["id"], {"succeeded", "interrupted", "failed"})["status"] == "succeeded"

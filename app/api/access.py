@@ -129,10 +129,19 @@ def _cost(path: str, body: object) -> int:
     return max(1, len(inputs)) if isinstance(inputs, list) else 1
 
 
-def _watch_chain_request(conn: Request, path: str, body: object, principal: Principal) -> None:
-    """Security events of a chain request that goes ahead: identity named in config,
-    metadata or input (ignored, but recorded), and a chat session id that may be
-    another tenant's (checked in the background: `app.core.cross_tenant`)."""
+def watch_chain_request(conn: Request, path: str, body: object, principal: Principal) -> None:
+    """Security events of a chain request that goes ahead (through LangServe, or as a
+    background run): identity named in config, metadata or input (ignored, but
+    recorded), and a chat session id that may be another tenant's (checked in the
+    background: `app.core.cross_tenant`). Never raises: watching must never fail the
+    request it watches."""
+    try:
+        _watch(conn, path, body, principal)
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).exception("security checks of a chain request failed")
+
+
+def _watch(conn: Request, path: str, body: object, principal: Principal) -> None:
     if overrides := identity_overrides(body, conn.path_params.get("config_hash"), principal):
         security_log_of(conn).record_for(conn, "identity_override", principal, {"overrides": overrides})
     if path.startswith(INSIGHTS_CHAT_PATH + "/") and isinstance(body, dict):
@@ -175,7 +184,4 @@ async def guard_request(conn: HTTPConnection) -> None:
     if policy.rate_limited:
         await services.rate_limiter.check(principal, _cost(conn.url.path, body))
     if _is_chain_run(path):  # after the rate limit: a refused request starts no background check
-        try:
-            _watch_chain_request(conn, path, body, principal)
-        except Exception:  # noqa: BLE001 - watching must never fail the request it watches
-            logging.getLogger(__name__).exception("security checks of a chain request failed")
+        watch_chain_request(conn, path, body, principal)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
 from app.core.errors import AppError, RateLimited, Unauthenticated, Unprocessable
@@ -63,6 +64,9 @@ def describe_error(error: BaseException) -> ErrorInfo:
         return ErrorInfo(503, "redis_unavailable", "the shared store cannot be reached: retry shortly", True)
     if isinstance(error, DatabaseTimeout):
         return ErrorInfo(503, "database_busy", "every database connection is busy: retry shortly", True)
+    if isinstance(error, DatabaseUnavailable):
+        # Unreachable, or SQLite's write lock held past its busy timeout: both pass.
+        return ErrorInfo(503, "database_unavailable", "the database cannot take this now: retry shortly", True)
     if isinstance(error, (TimeoutError,)):
         return ErrorInfo(504, "timeout", "the run took too long", True)
     # Unknown failures keep their details in the server log, never in the response.
@@ -167,5 +171,6 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MissingIdentity, run_error_handler)
     app.add_exception_handler(AuditUnavailable, run_error_handler)
     app.add_exception_handler(DatabaseTimeout, run_error_handler)
+    app.add_exception_handler(DatabaseUnavailable, run_error_handler)
     app.add_exception_handler(DocumentNotFound, run_error_handler)
     app.add_exception_handler(RedisError, run_error_handler)

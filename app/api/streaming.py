@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 
 from app.api.access import policy_for
 from app.api.deps import CurrentPrincipal, ServicesDep, get_workflows
-from app.api.routes.workflows import WorkflowId
+from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
     CLOSE_FORBIDDEN,
     CLOSE_TRY_AGAIN_LATER,
@@ -98,7 +98,7 @@ async def serve_websocket(
         return
     try:
         watch = await watch_of(principal)
-    except NotFound as error:  # a run id of no business of the caller's
+    except (NotFound, Forbidden) as error:  # a run id of no business of the caller's, or its chain's roles
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
         return
     subscription = await services.bus.subscribe(watch.channel)
@@ -230,9 +230,11 @@ def _workflow_watch(conn: HTTPConnection, workflow_id: str) -> Callable[[Princip
     workflows = get_workflows(conn)
 
     async def watch_of(principal: Principal) -> Watch:
-        if await workflows.runs.get(principal.tenant_id, workflow_id) is None:
+        run = await workflows.runs.get(principal.tenant_id, workflow_id)
+        if run is None:
             conn.app.state.services.cross_tenant.notice_missing(conn, principal, "workflow_run", workflow_id)
             raise NotFound("no background run with this id in your tenant")
+        ensure_may_run(conn, principal, run.chain)
 
         async def ending(after: str | None) -> list[Event] | None:
             return await workflows.ending(principal.tenant_id, workflow_id, after)

@@ -29,6 +29,7 @@ from app.store.knowledge import KnowledgeBase
 from app.store.workflow_runs import WorkflowRuns
 
 log = logging.getLogger(__name__)
+RUN_STOP_WAIT_S = 5.0
 
 
 def _is_lead(customer_id: str) -> Callable[[Event], bool]:
@@ -68,6 +69,7 @@ class Privacy:
 
     async def erase_customer(self, principal: Principal, customer_id: str) -> dict[str, int]:
         tenant_id = principal.tenant_id
+        await self._stop_runs(tenant_id, customer_id)
         runs = await self.workflow_runs.ids_of_customer(tenant_id, customer_id)
         erased = await self.records.erase(tenant_id, customer_id)
         erased["workflow_event_channels"] = sum([await self.bus.erase(workflow_channel(tenant_id, run_id))
@@ -82,6 +84,7 @@ class Privacy:
     async def erase_tenant(self, principal: Principal, tenant_id: str) -> dict[str, int]:
         """Every row, cache entry and event of the tenant, then its data keys: whatever
         copy of its records survives (a backup, a replica's memory) no longer opens."""
+        await self._stop_runs(tenant_id, None)
         erased = await self.records.erase_tenant(tenant_id)
         erased["cached_customers"] = await self.cache.erase(tenant_id)
         erased["event_channels"] = await self.bus.erase_tenant(tenant_id)
@@ -92,6 +95,20 @@ class Privacy:
         self.knowledge.forget(tenant_id)
         await self._audit(principal, "tenant_erased", {"erased_tenant_id": tenant_id, "erased": erased})
         return erased
+
+    async def _stop_runs(self, tenant_id: str, customer_id: str | None) -> None:
+        """Background runs about the customer (or of the tenant) are stopped first, so none
+        writes their data (a chat turn, an event) after the erasure; the replicas running
+        them cancel them at their next sweep. Past `RUN_STOP_WAIT_S` the erasure goes on:
+        a run that outlives its rows is stopped all the same, and its events erased."""
+        if not await self.workflow_runs.cancel_all(tenant_id, customer_id):
+            return
+        deadline = asyncio.get_running_loop().time() + RUN_STOP_WAIT_S
+        while await self.workflow_runs.active(tenant_id, customer_id):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("erasing while background runs of tenant %s are still stopping", tenant_id)
+                return
+            await asyncio.sleep(0.05)
 
     async def _audit(self, principal: Principal, kind: str, detail: dict[str, Any]) -> None:
         """Awaited: the answer says done only once the record of it is durable."""

@@ -226,6 +226,7 @@ workflow_runs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=True),
     Column("finished_at", UTCDateTime(), nullable=True),
+    Column("end_event_id", String(48), nullable=True),  # the `end` published: rejoins compare with it
     Index("ix_workflow_runs_tenant_created", "tenant_id", "created_at", "run_id"),
     Index("ix_workflow_runs_tenant_status", "tenant_id", "status"),
     Index("ix_workflow_runs_idempotency", "tenant_id", "user_id", "idempotency_key", unique=True),

@@ -77,16 +77,21 @@ class ProcessLiveness:
                 service_processes.c.last_seen < now - FORGET_PROCESSES_AFTER))
         return len(interrupted)
 
+    async def beat(self) -> None:
+        """Says this process is alive: every `heartbeat_s`, and once right after a long
+        start-up (a cold one trains models for a minute), so no replica takes it for dead."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(service_processes)
+                .where(service_processes.c.process_id == self.process_id)
+                .values(last_seen=utcnow())
+            )
+
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                async with self.engine.begin() as connection:
-                    await connection.execute(
-                        update(service_processes)
-                        .where(service_processes.c.process_id == self.process_id)
-                        .values(last_seen=utcnow())
-                    )
+                await self.beat()
                 if interrupted := await self.sweep():
                     log.warning("marked %d runs of stopped processes as interrupted", interrupted)
             except Exception as error:  # noqa: BLE001 - a missed beat is retried at the next one

@@ -17,18 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, text, update
+from sqlalchemy import Select, and_, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
-from app.store.database import workflow_runs as runs
+from app.store.database import finishes_once_started, workflow_runs as runs
 
 INPUT, OUTPUT = "workflow_runs.input", "workflow_runs.output"
 ACTIVE = ("queued", "running")
 FINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 LIST_COLUMNS = [c for c in runs.c if c.name not in ("input", "output")]
+CANCELLED = {"code": "cancelled", "message": "cancelled by a request", "retryable": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class WorkflowRun:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    end_event_id: str | None = None
     error: dict[str, Any] | None = None
     input: Any = None  # None in listings
     output: Any = None
@@ -92,9 +94,8 @@ class WorkflowRuns:
     def __init__(self, engine: AsyncEngine, keys: Keyring) -> None:
         self.engine = engine
         self.keys = keys
-        # Per-tenant: count-then-insert must not interleave within a process (SQLite's
-        # deferred transactions would both read the old count); PostgreSQL replicas
-        # serialise on an advisory lock as well.
+        # Per tenant: a key's lookup and the insert must not interleave within a
+        # process; PostgreSQL replicas serialise on an advisory lock as well.
         self._create_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def create(
@@ -114,18 +115,20 @@ class WorkflowRuns:
                         found = await self._by_key(connection, tenant_id, user_id, idempotency_key)
                         if found is not None:
                             return await self._replayed(found, request_digest), False
-                    active = (await connection.execute(
-                        select(func.count()).select_from(runs)
-                        .where(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
-                    )).scalar_one()
-                    if active >= max_active:
-                        raise TooManyActiveRuns(active)
-                    await connection.execute(insert(runs).values(
-                        run_id=run_id, tenant_id=tenant_id, user_id=user_id, chain=chain, customer_id=customer_id,
-                        status="queued", input=sealed, retry=retry, attempt=1, process_id=process_id,
-                        cancel_requested=False, idempotency_key=idempotency_key, request_digest=request_digest,
-                        created_at=utcnow(),
-                    ))
+                    values = {
+                        "run_id": run_id, "tenant_id": tenant_id, "user_id": user_id, "chain": chain,
+                        "customer_id": customer_id, "status": "queued", "input": sealed, "retry": retry, "attempt": 1,
+                        "process_id": process_id, "cancel_requested": False, "idempotency_key": idempotency_key,
+                        "request_digest": request_digest, "created_at": utcnow(),
+                    }
+                    active = select(func.count()).select_from(runs).where(
+                        runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE)).scalar_subquery()
+                    # One statement counts and inserts: atomic on SQLite even across processes.
+                    inserted = await connection.execute(insert(runs).from_select(
+                        list(values), select(*(literal(v, runs.c[k].type) for k, v in values.items())).where(
+                            active < max_active)).returning(runs.c.run_id))
+                    if inserted.first() is None:  # (rowcount is -1 for INSERT … SELECT on psycopg)
+                        raise TooManyActiveRuns((await connection.execute(select(active))).scalar_one())
             except IntegrityError:
                 # Another process inserted the same key first (SQLite shared by workers).
                 assert idempotency_key is not None
@@ -166,15 +169,16 @@ class WorkflowRuns:
         """A run by id alone: for the replica that executes it, never for a client."""
         return await self._first(select(runs).where(runs.c.run_id == run_id))
 
+    @finishes_once_started  # a watcher leaving mid-read must not tear its connection down
     async def _first(self, statement: Select[Any]) -> WorkflowRun | None:
         async with self.engine.connect() as connection:
             row = (await connection.execute(statement)).mappings().first()
         return await self._opened(row) if row is not None else None
 
-    async def page(self, tenant_id: str, *, status: str | None, limit: int,
+    async def page(self, tenant_id: str, *, chains: list[str], status: str | None, limit: int,
                    before: tuple[datetime, str] | None) -> list[WorkflowRun]:
         """Newest first; `before` is the (created_at, id) of the last run of the previous page."""
-        statement = select(*LIST_COLUMNS).where(runs.c.tenant_id == tenant_id)
+        statement = select(*LIST_COLUMNS).where(runs.c.tenant_id == tenant_id, runs.c.chain.in_(chains))
         if status is not None:
             statement = statement.where(runs.c.status == status)
         if before is not None:
@@ -206,8 +210,7 @@ class WorkflowRuns:
         """A run no replica started yet is cancelled here and now."""
         return await self._update(
             and_(runs.c.tenant_id == tenant_id, runs.c.run_id == run_id, runs.c.status == "queued"),
-            status="cancelled", cancel_requested=True, finished_at=utcnow(),
-            error={"code": "cancelled", "message": "cancelled before it started", "retryable": False},
+            status="cancelled", cancel_requested=True, finished_at=utcnow(), error=CANCELLED,
         )
 
     async def request_cancel(self, tenant_id: str, run_id: str) -> bool:
@@ -226,12 +229,14 @@ class WorkflowRuns:
     async def abandoned(self, alive: Select[Any] | None, *, taker: str, process_id: str | None = None
                         ) -> list[WorkflowRun]:
         """Active runs held by a process that is not in `alive` (or by `process_id`, a
-        replica stopping): each is re-queued once, held by `taker`, if it asked for a
-        retry, else `interrupted`. Returns the runs as they now are, each changed by this
+        replica stopping): a queued one moves to `taker`; a running one is re-queued once,
+        held by `taker`, if it asked for a retry, else `interrupted` (`cancelled` if a
+        cancel was asked). Returns the runs as they now are, each changed by this
         call only. Held, not free for any replica: `taker` announces the new attempt
         before anyone can start it, so its watchers see `queued` before `running`."""
         held = runs.c.process_id == process_id if process_id is not None else and_(
-            runs.c.process_id.is_not(None), runs.c.process_id.not_in(alive))
+            # Never its own: a replica whose heartbeat is late is alive to itself.
+            runs.c.process_id.is_not(None), runs.c.process_id != taker, runs.c.process_id.not_in(alive))
         async with self.engine.connect() as connection:
             rows = (await connection.execute(
                 select(runs.c.run_id, runs.c.process_id, runs.c.status, runs.c.retry, runs.c.attempt,
@@ -240,7 +245,11 @@ class WorkflowRuns:
         changed: list[WorkflowRun] = []
         for run_id, holder, status, retry, attempt, cancel_requested in rows:
             expected = and_(runs.c.run_id == run_id, runs.c.process_id == holder, runs.c.status == status)
-            if retry and attempt < 2 and not cancel_requested:
+            if cancel_requested:
+                moved = await self._update(expected, status="cancelled", finished_at=utcnow(), error=CANCELLED)
+            elif status == "queued":  # never started: it simply moves
+                moved = await self._update(expected, process_id=taker)
+            elif retry and attempt < 2:
                 moved = await self._update(expected, status="queued", process_id=taker, attempt=attempt + 1,
                                            started_at=None)
             else:
@@ -273,9 +282,34 @@ class WorkflowRuns:
                     claimed.append(run)
         return claimed
 
-    async def existing(self, run_ids: list[str]) -> set[str]:
+    async def held(self, process_id: str) -> set[str]:
+        """The active runs this replica holds: a local task whose run is not among them
+        lost it (erased, or taken over after a late heartbeat) and must stop; one of
+        them without a local task was orphaned (a failure between insert and launch)."""
+        statement = select(runs.c.run_id).where(runs.c.status.in_(ACTIVE), runs.c.process_id == process_id)
         async with self.engine.connect() as connection:
-            return set((await connection.execute(select(runs.c.run_id).where(runs.c.run_id.in_(run_ids)))).scalars())
+            return set((await connection.execute(statement)).scalars())
+
+    async def ended_at(self, run_id: str, event_id: str) -> None:
+        """The id of the run's `end` event: a rejoin compares with it, a lost log replays it."""
+        await self._update(runs.c.run_id == run_id, end_event_id=event_id)
+
+    async def cancel_all(self, tenant_id: str, customer_id: str | None) -> int:
+        """Asks every active run of the tenant (or of one customer) to stop: erasure."""
+        where = and_(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
+        if customer_id is not None:
+            where = and_(where, runs.c.customer_id == customer_id)
+        async with self.engine.begin() as connection:
+            await connection.execute(update(runs).where(where, runs.c.status == "queued").values(
+                status="cancelled", cancel_requested=True, finished_at=utcnow(), error=CANCELLED))
+            return (await connection.execute(update(runs).where(where).values(cancel_requested=True))).rowcount
+
+    async def active(self, tenant_id: str, customer_id: str | None) -> int:
+        where = and_(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
+        if customer_id is not None:
+            where = and_(where, runs.c.customer_id == customer_id)
+        async with self.engine.connect() as connection:
+            return (await connection.execute(select(func.count()).select_from(runs).where(where))).scalar_one()
 
     async def ids_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
         """For erasure: each run's events are a channel of their own."""
@@ -283,6 +317,7 @@ class WorkflowRuns:
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
 
+    @finishes_once_started  # a cancelled run's last write must not keep SQLite's lock
     async def _update(self, where: Any, **values: Any) -> bool:
         async with self.engine.begin() as connection:
             return bool((await connection.execute(update(runs).where(where).values(**values))).rowcount)

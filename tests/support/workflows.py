@@ -27,19 +27,25 @@ def start(http: httpx.Client, chain: str, payload: dict[str, Any], **extra: Any)
 
 
 def follow_sse(http: httpx.Client, run_id: str, *, last_event_id: str | None = None,
-               leave_after: int | None = None) -> list[dict[str, Any]]:
-    """The run's messages after `last_event_id` (all of them without), until `end` or
-    until `leave_after` of them arrived; then the connection is closed."""
+               leave_after: int | None = None, timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """The run's messages after `last_event_id` (all of them without), until `end`, until
+    `leave_after` of them arrived, or until none came for `timeout_s`; then it leaves."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     messages: list[dict[str, Any]] = []
-    with connect_sse(http, "GET", f"/api/v1/ai/stream/workflows/{run_id}", headers=headers) as source:
+    timeout = httpx.Timeout(timeout_s) if timeout_s is not None else http.timeout
+    with connect_sse(http, "GET", f"/api/v1/ai/stream/workflows/{run_id}", headers=headers,
+                     timeout=timeout) as source:
         source.response.raise_for_status()
-        for sse in source.iter_sse():
-            message = json.loads(sse.data)
-            assert sse.id == message["id"] and sse.event == message["type"]
-            messages.append(message)
-            if message["type"] == "end" or len(messages) == leave_after:
-                break
+        try:
+            for sse in source.iter_sse():
+                message = json.loads(sse.data)
+                assert sse.id == message["id"] and sse.event == message["type"]
+                messages.append(message)
+                if message["type"] == "end" or len(messages) == leave_after:
+                    break
+        except httpx.ReadTimeout:
+            if timeout_s is None:
+                raise
     return messages
 
 

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("started_at", UTCDateTime(), nullable=True),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
+        sa.Column("end_event_id", sa.String(48), nullable=True),
     )
     op.create_index("ix_workflow_runs_tenant_created", "workflow_runs", ["tenant_id", "created_at", "run_id"])
     op.create_index("ix_workflow_runs_tenant_status", "workflow_runs", ["tenant_id", "status"])
