@@ -80,9 +80,9 @@ def test_a_run_is_cancelled_from_the_other_replica(replicas: tuple[str, str], sl
     with client(a) as on_a, client(b) as on_b:
         run = start(on_a, "insights/chat", QUESTION)
         follow_sse(on_b, run["id"], leave_after=3)  # running, and streaming
-        cancelled = on_b.delete(f"{WORKFLOWS}/{run['id']}")
-        assert cancelled.status_code == 200, "the replica running it stopped it within the second"
-        assert cancelled.json()["status"] == "cancelled"
+        answer = on_b.delete(f"{WORKFLOWS}/{run['id']}")
+        assert answer.status_code in (200, 202), "200 once final, 202 if still stopping after a second"
+        assert wait_for_status(on_b, run["id"], {"cancelled", "succeeded"})["status"] == "cancelled"
         assert follow_sse(on_a, run["id"])[-1]["data"]["status"] == "cancelled"
 
 

@@ -150,6 +150,14 @@ def _sse_error(code: str, message: str) -> dict[str, str]:
     return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": True})}
 
 
+def sse_response(services: Services, watch: Watch, resume_from: str | None, principal: Principal) -> EventSourceResponse:
+    return EventSourceResponse(
+        sse_events(services, watch, resume_from, principal.expires_at),
+        ping=int(services.settings.push_heartbeat_s),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
 def _sse_event(event: Event) -> dict[str, str]:
     return {"id": event.id, "event": event.type, "data": json.dumps(event.as_message())}
 
@@ -200,11 +208,7 @@ async def stream_customer_insights(
     """Server-sent events of a customer's insights and alerts, resumable with Last-Event-ID."""
     channel = customer_channel(principal.tenant_id, customer_id)
     resume_from = valid_event_id(last_event_id_header or last_event_id)
-    return EventSourceResponse(
-        sse_events(services, Watch(channel), resume_from, principal.expires_at),
-        ping=int(services.settings.push_heartbeat_s),
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(services, Watch(channel), resume_from, principal)
 
 
 @router.get("/api/v1/ai/stream/admin")
@@ -216,11 +220,7 @@ async def stream_admin_alerts(
 ) -> EventSourceResponse:
     """Server-sent operator alerts (admins), resumable with Last-Event-ID."""
     resume_from = valid_event_id(last_event_id_header or last_event_id)
-    return EventSourceResponse(
-        sse_events(services, Watch(ADMIN_CHANNEL), resume_from, principal.expires_at),
-        ping=int(services.settings.push_heartbeat_s),
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(services, Watch(ADMIN_CHANNEL), resume_from, principal)
 
 
 def _workflow_watch(conn: HTTPConnection, workflow_id: str) -> Callable[[Principal], Awaitable[Watch]]:
@@ -271,8 +271,4 @@ async def stream_workflow(
     if resume_from is not None and await get_workflows(request).has_ended_before(
             principal.tenant_id, workflow_id, resume_from):
         return Response(status_code=204)
-    return EventSourceResponse(
-        sse_events(services, watch, resume_from, principal.expires_at),
-        ping=int(services.settings.push_heartbeat_s),
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(services, watch, resume_from, principal)
