@@ -1,6 +1,7 @@
 """Overload: offered load at 2x capacity, 10% high-value requests.
 
-    .venv/bin/python -m bench.overload_bench [--seconds 20] [--slots 8]
+    .venv/bin/python -m bench.overload_bench [--seconds 20] [--slots 8] [--traffic varied|repeated]
+        [--repeat-share 0.1]
 
 The provider is paced like a real LLM (50 chunks, 10 ms apart: ~0.5 s per answer) and
 the service has `--slots` of it, so capacity is slots / 0.5 s runs per second. An
@@ -8,12 +9,20 @@ open-loop client sends Poisson arrivals at twice that rate to the interaction ch
 `/stream` and records, per request, the time to its first result and whether it came
 back degraded. Goodput is the share of requests whose first result arrived within the
 2 s deadline. High-value latency is compared with the same requests unloaded.
+
+Traffic (`--traffic`): `varied` (the default) sends the 320 messages of the local
+model's dev split (written apart from its rules, in many styles) from 50 customers, a
+`--repeat-share` of them a customer re-sending one of its own earlier messages, so a
+degraded answer mostly has to come from the local analysis of that very message, as in
+real traffic; `repeated` is the earlier traffic (one sentence, a number changing), where
+nearly every degraded answer is a cache hit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import random
@@ -28,6 +37,8 @@ from bench.stream_bench import request_for, server
 
 CHUNKS = 50
 DELAY_S = 0.01
+CUSTOMERS = 50
+DEV_MESSAGES = Path(__file__).resolve().parents[1] / "chains" / "local" / "corpus" / "dev.csv"
 
 
 @dataclass
@@ -40,10 +51,42 @@ class Outcome:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class Message:
+    customer_id: str
+    channel: str
+    text: str
+    repeat: bool = False
+
+
+class Traffic:
+    """What customers send: varied messages with some re-sent, or the one old sentence."""
+
+    def __init__(self, kind: str, repeat_share: float, rng: random.Random) -> None:
+        self.kind = kind
+        self.repeat_share = repeat_share
+        self.rng = rng
+        with open(DEV_MESSAGES, newline="") as handle:
+            self.pool = [(row["channel"], row["text"]) for row in csv.DictReader(handle)]
+        self.sent: dict[str, list[tuple[str, str]]] = {}
+
+    def next(self, index: int) -> Message:
+        if self.kind == "repeated":
+            return Message(f"c-{index % CUSTOMERS}", "chat",
+                           f"Request {index}: our campaign report is late, can you check today?")
+        customer = f"c-{self.rng.randrange(CUSTOMERS)}"
+        earlier = self.sent.setdefault(customer, [])
+        if earlier and self.rng.random() < self.repeat_share:
+            channel, text = self.rng.choice(earlier)
+            return Message(customer, channel, text, repeat=True)
+        channel, text = self.rng.choice(self.pool)
+        earlier.append((channel, text))
+        return Message(customer, channel, text)
+
+
 async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], high_value: bool,
-              index: int) -> Outcome:
-    body = {"input": {"customer_id": f"c-{index % 50}", "channel": "chat",
-                      "text": f"Request {index}: our campaign report is late, can you check today?",
+              message: Message) -> Outcome:
+    body = {"input": {"customer_id": message.customer_id, "channel": message.channel, "text": message.text,
                       "customer_tier": "high_value" if high_value else "standard"}}
     started = time.perf_counter()
     first = None
@@ -69,7 +112,7 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
 
 
 async def open_loop(url: str, headers: dict[str, str], rate: float, seconds: float,
-                    high_share: float, seed: int = 7) -> list[Outcome]:
+                    high_share: float, traffic: Traffic, seed: int = 7) -> list[Outcome]:
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -81,7 +124,8 @@ async def open_loop(url: str, headers: dict[str, str], rate: float, seconds: flo
             delay = started + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, url, headers, rng.random() < high_share, index)))
+            message = traffic.next(index)
+            tasks.append(asyncio.create_task(one(session, url, headers, rng.random() < high_share, message)))
             index += 1
             at += rng.expovariate(rate)
         return list(await asyncio.gather(*tasks))
@@ -96,6 +140,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--traffic", choices=("varied", "repeated"), default="varied")
+    parser.add_argument("--repeat-share", type=float, default=0.1, help="varied traffic: messages re-sent")
     args = parser.parse_args()
     run_s = CHUNKS * DELAY_S
     capacity = args.slots / run_s
@@ -103,10 +149,17 @@ def main() -> None:
                        "SCHEDULER_MAX_CONCURRENCY": str(args.slots)})
     with tempfile.TemporaryDirectory() as tmp, server("full", Path(tmp)) as (base, _pid):
         url, _, headers = request_for("full", base)
-        unloaded = asyncio.run(open_loop(url, headers, rate=capacity / 8, seconds=5, high_share=1.0, seed=1))
-        loaded = asyncio.run(open_loop(url, headers, rate=2 * capacity, seconds=args.seconds, high_share=0.1))
+        unloaded = asyncio.run(open_loop(url, headers, rate=capacity / 8, seconds=5, high_share=1.0,
+                                         traffic=Traffic(args.traffic, 0.0, random.Random(1)), seed=1))
+        traffic = Traffic(args.traffic, args.repeat_share, random.Random(7))
+        loaded = asyncio.run(open_loop(url, headers, rate=2 * capacity, seconds=args.seconds, high_share=0.1,
+                                       traffic=traffic))
     served = [o for o in loaded if o.ok and o.ttft_s <= 2.0]
     high = [o for o in loaded if o.high_value]
+    first_sends = sum(len(sent) for sent in traffic.sent.values())
+    print(f"traffic: {args.traffic}" + (f", {len(traffic.pool)} distinct dev messages from {CUSTOMERS} customers, "
+                                         f"{1 - first_sends / max(1, len(loaded)):.1%} re-sent"
+                                         if args.traffic == "varied" else ""))
     print(f"capacity {capacity:.0f} runs/s ({args.slots} slots x {run_s:.1f} s runs); offered "
           f"{2 * capacity:.0f} req/s for {args.seconds:.0f} s: {len(loaded)} requests, "
           f"{sum(o.high_value for o in loaded)} high-value")

@@ -231,11 +231,21 @@ class WorkflowRunner:
         await self._settle(self._end(run, "succeeded", output=output))
 
     async def _settle(self, ending: Awaitable[None]) -> None:
-        """Runs a run's ending to completion even if its task is cancelled meanwhile."""
+        """Runs a run's ending to completion even if its task is cancelled meanwhile, and
+        keeps the task until then: while its task lives, the run is this replica's own
+        business (the sweep adopts held runs that have no task)."""
         task = asyncio.ensure_future(ending)
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
-        await asyncio.shield(task)
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        task.result()
 
     async def _end(self, run: WorkflowRun, status: str, *, output: Any = None,
                    error: dict[str, Any] | None = None) -> None:
