@@ -90,7 +90,7 @@ def test_killing_the_replica_mid_run_interrupts_or_retries_its_runs(
     replicas: tuple[str, str], env: dict[str, str], tmp_path: Path, slow: FakeOpenAI
 ) -> None:
     a, b = replicas
-    slow.token_delay_s = 0.2  # six seconds a run: the kill lands mid-run
+    slow.token_delay_s = 0.5  # fifteen seconds a run: the kill lands mid-run even on a loaded machine
     with replica_process(env, tmp_path / "doomed.log") as (doomed_url, doomed), client(doomed_url) as on_doomed, \
             client(a) as on_a:
         plain = start(on_doomed, "insights/chat", QUESTION)
@@ -121,7 +121,7 @@ def test_a_replica_stopping_cleanly_hands_its_runs_over(
     replicas: tuple[str, str], env: dict[str, str], tmp_path: Path, slow: FakeOpenAI
 ) -> None:
     a, _ = replicas
-    slow.token_delay_s = 0.2
+    slow.token_delay_s = 0.5  # fifteen seconds a run: SIGTERM lands mid-run even on a loaded machine
     with replica_process(env, tmp_path / "leaving.log") as (leaving_url, leaving), client(leaving_url) as on_leaving, \
             client(a) as on_a:
         plain = start(on_leaving, "insights/chat", QUESTION)
