@@ -76,6 +76,12 @@ class WorkflowRun:
         return view
 
 
+def _active_of(tenant_id: str, customer_id: str | None) -> Any:
+    """The tenant's queued and running runs, or one customer's."""
+    where = and_(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
+    return where if customer_id is None else and_(where, runs.c.customer_id == customer_id)
+
+
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds() * 1000, 3) if start and end else None
 
@@ -296,20 +302,16 @@ class WorkflowRuns:
 
     async def cancel_all(self, tenant_id: str, customer_id: str | None) -> int:
         """Asks every active run of the tenant (or of one customer) to stop: erasure."""
-        where = and_(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
-        if customer_id is not None:
-            where = and_(where, runs.c.customer_id == customer_id)
+        where = _active_of(tenant_id, customer_id)
         async with self.engine.begin() as connection:
             await connection.execute(update(runs).where(where, runs.c.status == "queued").values(
                 status="cancelled", cancel_requested=True, finished_at=utcnow(), error=CANCELLED))
             return (await connection.execute(update(runs).where(where).values(cancel_requested=True))).rowcount
 
     async def active(self, tenant_id: str, customer_id: str | None) -> int:
-        where = and_(runs.c.tenant_id == tenant_id, runs.c.status.in_(ACTIVE))
-        if customer_id is not None:
-            where = and_(where, runs.c.customer_id == customer_id)
+        statement = select(func.count()).select_from(runs).where(_active_of(tenant_id, customer_id))
         async with self.engine.connect() as connection:
-            return (await connection.execute(select(func.count()).select_from(runs).where(where))).scalar_one()
+            return (await connection.execute(statement)).scalar_one()
 
     async def ids_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
         """For erasure: each run's events are a channel of their own."""
