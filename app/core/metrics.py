@@ -8,6 +8,15 @@ QUEUE_DEPTH = Gauge(
     "ai_workflow_queue_depth", "Chain runs waiting for a slot.", ["provider"]
 )
 RUNNING = Gauge("ai_workflow_running", "Chain runs holding a slot.", ["provider"])
+CLUSTER_SLOT_LEASES = Gauge(
+    "ai_scheduler_cluster_leases", "Cluster-wide slot leases (SCHEDULER_CLUSTER_MAX_CONCURRENCY) held by this process.",
+    ["provider"],
+)
+CLUSTER_SLOT_FALLBACKS = Counter(
+    "ai_scheduler_cluster_fallback_total",
+    "Runs admitted under this process's limit only because Redis could not be reached for a cluster lease.",
+    ["provider"],
+)
 DEGRADED = Counter(
     "ai_workflow_degraded_total", "Runs answered degraded, by reason.", ["chain", "reason"]
 )

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+from redis.asyncio import Redis
+
 from app.core.analysis_cache import AnalysisCache
+from app.core.cluster_slots import ClusterSlots
 from app.core.metrics import EVENTS_PUBLISHED, QUEUE_DEPTH, RUNNING
 from app.core.scheduler import Priority, Scheduler
 from app.realtime.alerts import SentimentHistory, sentiment_alert
@@ -44,6 +47,9 @@ class RealtimeProcessor:
         cache: AnalysisCache,
         sentiment_history: SentimentHistory,
         audit: AuditLog,
+        redis: Redis | None = None,
+        cluster_max_concurrency: int | None = None,
+        cluster_lease_ttl_s: float = 10.0,
     ) -> None:
         self.provider = provider
         self.audit = audit
@@ -60,8 +66,16 @@ class RealtimeProcessor:
             max_concurrency or DEFAULT_CONCURRENCY.get(provider, 16),
             queue_max_size=queue_max_size,
             on_change=export,
+            # A provider's rate limit is one number for all replicas, so it is shared
+            # through Redis when there is one; without Redis each process has only its own.
+            cluster=ClusterSlots(redis, provider=provider, limit=cluster_max_concurrency,
+                                 lease_ttl_s=cluster_lease_ttl_s)
+            if redis is not None and cluster_max_concurrency is not None else None,
         )
         export(0, 0)
+
+    async def close(self) -> None:
+        await self.scheduler.close()
 
     async def publish_interaction(
         self, identity: RunIdentity, payload: dict[str, Any], output: dict[str, Any]
