@@ -6,8 +6,10 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from app.api.chains import API_PREFIX, INTERACTIONS_PATH, add_chain_routes, build_chains
 from app.api.errors import add_exception_handlers, error_payload
@@ -21,10 +23,17 @@ from app.api.stream_errors import StreamErrorMiddleware
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.services import Services
+from app.core.tracing import Tracing
 from app.core.workflows import WorkflowRunner
 from app.store.database import migrate
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 log = logging.getLogger("app")
+# FastAPI's built-in telemetry stays off: request spans come from app.core.tracing, whose
+# switch is TRACING_ENABLED (and off, a request does not even look for a global provider).
+NATIVE_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 _gc_tuned = False
 
 
@@ -66,11 +75,13 @@ def announce_dev_sign_in(services: Services) -> None:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
     """Wires the service. Builds objects only: files, secrets, tables and connections
-    are made in the lifespan (or on first use), so importing this module has no effects."""
+    are made in the lifespan (or on first use), so importing this module has no effects.
+    `span_exporter` replaces OTLP when TRACING_ENABLED (tests: the SDK's in-memory one)."""
     settings = settings or get_settings()
-    services = Services.build(settings)
+    tracing = Tracing.from_settings(settings, span_exporter)
+    services = Services.build(settings, tracer=tracing.tracer)
     chains = build_chains(services)
     workflows = WorkflowRunner(
         services.workflow_runs, {path.removeprefix(API_PREFIX): chain for path, chain in chains.items()},
@@ -83,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
+        tracing.start()
         await migrate(services.engine)
         interrupted = await services.liveness.start()
         if interrupted:
@@ -97,14 +109,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await workflows.stop()  # before the process stops beating: its runs are handed over
         await services.close()
+        tracing.shutdown()  # exports the spans still pending
 
     app = FastAPI(
         title=settings.app_name,
         description="Real-time interaction analysis, explainable lead scoring and grounded insights chat.",
         lifespan=lifespan,
         dependencies=[Depends(guard_request)],  # deny by default: see app.api.access
+        telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.services = services
+    app.state.tracing = tracing
     app.state.workflows = workflows
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
@@ -128,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # After the chains: LangServe's endpoints under /api/v1/ai/scoring/leads/ match first.
     app.include_router(scoring.router)
     app.include_router(privacy.router)
+    tracing.instrument(app)  # outermost: the request span covers every middleware
     return app
 
 

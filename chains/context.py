@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
+from opentelemetry.context import Context
 
 RUN_CONTEXT_KEY = "crm_run_context"
 
@@ -67,6 +68,9 @@ class RunContext:
     token_callbacks: bool = True
     arrived_at: float | None = None  # loop.time() when the request reached the chain layer
     client: ClientLink | None = None
+    # With tracing on: the OpenTelemetry context of this run's `run` span, the parent of
+    # its provider calls (a span cannot be made current across a generator's yields).
+    trace_parent: Context | None = None
 
     def for_run(self, *, token_callbacks: bool) -> RunContext:
         """The same request's context with a record of its own (one per run of a batch)."""

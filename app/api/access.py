@@ -21,6 +21,7 @@ from app.api.request_body import BODY_METHODS, PARSED_BODY
 from app.core.auth import Principal, authenticate
 from app.core.errors import Forbidden
 from app.core.security_log import security_log_of
+from chains import spans
 
 ADMIN = frozenset({"admin"})
 ANALYSTS = frozenset({"admin", "manager", "rep"})
@@ -166,13 +167,20 @@ async def guard_request(conn: HTTPConnection) -> None:
         raise Forbidden("no access policy for this route")
     if policy.public or is_websocket:
         return
-    principal = await authenticate(conn)  # a 401 is recorded where it is answered (app.api.errors)
+    services = conn.app.state.services
+    with services.tracer.start_span("auth", record_exception=False, set_status_on_exception=False) as span:
+        try:
+            principal = await authenticate(conn)  # a 401 is recorded where it is answered (app.api.errors)
+        except Exception as error:
+            spans.failed(span, error)
+            span.set_attribute("ai.auth.reason", str(getattr(error, "reason", "error")))
+            raise
+        span.set_attribute(spans.TENANT, principal.tenant_id)
     assert policy.roles is not None
     if not principal.has_any_role(policy.roles):
         security_log_of(conn).record_for(conn, "forbidden_role", principal, {
             "required": sorted(policy.roles), "roles": sorted(principal.roles), "method": conn.scope.get("method")})
         raise Forbidden(f"requires one of the roles {sorted(policy.roles)}")
-    services = conn.app.state.services
     if policy.roles == OPERATORS and principal.tenant_id != services.settings.operator_tenant:
         # The role alone is a string any token of the issuer could carry: operators are
         # also the members of the one operator tenant (OPERATOR_TENANT).

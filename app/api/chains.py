@@ -78,15 +78,15 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
     return {
         INTERACTIONS_PATH: ManagedChain(
             analysis(services.router), chain_name="interactions", processor=processor,
-            delivery=interactions, fallback=interactions,
+            delivery=interactions, fallback=interactions, tracer=services.tracer,
         ),
         LEAD_SCORING_PATH: ManagedChain(
             build_lead_scoring_chain(services.scoring), chain_name="scoring", processor=processor,
-            delivery=ScoringDelivery(processor, services.scores),
+            delivery=ScoringDelivery(processor, services.scores), tracer=services.tracer,
         ),
         INSIGHTS_CHAT_PATH: ManagedChain(
             insights(services.router), chain_name="insights", processor=processor,
-            delivery=chat, fallback=chat,
+            delivery=chat, fallback=chat, tracer=services.tracer,
         ),
     }
 

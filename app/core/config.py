@@ -78,6 +78,13 @@ class Settings(BaseSettings, ProviderSettings):
     scheduler_max_concurrency: int | None = Field(
         default=None, ge=1, description="Slots per process for the primary provider."
     )
+    scheduler_cluster_max_concurrency: int | None = Field(
+        default=None, ge=1,
+        description="With REDIS_URL: slots of the primary provider across all replicas (its rate limit is one number).",
+    )
+    scheduler_cluster_lease_ttl_s: float = Field(
+        default=10.0, gt=0, description="A dead replica's cluster slots come back after this (live ones renew theirs)."
+    )
     scheduler_queue_max_size: int = Field(default=1_000, ge=0)
     cpu_workers: int | None = Field(
         default=None, ge=1, description="Threads for the embedded analysis (default: one per core)."
@@ -150,6 +157,11 @@ class Settings(BaseSettings, ProviderSettings):
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     metrics_public: bool = False  # production: an explicit opt-out of METRICS_TOKEN
+    # OpenTelemetry tracing (README, "Tracing"): the one switch. Where spans go is the SDK's
+    # standard environment (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS,
+    # OTEL_TRACES_SAMPLER...), read by the SDK itself.
+    tracing_enabled: bool = Field(default=False, description="Off: no tracer provider, no middleware, no-op spans.")
+    otel_service_name: str = "crm-realtime-ai"  # the SDK's own variable name, read here
 
     @field_validator("allowed_origins", "data_encryption_old_keys", mode="before")
     @classmethod

@@ -12,6 +12,9 @@ the runnable it serves; the last two (and the default `abatch`) are built on
    cancelled by sse-starlette. Either way the slot is released in `finally`.
 3. Delivery: the finished output goes to the chain's `Delivery` (publish, cache), never failing
    the run if delivery does.
+
+With tracing on (README, "Tracing") each run is a `run` span under the request's span,
+with `queue_wait`, the router's `provider_call`s and `publish` under it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.utils import ConfigurableFieldSpec
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from app.core.errors import ClientDisconnected
@@ -32,7 +39,8 @@ from app.core.metrics import CANCELLED, DEGRADED, RUN_LATENCY, TIME_TO_FIRST_RES
 from app.core.processor import RealtimeProcessor, priority_of
 from app.core.run_recorder import RunRecorder
 from app.core.scheduler import SlotUnavailable
-from chains.context import RunIdentity, run_context
+from chains import spans
+from chains.context import RunIdentity, run_context, with_run_context
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +75,14 @@ class ManagedChain(Runnable[Any, Any]):
         processor: RealtimeProcessor,
         delivery: Delivery,
         fallback: Fallback | None = None,
+        tracer: Tracer = spans.NO_TRACER,
     ) -> None:
         self.chain = chain
         self.chain_name = chain_name  # the audit trail's `chain` and the metrics' label
         self.processor = processor
         self.delivery = delivery
         self.fallback = fallback
+        self.tracer = tracer
 
     def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
         return self.chain.get_name(suffix, name=name)
@@ -127,22 +137,47 @@ class ManagedChain(Runnable[Any, Any]):
             final = chunk if final is None else final + chunk
         return final
 
-    async def _admit(self, slots: AsyncExitStack, payload: dict[str, Any], recorder: RunRecorder) -> str | None:
+    async def _admit(
+        self, slots: AsyncExitStack, payload: dict[str, Any], recorder: RunRecorder, trace_parent: Context | None
+    ) -> str | None:
         """Waits for a slot of the primary provider (held until `slots` closes), or says
         why none came in time: the caller then answers from its `Fallback`."""
         arrived_at = recorder.context.arrived_at or asyncio.get_running_loop().time()
-        try:
-            await slots.enter_async_context(
-                self.processor.scheduler.slot(
-                    tenant_id=recorder.identity.tenant_id,
-                    priority=priority_of(payload),
-                    # Leave the degraded answer time to arrive inside the deadline too.
-                    deadline=arrived_at + self.processor.deadline_s - DEGRADED_ANSWER_MARGIN_S,
+        priority = priority_of(payload)
+        with self.tracer.start_span(
+            "queue_wait", context=trace_parent, record_exception=False, set_status_on_exception=False,
+            attributes={spans.CHAIN: self.chain_name, spans.TENANT: recorder.identity.tenant_id,
+                        spans.QUEUE_PRIORITY: priority},
+        ) as span:
+            outcome = "cancelled"
+            try:
+                await slots.enter_async_context(
+                    self.processor.scheduler.slot(
+                        tenant_id=recorder.identity.tenant_id,
+                        priority=priority,
+                        # Leave the degraded answer time to arrive inside the deadline too.
+                        deadline=arrived_at + self.processor.deadline_s - DEGRADED_ANSWER_MARGIN_S,
+                    )
                 )
-            )
-        except SlotUnavailable as unavailable:
-            return unavailable.reason
+                outcome = "granted"
+            except SlotUnavailable as unavailable:
+                outcome = unavailable.reason
+                return unavailable.reason
+            finally:
+                span.set_attribute(spans.QUEUE_OUTCOME, outcome)
         return None
+
+    def _start_run_span(self, recorder: RunRecorder) -> tuple[trace.Span, Context | None, RunnableConfig]:
+        """The run's span, the context making it a parent, and the run's config carrying
+        that context to the provider router. Off, the config is the recorder's own."""
+        span = self.tracer.start_span(
+            "run", record_exception=False, set_status_on_exception=False,
+            attributes={spans.CHAIN: self.chain_name, spans.TENANT: recorder.identity.tenant_id},
+        )
+        if not span.is_recording():
+            return span, None, recorder.config
+        parent = trace.set_span_in_context(span)
+        return span, parent, with_run_context(recorder.config, replace(recorder.context, trace_parent=parent))
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -150,51 +185,61 @@ class ManagedChain(Runnable[Any, Any]):
         recorder = RunRecorder(self.processor.audit, ensure_config(config), self.chain_name)
         identity = recorder.identity
         await recorder.started_run()  # no unaccounted AI decision: refuse if it cannot be recorded
-        config = recorder.config
+        run_span, trace_parent, config = self._start_run_span(recorder)
         started = time.perf_counter()
         cause: str | None = None
         final: Any = None
         outcome = "error"
         error_code: str | None = None
-        # Every exit, waiting in the queue included, goes through `finally`: a client that
-        # leaves while queued still gets its audit record and latency sample.
         try:
-            async with AsyncExitStack() as slots:
-                if self.fallback is not None:
-                    cause = await self._admit(slots, input, recorder)
-                if cause is None or self.fallback is None:
-                    source = self.chain.astream(input, config, **kwargs)
-                else:
-                    source = self.fallback.degraded(input, config, identity, cause)
-                async for chunk in source:
-                    if final is None:
-                        TIME_TO_FIRST_RESULT.labels(self.chain_name).observe(time.perf_counter() - started)
-                        final = chunk
+            # Every exit, waiting in the queue included, goes through `finally`: a client that
+            # leaves while queued still gets its audit record and latency sample.
+            try:
+                async with AsyncExitStack() as slots:
+                    if self.fallback is not None:
+                        cause = await self._admit(slots, input, recorder, trace_parent)
+                    if cause is None or self.fallback is None:
+                        source = self.chain.astream(input, config, **kwargs)
                     else:
-                        final = final + chunk
-                    yield chunk
-            degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
-            outcome = "degraded" if degraded else "ok"
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        except Exception as error:
-            error_code = str(getattr(error, "code", type(error).__name__))
-            raise
+                        source = self.fallback.degraded(input, config, identity, cause)
+                    async for chunk in source:
+                        if final is None:
+                            TIME_TO_FIRST_RESULT.labels(self.chain_name).observe(time.perf_counter() - started)
+                            final = chunk
+                        else:
+                            final = final + chunk
+                        yield chunk
+                degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
+                outcome = "degraded" if degraded else "ok"
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "cancelled"
+                raise
+            except Exception as error:
+                error_code = str(getattr(error, "code", type(error).__name__))
+                spans.failed(run_span, error)
+                raise
+            finally:
+                RUN_LATENCY.labels(self.chain_name, outcome).observe(time.perf_counter() - started)
+                first_token_at = recorder.record.first_model_token_at
+                if first_token_at is not None:
+                    TIME_TO_FIRST_TOKEN.labels(self.chain_name, recorder.record.provider or "unknown").observe(
+                        first_token_at - started
+                    )
+                if outcome in ("cancelled", "error"):
+                    # Queued, not awaited: a cancelled task cannot wait for the commit.
+                    await recorder.finished(final, status=outcome, error_code=error_code, wait=False)
+            if cause is not None:
+                DEGRADED.labels(self.chain_name, cause).inc()
+            with self.tracer.start_span(
+                "publish", context=trace_parent, record_exception=False, set_status_on_exception=False,
+                attributes={spans.CHAIN: self.chain_name, spans.TENANT: identity.tenant_id},
+            ) as span:
+                try:
+                    await self.delivery.on_complete(identity, input, final, degraded)
+                except Exception as error:  # noqa: BLE001 - the client got its answer; delivery is best effort
+                    spans.failed(span, error)
+                    log.exception("delivering the result of %s failed", self.chain_name)
+            await recorder.finished(final, status=outcome)
         finally:
-            RUN_LATENCY.labels(self.chain_name, outcome).observe(time.perf_counter() - started)
-            first_token_at = recorder.record.first_model_token_at
-            if first_token_at is not None:
-                TIME_TO_FIRST_TOKEN.labels(self.chain_name, recorder.record.provider or "unknown").observe(
-                    first_token_at - started
-                )
-            if outcome in ("cancelled", "error"):
-                # Queued, not awaited: a cancelled task cannot wait for the commit.
-                await recorder.finished(final, status=outcome, error_code=error_code, wait=False)
-        if cause is not None:
-            DEGRADED.labels(self.chain_name, cause).inc()
-        try:
-            await self.delivery.on_complete(identity, input, final, degraded)
-        except Exception:  # noqa: BLE001 - the client got its answer; delivery is best effort
-            log.exception("delivering the result of %s failed", self.chain_name)
-        await recorder.finished(final, status=outcome)
+            run_span.set_attribute(spans.OUTCOME, outcome)
+            run_span.end()

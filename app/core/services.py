@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from limits.aio.storage import Storage
+from opentelemetry.trace import Tracer
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +53,7 @@ from chains.providers.router import ProviderRouter
 from chains.scoring.chain import ModelRouting
 from chains.scoring.model import LeadScoringModel
 from chains.scoring.priors import VERSIONS, train_models
+from chains.spans import NO_TRACER
 
 
 class TrainedModels(Mapping[str, LeadScoringModel]):
@@ -103,9 +105,10 @@ class Services:
     security_log: SecurityLog
     cross_tenant: CrossTenantWatch
     workflow_runs: WorkflowRuns
+    tracer: Tracer = NO_TRACER  # the service's own spans (app.core.tracing): no-op unless TRACING_ENABLED
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, *, tracer: Tracer = NO_TRACER) -> Services:
         engine = create_engine(
             database_url(settings.database_url, settings.sqlite_path),
             pool_size=settings.database_pool_size,
@@ -174,8 +177,8 @@ class Services:
             knowledge=knowledge,
             memory=ConversationMemory(engine, keys),
             interactions=InteractionLog(engine, keys),
-            router=ProviderRouter.from_settings(settings, health=breakers),
-            local_router=ProviderRouter.local_only(settings),
+            router=ProviderRouter.from_settings(settings, health=breakers, tracer=tracer),
+            local_router=ProviderRouter.local_only(settings, tracer=tracer),
             breakers=breakers,
             provider_alerts=provider_alerts,
             scoring=scoring,
@@ -201,6 +204,9 @@ class Services:
                 cache=cache,
                 sentiment_history=history,
                 audit=audit,
+                redis=redis,
+                cluster_max_concurrency=settings.scheduler_cluster_max_concurrency,
+                cluster_lease_ttl_s=settings.scheduler_cluster_lease_ttl_s,
             ),
             audit=audit,
             liveness=liveness,
@@ -221,6 +227,7 @@ class Services:
             security_log=security_log,
             cross_tenant=CrossTenantWatch(ResourceOwnership(engine), security_log),
             workflow_runs=workflow_runs,
+            tracer=tracer,
         )
 
     def warm_up(self) -> None:
@@ -246,6 +253,7 @@ class Services:
         await self.audit.close()
         await self.liveness.stop()
         await self.bus.close()
+        await self.processor.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

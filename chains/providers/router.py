@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 import httpx
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, Tracer
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -40,6 +42,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from chains import spans
 from chains.context import MissingIdentity, RunRecord, run_context
 from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
@@ -70,8 +73,8 @@ class ProviderStreamInterrupted(ProviderError):
     code = "provider_interrupted"
 
 
-def _run_state(config: RunnableConfig | None) -> tuple[RunnableConfig | None, RunRecord]:
-    """The run's record, and the config to call models with.
+def _run_state(config: RunnableConfig | None) -> tuple[RunnableConfig | None, RunRecord, Context | None]:
+    """The run's record, the config to call models with, and the parent of its spans.
 
     Without per-token listeners the callbacks become an empty list, not a missing key:
     a missing key would be filled from the parent run's context and bring every
@@ -80,10 +83,10 @@ def _run_state(config: RunnableConfig | None) -> tuple[RunnableConfig | None, Ru
     try:
         context = run_context(config)
     except MissingIdentity:
-        return config, RunRecord()  # in-process callers without a run (tests, tools)
+        return config, RunRecord(), None  # in-process callers without a run (tests, tools)
     if config is not None and not context.token_callbacks:
         config = {**config, "callbacks": []}
-    return config, context.record
+    return config, context.record, context.trace_parent
 
 
 def is_transient(error: BaseException) -> bool:
@@ -143,6 +146,7 @@ class ProviderRouter:
         *,
         local_fallback: bool,
         health: ProviderHealth | None = None,
+        tracer: Tracer = spans.NO_TRACER,
     ) -> None:
         if not providers and not local_fallback:
             raise ValueError("at least one provider is required")
@@ -150,20 +154,29 @@ class ProviderRouter:
         self.settings = settings
         self.local_fallback = local_fallback
         self.health: ProviderHealth = health or AlwaysHealthy()
+        self.tracer = tracer  # a `provider_call` span per provider tried (README, "Tracing")
 
     @classmethod
-    def from_settings(cls, settings: ProviderSettings, *, health: ProviderHealth | None = None) -> ProviderRouter:
+    def from_settings(
+        cls, settings: ProviderSettings, *, health: ProviderHealth | None = None, tracer: Tracer = spans.NO_TRACER
+    ) -> ProviderRouter:
         remote = [build_provider(name, settings) for name in settings.llm_providers if name != LOCAL]
-        return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers, health=health)
+        return cls(remote, settings, local_fallback=LOCAL in settings.llm_providers, health=health, tracer=tracer)
 
     @property
     def has_llm(self) -> bool:
         return bool(self.providers)
 
     @classmethod
-    def local_only(cls, settings: ProviderSettings) -> ProviderRouter:
+    def local_only(cls, settings: ProviderSettings, *, tracer: Tracer = spans.NO_TRACER) -> ProviderRouter:
         """The embedded analysis alone: what answers under overload."""
-        return cls([], settings, local_fallback=True)
+        return cls([], settings, local_fallback=True, tracer=tracer)
+
+    def _span(self, parent: Context | None, provider: str, model: str, attempt: int) -> Span:
+        return self.tracer.start_span(
+            "provider_call", context=parent, record_exception=False, set_status_on_exception=False,
+            attributes={spans.PROVIDER: provider, spans.MODEL: model, spans.FAILOVER_ATTEMPT: attempt},
+        )
 
     async def _open(
         self, provider: Provider, messages: list[BaseMessage], config: RunnableConfig | None, json_mode: bool
@@ -216,20 +229,28 @@ class ProviderRouter:
     ) -> AsyncIterator[str]:
         """Text of the first provider that answers; `local()` writes it when `local` serves.
         `json_mode` asks the provider for one JSON object (where its API can)."""
-        config, report = _run_state(config)
+        config, report, parent = _run_state(config)
         loop = asyncio.get_running_loop()
+        attempt = 0
         for provider in self.providers:
             if not await self.health.allow(provider.name):
                 report.failures.append(f"{provider.name}: circuit open")
                 continue
+            attempt += 1
+            span = self._span(parent, provider.name, provider.model_name, attempt)
             started = loop.time()
             try:
                 iterator, first = await self._open(provider, messages, config, json_mode)
             except Exception as error:  # noqa: BLE001 - any failure means: try the next one
+                spans.failed(span, error)
+                span.end()
                 log.warning("provider %s failed before streaming: %r", provider.name, error)
                 report.failures.append(f"{provider.name}: {type(error).__name__}")
                 await self.health.record(provider.name, CallOutcome(ok=False, timed_out=_timed_out(error)))
                 continue
+            except BaseException:  # cancelled while waiting: the client left
+                span.end()
+                raise
             first_token_s: float | None = None  # to the first text, as the caller waits for it
             report.provider, report.model = provider.name, provider.model_name
             emitted = False
@@ -245,12 +266,15 @@ class ProviderRouter:
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
                             first_token_s = loop.time() - started
+                            span.add_event(spans.FIRST_MODEL_TOKEN)
                         emitted = True
                         yield str(text)
                     chunk = await watchdog.wait(anext(iterator, None))
                 report.input_tokens += usage[0]
                 report.output_tokens += usage[1]
+                span.set_attributes({"ai.tokens_in": usage[0], "ai.tokens_out": usage[1]})
             except Exception as error:  # noqa: BLE001
+                spans.failed(span, error)
                 report.failures.append(f"{provider.name}: {type(error).__name__} mid-stream")
                 log.warning("provider %s failed mid-stream: %r", provider.name, error)
                 # A client that leaves is not the provider's failure: that ends the
@@ -264,6 +288,7 @@ class ProviderRouter:
                     ) from error
                 continue
             finally:
+                span.end()
                 watchdog.close()
                 await _close(iterator)
             if first_token_s is None:  # an empty answer: its end is its first token
@@ -272,11 +297,17 @@ class ProviderRouter:
             return
         if self.local_fallback and local is not None:
             report.provider, report.model = LOCAL, LOCAL_MODEL_NAME
-            text = await local()
-            report.first_model_token_at = time.perf_counter()
-            async for token in stream_words(text):
-                report.output_tokens += 1
-                yield token
+            with self._span(parent, LOCAL, LOCAL_MODEL_NAME, attempt + 1) as span:
+                try:
+                    text = await local()
+                except Exception as error:
+                    spans.failed(span, error)
+                    raise
+                report.first_model_token_at = time.perf_counter()
+                span.add_event(spans.FIRST_MODEL_TOKEN)
+                async for token in stream_words(text):
+                    report.output_tokens += 1
+                    yield token
             return
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
 
