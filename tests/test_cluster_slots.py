@@ -207,6 +207,78 @@ async def test_a_waiter_past_its_deadline_or_cancelled_leaves_no_lease_behind(
         await scheduler.close()
 
 
+async def test_a_waiter_queued_while_redis_answered_a_fast_path_request_is_not_stranded(
+    clients: Callable[[], Redis], provider: str
+) -> None:
+    """A takes the free local slot and asks Redis; B queues meanwhile (the slot looks
+    taken); A finds the cluster full and is refused (the queue is full). The local slot is
+    free again, so B must get the cluster's lease as soon as it comes back, not wait out
+    its deadline."""
+    other = ClusterSlots(clients(), provider=provider, limit=1)
+    held = await other.try_acquire()
+    assert held is not None and held.id is not None
+    scheduler = Scheduler(1, queue_max_size=1, cluster=ClusterSlots(clients(), provider=provider, limit=1))
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+
+    async def run(name: str) -> str:
+        try:
+            async with scheduler.slot(tenant_id=name, priority="standard", deadline=loop.time() + 60):
+                ran.append(name)
+                return "ran"
+        except SlotUnavailable as unavailable:
+            return unavailable.reason
+
+    a = asyncio.create_task(run("a"))
+    await asyncio.sleep(0)  # a holds the local slot and waits for Redis
+    b = asyncio.create_task(run("b"))
+    assert await a == "queue_full"
+    other.release(held)
+    async with asyncio.timeout(20):  # a stranded b would wait its whole minute
+        assert await b == "ran"
+    assert ran == ["b"]
+    await scheduler.close()
+    await other.close()
+
+
+SLOW_REDIS = """
+local started = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - started[1]) * 1000000 + (now[2] - started[2]) > tonumber(ARGV[1])
+return 1
+"""
+
+
+async def test_a_slow_answer_from_redis_is_no_outage(
+    clients: Callable[[], Redis], redis_url: str, provider: str
+) -> None:
+    """Redis busy for 0.8 s (or a loop too busy to read its replies in time) makes calls
+    time out; that must not lift the cluster limit: the runs wait for the lease held
+    elsewhere instead of being let in as if Redis were gone."""
+    other = ClusterSlots(clients(), provider=provider, limit=1)
+    held = await other.try_acquire()
+    assert held is not None and held.id is not None
+    scheduler = replica(clients(), provider, limit=1)
+    assert await cluster_of(scheduler).try_acquire() is None  # full; and the connection is open
+    before = fallbacks(provider)
+    blocker = Redis.from_url(redis_url)  # no socket timeout: it waits out its own script
+    stall = asyncio.create_task(blocker.eval(SLOW_REDIS, 0, 800_000))
+    await asyncio.sleep(0.05)
+    holders = Holders()
+    runs = [asyncio.create_task(holders.run(scheduler, f"t{n}")) for n in range(4)]
+    await stall
+    await asyncio.sleep(0.5)
+    assert holders.most == 0, "the lease is still held by the other replica"
+    assert fallbacks(provider) == before and cluster_of(scheduler).available
+    other.release(held)
+    await asyncio.gather(*runs)
+    assert holders.done == 4 and holders.most == 1
+    await scheduler.close()
+    await other.close()
+    await blocker.aclose()
+
+
 async def test_held_leases_are_renewed_and_a_dead_holders_lease_expires(
     clients: Callable[[], Redis], provider: str
 ) -> None:

@@ -23,8 +23,9 @@ in a queue (another sorted set, in arrival order, tickets expiring when their ow
 stops asking), and a free lease goes to the oldest tickets first; a fast-path request
 without a ticket only gets one when nobody is queued ahead of it.
 
-Redis being away (refused, timed out, pool exhausted) must never hang or fail a run:
-the run then proceeds under the local limit only (a `local` lease), this process stops
+Redis being away (a refused connection, or no answer at all for `retry_after_s`; one
+call timing out is not enough, see `_silent`) must never hang or fail a run: a run
+then proceeds under the local limit only (a `local` lease), this process stops
 asking Redis for `retry_after_s`, logs once per outage and counts each such run; the
 cluster limit applies again from the first call that Redis answers. Leases already held
 are renewed only if they still exist (`XX`): a released lease is never resurrected by a
@@ -156,6 +157,7 @@ class ClusterSlots:
         self._background: set[asyncio.Task[None]] = set()
         self._down_until = 0.0  # monotonic: until then, runs take local leases without asking
         self._outage = False
+        self._silent_since: float | None = None  # monotonic: the first of unanswered calls
         self._closed = False
 
     @property
@@ -173,7 +175,11 @@ class ClusterSlots:
         lease_id = self._new_id()
         try:
             granted = await self._call_acquire(lease_id, self._new_id(), enqueue=False)
-        except (RedisError, OSError, TimeoutError) as error:
+        except TimeoutError:
+            if self._silent() is None:
+                return self._local()
+            return None  # not this time: the caller queues and the pump asks again
+        except (RedisError, OSError) as error:
             self._failed(error)
             return self._local()
         return self._held(lease_id) if granted else None
@@ -184,6 +190,7 @@ class ClusterSlots:
         The caller bounds the wait by making `wanted()` false (and calling `wake()`):
         the scheduler does when its last waiter leaves, by deadline or cancellation."""
         ticket = self._new_id()
+        queued = False  # only a ticket Redis may have seen is taken out of its queue
         pause = POLL_MIN_S
         try:
             while wanted():
@@ -191,13 +198,18 @@ class ClusterSlots:
                     return self._local()
                 lease_id = self._new_id()
                 self._wake.clear()
+                queued = True
                 try:
                     granted = await self._call_acquire(lease_id, ticket, enqueue=True)
-                except (RedisError, OSError, TimeoutError) as error:
+                except TimeoutError:
+                    granted = self._silent()
+                    if granted is None:
+                        return self._local()
+                except (RedisError, OSError) as error:
                     self._failed(error)
                     return self._local()
                 if granted:
-                    ticket = ""
+                    queued = False
                     return self._held(lease_id)
                 try:
                     async with asyncio.timeout(pause * random.uniform(0.5, 1.5)):
@@ -207,7 +219,7 @@ class ClusterSlots:
                     pause = min(pause * 2, POLL_MAX_S)
             return None
         finally:
-            if ticket:
+            if queued:
                 self._forget_in_redis("", ticket)
 
     def release(self, lease: Lease) -> None:
@@ -262,6 +274,21 @@ class ClusterSlots:
     def _skipping_redis(self) -> bool:
         return self._outage and time.monotonic() < self._down_until
 
+    def _silent(self) -> bool | None:
+        """A call that timed out: False ("not granted, ask again") unless Redis has
+        answered nothing for `retry_after_s`, then None (an outage: go local).
+
+        A single timeout is no outage: a loop stalled by load fires the timer before it
+        reads a reply that came in time, and taking that for an outage would lift the
+        cluster limit exactly when it matters. A refused connection is one at once."""
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+        if now - self._silent_since < self.retry_after_s:
+            return False
+        self._failed(TimeoutError(f"no answer for {now - self._silent_since:.1f} s"))
+        return None
+
     def _failed(self, error: BaseException) -> None:
         if not self._outage:
             log.warning("cluster slots of %s: Redis unavailable (%r), runs take local slots only until it answers",
@@ -270,6 +297,7 @@ class ClusterSlots:
         self._down_until = time.monotonic() + self.retry_after_s
 
     def _answered(self) -> None:
+        self._silent_since = None
         if self._outage:
             log.info("cluster slots of %s: Redis answers again, the cluster limit applies", self.provider)
             self._outage = False
@@ -298,7 +326,9 @@ class ClusterSlots:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
                     await self._renew(keys=[self.keys["leases"]],
                                       args=[repr(self.lease_ttl_s), self._key_ttl_s, *self.held])
-            except (RedisError, OSError, TimeoutError) as error:
+            except TimeoutError:
+                self._silent()
+            except (RedisError, OSError) as error:
                 self._failed(error)
             else:
                 self._answered()

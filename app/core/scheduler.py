@@ -126,6 +126,10 @@ class Scheduler:
                 return lease
             self.running -= 1  # no cluster slot free: queue like everyone else
             self._notify()
+            # Someone may have queued while Redis answered (the slot looked taken): with
+            # the slot free again, the pump must look for a lease for them, whether or
+            # not this request queues after all.
+            self._pump_leases(wake=False)
         if self._waiting >= self.queue_max_size:
             raise SlotUnavailable("queue_full")
         loop = asyncio.get_running_loop()
@@ -135,7 +139,7 @@ class Scheduler:
         self._queues[priority].setdefault(tenant_id, deque()).append(waiter)
         self._waiting += 1
         self._notify()
-        self._pump_leases()
+        self._pump_leases(wake=False)
         try:
             async with asyncio.timeout_at(deadline):
                 return await waiter
@@ -158,7 +162,7 @@ class Scheduler:
             if not queue:
                 del tenants[tenant_id]
         self._notify()
-        self._pump_leases()  # the pump stops asking for leases nobody here waits for
+        self._pump_leases(wake=False)  # the pump stops asking at its next look when nobody waits
 
     def _release(self, lease: Lease | None, held_s: float | None = None) -> None:
         """Frees a slot and its lease; `held_s` (how long it was held) feeds the wait prediction."""
@@ -181,14 +185,17 @@ class Scheduler:
     def _wants_lease(self) -> bool:
         return self._waiting > 0 and self.running < self.max_concurrency
 
-    def _pump_leases(self) -> None:
+    def _pump_leases(self, *, wake: bool = True) -> None:
+        """Starts the pump when someone waits for a lease. A running pump looks again at
+        once only on a release here (`wake`): arrivals and departures wait for its next
+        look, so its Redis calls stay bounded by its backoff, not by the arrival rate."""
         if self.cluster is None:
             return
         if self._pump is None:
             if self._wants_lease():
                 self._pump = asyncio.get_running_loop().create_task(self._pump_loop(self.cluster))
-        else:
-            self.cluster.wake()  # whatever changed, the pump looks again now
+        elif wake:
+            self.cluster.wake()
 
     async def _pump_loop(self, cluster: ClusterSlots) -> None:
         try:
