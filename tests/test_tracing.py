@@ -4,7 +4,7 @@ real server, spans caught by the SDK's in-memory exporter (README, "Tracing").""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,32 @@ def test_a_sign_in_token_in_the_query_never_reaches_a_trace(service: Service) ->
     values = [str(value) for span in spans for value in (span.attributes or {}).values()]
     assert not [value for value in values if token in value]
     assert any("token=REDACTED" in value for value in values)
+
+
+def test_an_unhandled_error_reaches_the_trace_by_its_type_only(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug whose message quotes the customer's text: the FastAPI instrumentation records
+    the exception (message, stack trace) on the request span; what is exported names its
+    type only."""
+    secret = "my card number is 4111-1111-1111-1111"
+
+    async def broken(messages: object, **kwargs: object) -> AsyncIterator[str]:
+        raise RuntimeError(f"could not handle: {secret}")
+        yield ""  # an async generator, as the router's method is
+
+    monkeypatch.setattr(service.app.state.services.router, "astream_text", broken)
+    path = f"{INSIGHTS_CHAT_PATH}/invoke"
+    response = httpx.post(service.url + path, json={"input": QUESTION}, timeout=30,
+                          headers={"Authorization": f"Bearer {service.token()}"})
+    assert response.status_code == 500 and secret not in response.text
+    spans = service.request_spans(path)
+    exceptions = [event for span in spans for event in span.events if event.name == "exception"]
+    assert exceptions, "the instrumentation did record the exception"
+    assert all(dict(event.attributes or {}) == {"exception.type": "RuntimeError"} for event in exceptions)
+    exported = repr([(dict(s.attributes or {}), s.status.description, [dict(e.attributes or {}) for e in s.events])
+                     for s in spans])
+    assert secret not in exported and "Traceback" not in exported
 
 
 def test_tracing_is_off_by_default(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ On, the app gets its own SDK `TracerProvider` (a batch processor feeding the OTL
 exporter, configured by the SDK's standard `OTEL_EXPORTER_OTLP_*` variables, or an
 injected exporter), FastAPI's request spans (opentelemetry-instrumentation-fastapi) and a
 tracer for the service's own spans (`chains.spans`). Off, none of that exists: no
-provider, no middleware, the SDK is not even imported, and every component holds the
+provider, no middleware, no exporter, and every component holds the
 API's no-op tracer.
 
 The provider is the app's, not the process-global one: the global one can be set only
@@ -14,18 +14,20 @@ worker thread starts in the lifespan, which also flushes and stops it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Span, Status, Tracer
 
 from app.core.config import Settings
 from chains.spans import NO_TRACER
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter
 
 TRACER_NAME = "crm-realtime-ai"
 
@@ -74,7 +76,7 @@ class Tracing:
             return
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        self.provider.add_span_processor(BatchSpanProcessor(self._exporter))
+        self.provider.add_span_processor(BatchSpanProcessor(_TypesOnly(self._exporter)))
         self._exporter = None  # once: a second lifespan of the same app adds no second processor
 
     def force_flush(self, timeout_ms: int = 5_000) -> bool:
@@ -100,3 +102,40 @@ def _redact_query(span: Span, scope: dict[str, Any]) -> None:
         span.set_attribute("url.query", redacted)
     if "http.target" in attributes and "?" in str(attributes["http.target"]):
         span.set_attribute("http.target", str(attributes["http.target"]).split("?", 1)[0])
+
+
+
+class _TypesOnly(SpanExporter):
+    """What leaves the process names errors by type only: the FastAPI instrumentation
+    records an unhandled exception's message and stack trace on the request span (and in
+    its status text), and a message can quote the customer's text. Exception events keep
+    `exception.type`; status descriptions go."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([_scrubbed(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _scrubbed(span: ReadableSpan) -> ReadableSpan:
+    if not span.status.description and all(event.name != "exception" for event in span.events):
+        return span
+    events = [
+        Event(event.name, {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"},
+              event.timestamp)
+        if event.name == "exception" else event
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=span.attributes, events=events, links=span.links, kind=span.kind,
+        status=Status(span.status.status_code), start_time=span.start_time, end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
