@@ -112,3 +112,33 @@ def test_a_killed_replicas_runs_read_interrupted_within_seconds_and_no_one_elses
         with pytest.raises(httpx.HTTPError):
             on_a.result()
         assert on_b.result().status_code == 200, "B's run was never touched and completed"
+
+
+def test_no_answer_leaves_before_its_run_is_on_the_audit_trail(tmp_path: Path) -> None:
+    """The run starts while its record is being committed, but when the record cannot be
+    written the client gets `audit_unavailable` and not one piece of the analysis; once
+    the trail can be written again, runs are answered and recorded."""
+    import sqlite3
+
+    settings = make_settings(tmp_path)
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        acme = headers("acme-trail")
+        assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
+        database = sqlite3.connect(settings.sqlite_path)
+        database.execute("ALTER TABLE ai_runs RENAME TO ai_runs_away")
+        database.commit()
+        try:
+            refused = http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION})
+            assert refused.status_code == 503 and refused.json()["code"] == "audit_unavailable"
+            with http.stream("POST", f"{INTERACTIONS_PATH}/stream", headers=acme,
+                             json={"input": INTERACTION}) as response:
+                frames = response.read().decode()
+            assert "event: data" not in frames, "no analysis leaves an unrecorded run"
+            assert "event: error" in frames and '"code": "audit_unavailable"' in frames and frames.rstrip().endswith("event: end")
+        finally:
+            database.execute("ALTER TABLE ai_runs_away RENAME TO ai_runs")
+            database.commit()
+            database.close()
+        assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
+        runs = http.get("/api/v1/ai/usage/runs", headers=headers("acme-trail", roles=("admin",))).json()
+        assert [r["status"] for r in runs] == ["ok", "ok"], "the refused runs left no record, the others theirs"

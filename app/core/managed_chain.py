@@ -184,7 +184,12 @@ class ManagedChain(Runnable[Any, Any]):
     ) -> AsyncIterator[Any]:
         recorder = RunRecorder(self.processor.audit, ensure_config(config), self.chain_name)
         identity = recorder.identity
-        await recorder.started_run()  # no unaccounted AI decision: refuse if it cannot be recorded
+        # No unaccounted AI decision: the run starts while its audit record is committed,
+        # but nothing it produces leaves before the commit, and a record that cannot be
+        # written fails the run (503 `audit_unavailable`). Waiting for the commit first put
+        # a database round trip (a batch's, under load) in front of every first event.
+        audit_started = recorder.start_run()
+        audit_started.add_done_callback(_retrieve)
         run_span, trace_parent, config = self._start_run_span(recorder)
         started = time.perf_counter()
         cause: str | None = None
@@ -204,11 +209,13 @@ class ManagedChain(Runnable[Any, Any]):
                         source = self.fallback.degraded(input, config, identity, cause)
                     async for chunk in source:
                         if final is None:
+                            await audit_started
                             TIME_TO_FIRST_RESULT.labels(self.chain_name).observe(time.perf_counter() - started)
                             final = chunk
                         else:
                             final = final + chunk
                         yield chunk
+                await audit_started  # a run without output is on the trail too
                 degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
                 outcome = "degraded" if degraded else "ok"
             except (asyncio.CancelledError, GeneratorExit):
@@ -225,7 +232,7 @@ class ManagedChain(Runnable[Any, Any]):
                     TIME_TO_FIRST_TOKEN.labels(self.chain_name, recorder.record.provider or "unknown").observe(
                         first_token_at - started
                     )
-                if outcome in ("cancelled", "error"):
+                if outcome in ("cancelled", "error") and not _failed(audit_started):
                     # Queued, not awaited: a cancelled task cannot wait for the commit.
                     await recorder.finished(final, status=outcome, error_code=error_code, wait=False)
             if cause is not None:
@@ -243,3 +250,15 @@ class ManagedChain(Runnable[Any, Any]):
         finally:
             run_span.set_attribute(spans.OUTCOME, outcome)
             run_span.end()
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """The run reports a failed audit write itself; a run cancelled before it looked must
+    not leave "exception was never retrieved" behind."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _failed(task: asyncio.Future[None]) -> bool:
+    """The run's start could not be recorded: there is no record to finish."""
+    return task.done() and (task.cancelled() or task.exception() is not None)

@@ -8,6 +8,7 @@ record and the token counters.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -38,8 +39,9 @@ class RunRecorder:
         self.config = with_run_context(config, self.context)
         self.started = time.perf_counter()
 
-    async def started_run(self) -> None:
-        await self.audit.run_started(
+    def start_run(self) -> asyncio.Future[None]:
+        """Queues the run's start record; the future is its commit (see `AuditLog.begin_run`)."""
+        return self.audit.begin_run(
             run_id=self.run_id, tenant_id=self.identity.tenant_id, user_id=self.identity.user_id,
             chain=self.chain, endpoint=self.endpoint,
         )

@@ -121,6 +121,13 @@ class AuditUnavailable(RuntimeError):
     """
 
 
+async def _committed(done: asyncio.Future[None]) -> None:
+    try:
+        await done
+    except Exception as error:
+        raise AuditUnavailable("the audit trail cannot be written") from error
+
+
 class AuditLog:
     def __init__(self, engine: AsyncEngine, keys: Keyring, *, interrupted_after_s: float, process_id: str) -> None:
         self.engine = engine
@@ -142,14 +149,17 @@ class AuditLog:
             await done
 
     async def run_started(self, **values: Any) -> None:
-        try:
-            await self._submit(
-                "run_started",
-                {**values, "status": "running", "started_at": utcnow(), "process_id": self.process_id},
-                wait=True,
-            )
-        except Exception as error:
-            raise AuditUnavailable("the audit trail cannot be written") from error
+        await self.begin_run(**values)
+
+    def begin_run(self, **values: Any) -> asyncio.Future[None]:
+        """Queues the run's start record now, so whatever the run records later (its end,
+        even if it is cancelled at once) is written after it, and returns the record's
+        commit: awaiting it raises `AuditUnavailable` when it cannot be written."""
+        self._ensure_writer()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        values = {**values, "status": "running", "started_at": utcnow(), "process_id": self.process_id}
+        self._queue.put_nowait(_Write("run_started", values, done))
+        return asyncio.ensure_future(_committed(done))
 
     async def run_finished(self, run_id: str, *, wait: bool = True, **values: Any) -> None:
         await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
