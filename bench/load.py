@@ -80,26 +80,53 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: dict[str, A
         return StreamResult(False, error=type(error).__name__)
 
 
+class ProcessTree:
+    """A server's processes: uvicorn's workers and the service's CPU pool are children
+    of the process started, and their CPU serves the streams as much as its own."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def _members(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def cpu_s(self) -> float:
+        return sum(self._measure(lambda p: sum(p.cpu_times()[:2])))
+
+    def rss(self) -> int:
+        return int(sum(self._measure(lambda p: p.memory_info().rss)))
+
+    def _measure(self, read: Any) -> list[float]:
+        values = []
+        for process in self._members():
+            try:
+                values.append(read(process))
+            except psutil.Error:  # a worker that ended meanwhile
+                pass
+        return values
+
+
 async def run_level(server: str, url: str, body: dict[str, Any], headers: dict[str, str],
                     pid: int, concurrency: int, streams: int, count_chunk: Any) -> LevelResult:
-    process = psutil.Process(pid)
+    """CPU and peak memory are the server's whole process tree (`ProcessTree`)."""
+    tree = ProcessTree(pid)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
     gate = asyncio.Semaphore(concurrency)
-    peak = process.memory_info().rss
+    peak = tree.rss()
     stop = asyncio.Event()
 
     async def sample_memory() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, process.memory_info().rss)
+            peak = max(peak, tree.rss())
             await asyncio.sleep(0.05)
 
     async def bounded(session: aiohttp.ClientSession) -> StreamResult:
         async with gate:
             return await one_stream(session, url, body, headers, count_chunk)
 
-    cpu_before = sum(process.cpu_times()[:2])
+    cpu_before = tree.cpu_s()
     sampler = asyncio.create_task(sample_memory())
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -107,7 +134,7 @@ async def run_level(server: str, url: str, body: dict[str, Any], headers: dict[s
     wall = time.perf_counter() - started
     stop.set()
     await sampler
-    cpu = sum(process.cpu_times()[:2]) - cpu_before
+    cpu = tree.cpu_s() - cpu_before
     return LevelResult(server, concurrency, streams, wall, list(results), cpu, peak / 2**20)
 
 

@@ -1,6 +1,6 @@
 """The three servers the streaming benchmark compares, each in its own process.
 
-    python -m bench.servers raw|langserve|full --port PORT [--data-dir DIR]
+    python -m bench.servers raw|langserve|full --port PORT [--data-dir DIR] [--workers N]
 
 - raw: an sse-starlette endpoint sending the 400 chunks (the transport's floor).
 - langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -72,16 +73,26 @@ def full_app(data_dir: Path) -> FastAPI:
     return app
 
 
+def full_app_from_env() -> FastAPI:
+    """The full server for `uvicorn --workers N` (a factory each worker imports)."""
+    return full_app(Path(os.environ["BENCH_DATA_DIR"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["raw", "langserve", "full"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
+    parser.add_argument("--workers", type=int, default=1, help="full only: uvicorn worker processes")
     args = parser.parse_args()
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": args.port, "log_level": "warning",
+                               "access_log": False, "lifespan": "on"}
+    if args.kind == "full" and args.workers > 1:
+        os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
+        uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)
+        return
     app = {"raw": raw_app, "langserve": langserve_app}.get(args.kind)
-    application = app() if app else full_app(args.data_dir)
-    uvicorn.run(application, host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(app() if app else full_app(args.data_dir), **options)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(kind: str, data_dir: Path) -> Iterator[tuple[str, int]]:
+def server(kind: str, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None
+           ) -> Iterator[tuple[str, int]]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen([sys.executable, "-m", "bench.servers", kind, "--port", str(port),
-                                "--data-dir", str(data_dir / kind)], env=env)
+                                "--data-dir", str(data_dir / kind), "--workers", str(workers)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
