@@ -40,7 +40,9 @@ def main() -> None:
         redis = RedisServer(Path(tmp) / "redis")
         stack.callback(redis.stop)
         redis.start()
-        env = {"REDIS_URL": redis.url, "DATABASE_URL": stack.enter_context(postgres_server())}
+        # One database, one Redis, one data key: processes that share them share the key too.
+        env = {"REDIS_URL": redis.url, "DATABASE_URL": stack.enter_context(postgres_server()),
+               "DATA_ENCRYPTION_KEY": "bench-data-encryption-key-0123456789abcdef"}
         configurations = {"1 process": 1, f"{args.workers} workers": args.workers}
         running = {name: stack.enter_context(server("full", Path(tmp) / name.replace(" ", "-"),
                                                     workers=workers, env=env))

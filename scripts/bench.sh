@@ -2,10 +2,11 @@
 # Installs the benchmark extras and runs every benchmark on loopback: streaming
 # throughput and latency (raw SSE vs plain LangServe vs this service), overload at 2x
 # capacity, WebSocket fan-out, CPU fairness between tenants, and the cost of the local
-# analysis per message. Tables go to stdout; the plot to bench/results/.
+# analysis per message, one process against uvicorn workers, and the cost of tracing.
+# Tables go to stdout; the plot to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh --test  # the scaling bench runs redis-server and PostgreSQL
 .venv/bin/python -m pip install -q -e ".[bench]"
 .venv/bin/python -m bench.stream_bench "$@"
 .venv/bin/python -m bench.overload_bench
@@ -13,3 +14,5 @@ bash scripts/install.sh
 .venv/bin/python -m bench.cpu_fairness_bench
 .venv/bin/python -m bench.analysis_bench
 .venv/bin/python -m bench.retrieval_bench
+.venv/bin/python -m bench.scaling_bench
+PYTHONPATH=. .venv/bin/python bench/tracing_bench.py
