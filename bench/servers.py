@@ -7,6 +7,8 @@
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
   metrics) with the interaction chain's provider replaced by the same fixed model,
   answering in the chain's format: the JSON analysis cut into as many pieces.
+
+`BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr.
 """
 
 from __future__ import annotations
@@ -92,6 +94,20 @@ def main() -> None:
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)
         return
     app = {"raw": raw_app, "langserve": langserve_app}.get(args.kind)
+    if os.environ.get("BENCH_GC_LOG"):
+        import gc
+        import time
+
+        started: list[float] = []
+
+        def pauses(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started and (took := time.perf_counter() - started[0]) > 0.02:
+                print(f"gc gen{info['generation']} pause {took * 1e3:.0f} ms, collected {info['collected']}",
+                      file=sys.stderr, flush=True)
+
+        gc.callbacks.append(pauses)
     uvicorn.run(app() if app else full_app(args.data_dir), **options)
 
 
