@@ -28,4 +28,5 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 # AUTH_AUDIENCE), METRICS_TOKEN (or METRICS_PUBLIC=true) and DATA_ENCRYPTION_KEY, or the
 # service refuses to start.
 CMD ["uvicorn", "app.server:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*", \
-     "--http", "app.api.http_protocol:GuardedHttpToolsProtocol", "--timeout-keep-alive", "5"]
+     "--http", "app.api.http_protocol:GuardedHttpToolsProtocol", "--timeout-keep-alive", "5", \
+     "--ws-per-message-deflate", "false"]

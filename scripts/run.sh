@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# The guarded protocol closes connections whose headers are slow or huge (see the README).
+# The guarded protocol closes connections whose headers are slow or huge, and WebSocket
+# compression is off: its zlib state is most of an idle session's memory (see the README).
 exec .venv/bin/uvicorn app.server:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" \
-  --http app.api.http_protocol:GuardedHttpToolsProtocol --timeout-keep-alive 5
+  --http app.api.http_protocol:GuardedHttpToolsProtocol --timeout-keep-alive 5 \
+  --ws-per-message-deflate false
