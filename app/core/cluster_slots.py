@@ -24,7 +24,7 @@ stops asking), and a free lease goes to the oldest tickets first; a fast-path re
 without a ticket only gets one when nobody is queued ahead of it.
 
 Redis being away (a refused connection, or no answer at all for `retry_after_s`; one
-call timing out is not enough, see `_silent`) must never hang or fail a run: a run
+call timing out is not enough, see `_outage_after`) must never hang or fail a run: a run
 then proceeds under the local limit only (a `local` lease), this process stops
 asking Redis for `retry_after_s`, logs once per outage and counts each such run; the
 cluster limit applies again from the first call that Redis answers. Leases already held
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.metrics import CLUSTER_SLOT_FALLBACKS, CLUSTER_SLOT_LEASES
 
@@ -57,6 +58,7 @@ REDIS_TIMEOUT_S = 0.5  # a slow Redis must not eat the real-time deadline: fall 
 TICKET_TTL_S = 3.0  # a waiter polls far more often; a dead one's ticket goes after this
 POLL_MIN_S = 0.01
 POLL_MAX_S = 0.1
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)  # TimeoutError: our own REDIS_TIMEOUT_S
 
 _NOW = """
 local t = redis.call('TIME')
@@ -175,13 +177,9 @@ class ClusterSlots:
         lease_id = self._new_id()
         try:
             granted = await self._call_acquire(lease_id, self._new_id(), enqueue=False)
-        except TimeoutError:
-            if self._silent() is None:
-                return self._local()
-            return None  # not this time: the caller queues and the pump asks again
-        except (RedisError, OSError) as error:
-            self._failed(error)
-            return self._local()
+        except REDIS_FAILURES as error:
+            # Not this time (the caller queues and the pump asks again), unless Redis is away.
+            return self._local() if self._outage_after(error) else None
         return self._held(lease_id) if granted else None
 
     async def acquire(self, wanted: Callable[[], bool]) -> Lease | None:
@@ -201,13 +199,10 @@ class ClusterSlots:
                 queued = True
                 try:
                     granted = await self._call_acquire(lease_id, ticket, enqueue=True)
-                except TimeoutError:
-                    granted = self._silent()
-                    if granted is None:
+                except REDIS_FAILURES as error:
+                    if self._outage_after(error):
                         return self._local()
-                except (RedisError, OSError) as error:
-                    self._failed(error)
-                    return self._local()
+                    granted = False
                 if granted:
                     queued = False
                     return self._held(lease_id)
@@ -274,20 +269,23 @@ class ClusterSlots:
     def _skipping_redis(self) -> bool:
         return self._outage and time.monotonic() < self._down_until
 
-    def _silent(self) -> bool | None:
-        """A call that timed out: False ("not granted, ask again") unless Redis has
-        answered nothing for `retry_after_s`, then None (an outage: go local).
+    def _outage_after(self, error: BaseException) -> bool:
+        """Whether a failed call means Redis is away (then runs go local).
 
-        A single timeout is no outage: a loop stalled by load fires the timer before it
-        reads a reply that came in time, and taking that for an outage would lift the
-        cluster limit exactly when it matters. A refused connection is one at once."""
+        A refused connection is an outage at once. A single timeout is not: a loop
+        stalled by load fires the timer before it reads a reply that came in time, and
+        taking that for an outage would lift the cluster limit exactly when it matters;
+        only `retry_after_s` without any answer is."""
+        if not isinstance(error, (TimeoutError, RedisTimeoutError)):
+            self._failed(error)
+            return True
         now = time.monotonic()
         if self._silent_since is None:
             self._silent_since = now
         if now - self._silent_since < self.retry_after_s:
             return False
         self._failed(TimeoutError(f"no answer for {now - self._silent_since:.1f} s"))
-        return None
+        return True
 
     def _failed(self, error: BaseException) -> None:
         if not self._outage:
@@ -308,7 +306,7 @@ class ClusterSlots:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
                     await self._leave(keys=[self.keys["leases"], self.keys["queue"], self.keys["queue_expiry"]],
                                       args=[lease_id, ticket])
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_FAILURES:
                 pass  # it expires by itself
             finally:
                 self.wake()
@@ -326,9 +324,7 @@ class ClusterSlots:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
                     await self._renew(keys=[self.keys["leases"]],
                                       args=[repr(self.lease_ttl_s), self._key_ttl_s, *self.held])
-            except TimeoutError:
-                self._silent()
-            except (RedisError, OSError) as error:
-                self._failed(error)
+            except REDIS_FAILURES as error:
+                self._outage_after(error)
             else:
                 self._answered()
