@@ -61,10 +61,9 @@ def analysis_chunks(pieces: int = CHUNKS) -> list[str]:
 
 
 class FixedAnswerChatModel(BaseChatModel):
-    """The first `chunks` pieces of `answer`; `delay_s` before each one models a provider's pace."""
+    """`answer`, piece by piece; `delay_s` before each one models a provider's pace."""
 
     answer: list[str] = ANSWER_CHUNKS
-    chunks: int = CHUNKS
     delay_s: float = 0.0
 
     @property
@@ -73,17 +72,17 @@ class FixedAnswerChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self.answer[: self.chunks])))])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self.answer)))])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for text in self.answer[: self.chunks]:
+        for text in self.answer:
             yield ChatGenerationChunk(message=AIMessageChunk(content=text))
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        for text in self.answer[: self.chunks]:
+        for text in self.answer:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))

@@ -56,7 +56,6 @@ class Message:
     customer_id: str
     channel: str
     text: str
-    repeat: bool = False
 
 
 class Traffic:
@@ -78,7 +77,7 @@ class Traffic:
         earlier = self.sent.setdefault(customer, [])
         if earlier and self.rng.random() < self.repeat_share:
             channel, text = self.rng.choice(earlier)
-            return Message(customer, channel, text, repeat=True)
+            return Message(customer, channel, text)
         channel, text = self.rng.choice(self.pool)
         earlier.append((channel, text))
         return Message(customer, channel, text)

@@ -69,8 +69,7 @@ def full_app(data_dir: Path) -> FastAPI:
     services = app.state.services
     # An LLM serving the interaction chain answers with its JSON analysis.
     pieces = analysis_chunks(int(os.environ.get("BENCH_CHUNKS", "400")))
-    model = FixedAnswerChatModel(answer=pieces, chunks=len(pieces),
-                                 delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
+    model = FixedAnswerChatModel(answer=pieces, delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
     services.router.providers[:] = [Provider("local", model, "bench-fixed")]
     return app
 

@@ -53,12 +53,12 @@ async def record_some(url: str) -> None:
     for tenant in ("acme", "globex"):
         for n in range(3):
             run_id = f"{tenant}-run-{n}"
-            await audit.run_started(run_id=run_id, tenant_id=tenant, user_id="u", chain="scoring", endpoint="invoke")
+            await audit.begin_run(run_id=run_id, tenant_id=tenant, user_id="u", chain="scoring", endpoint="invoke")
             await audit.run_finished(run_id, status="ok", tokens_in=10 + n, tokens_out=5, cost_usd=0.000123,
                                      latency_ms=12.5, degraded=False, model="m", provider="p")
             await audit.security_event(tenant_id=tenant, user_id="u", run_id=run_id, kind="prompt_injection",
                                        detail={"excerpt": f"ignore previous instructions {n}", "é": "ü"})
-    await audit.run_started(run_id="still-running", tenant_id="acme", user_id="u", chain="scoring", endpoint="invoke")
+    await audit.begin_run(run_id="still-running", tenant_id="acme", user_id="u", chain="scoring", endpoint="invoke")
     await audit.security_event(tenant_id="-", user_id="-", run_id=None, kind="token_rejected",
                                detail={"reason": "invalid_token"}, route="/api/v1/ai/usage", client_address="10.0.0.9")
     await audit.close()

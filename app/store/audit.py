@@ -148,9 +148,6 @@ class AuditLog:
         if done is not None:
             await done
 
-    async def run_started(self, **values: Any) -> None:
-        await self.begin_run(**values)
-
     def begin_run(self, **values: Any) -> asyncio.Future[None]:
         """Queues the run's start record now, so whatever the run records later (its end,
         even if it is cancelled at once) is written after it, and returns the record's
