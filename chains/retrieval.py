@@ -54,12 +54,40 @@ _QUESTION_FRAMING = frozenset(
 )
 
 
+# Shorthand that reps and notes write for the same word a document spells out (or the
+# other way round): "appt" and "appointments", "Sept." and "September", "mgmt fee" and
+# "management fee". Each side is rewritten to one spelling before stemming, so they match.
+_SHORTHAND = {
+    "january": "jan", "february": "feb", "march": "mar", "april": "apr", "june": "jun", "july": "jul",
+    "august": "aug", "september": "sep", "sept": "sep", "october": "oct", "november": "nov",
+    "december": "dec", "monday": "mon", "tuesday": "tue", "tues": "tue", "wednesday": "wed",
+    "thursday": "thu", "thur": "thu", "thurs": "thu", "friday": "fri", "saturday": "sat", "sunday": "sun",
+    "appt": "appointment", "appts": "appointments", "mgmt": "management", "mgr": "manager",
+    "mgrs": "managers", "acct": "account", "accts": "accounts", "ppl": "people", "msg": "message",
+    "msgs": "messages", "yr": "year", "yrs": "years", "mo": "month", "mos": "months", "hr": "hour",
+    "hrs": "hours", "mins": "minutes", "wk": "week", "wks": "weeks", "info": "information",
+    "approx": "approximately", "cust": "customer", "custs": "customers", "dept": "department",
+    "req'd": "required", "reqs": "requirements", "unsub": "unsubscribe", "unsubs": "unsubscribes",
+    "subs": "subscribers", "biz": "business", "co-op": "coop", "w/": "with", "w/o": "without",
+    "b/c": "because", "asap": "soon", "qty": "quantity", "inv": "invoice", "invs": "invoices",
+    "addl": "additional", "add'l": "additional", "auto-renew": "autorenew", "auto-renews": "autorenew",
+}
+_SHORTHAND_WORD = re.compile(
+    r"(?<![\w'])(" + "|".join(sorted(map(re.escape, _SHORTHAND), key=len, reverse=True)) + r")(?![\w'])",
+    re.IGNORECASE,
+)
+
+
+def _spelled_out(text: str) -> str:
+    return _SHORTHAND_WORD.sub(lambda match: _SHORTHAND[match.group(1).lower()], text)
+
+
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Lower-cased, English stop words and question framing removed, Snowball-stemmed
-    word lists. Single letters and single digits go too ("p1" stays, "1." does not):
-    they match everything."""
+    """Lower-cased, shorthand spelled out, English stop words and question framing
+    removed, Snowball-stemmed word lists. Single letters and single digits go too ("p1"
+    stays, "1." does not): they match everything."""
     tokens = bm25s.tokenize(
-        list(texts), token_pattern=_TOKEN, stopwords="en", stemmer=_stemmer(),
+        [_spelled_out(text) for text in texts], token_pattern=_TOKEN, stopwords="en", stemmer=_stemmer(),
         return_ids=False, show_progress=False,
     )
     return [
@@ -69,16 +97,23 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 def chunk_text(text: str, max_chars: int = CHUNK_MAX_CHARS) -> list[str]:
-    """Sentence-aligned chunks, so a cited passage never starts mid-sentence."""
+    """Sentence-aligned chunks, so a cited passage never starts mid-sentence. A line
+    break stays one: a header or a "Label: value" line ends without a period, and run
+    into the next line it would make one sentence of two facts."""
     chunks: list[str] = []
     current = ""
-    for sentence in split_sentences(text) or [text]:
-        if current and len(current) + len(sentence) + 1 > max_chars:
-            chunks.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}".strip()
-    if current:
+    lines = [split_sentences(line) for line in text.splitlines()]
+    if not any(lines):
+        lines = [[text]]
+    for sentences in lines:
+        for index, sentence in enumerate(sentences):
+            separator = " " if index else "\n"
+            if current and len(current) + len(sentence) + 1 > max_chars:
+                chunks.append(current)
+                current = sentence
+            else:
+                current = f"{current}{separator}{sentence}" if current else sentence
+    if current.strip():
         chunks.append(current)
     return chunks
 
@@ -149,8 +184,9 @@ class RetrievalIndex:
             words = tokenize([text])[0]
             lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
             semantic = self.vectors[candidates] @ embed_one(text)
-            if position == 0:
-                similarity[candidates] = semantic  # reported: the question's own similarity
+            # Reported: how near the conversation the chunk is. A follow-up ("what was
+            # that for") names almost nothing itself, so the question it follows counts.
+            similarity[candidates] = semantic if position == 0 else np.maximum(similarity[candidates], semantic)
             for scores in (lexical[candidates], semantic):
                 order = np.argsort(-scores, kind="stable")
                 ranks = np.empty(order.size)

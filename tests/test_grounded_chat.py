@@ -13,6 +13,7 @@ import httpx
 from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
 from chains.local.composer import NOT_FOUND
+from chains.retrieval import tokenize
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.stores import keyring_for
 from tests.test_memory_and_knowledge import ask, auth, start
@@ -63,6 +64,38 @@ def test_local_answers_cite_only_what_they_use_and_prefer_the_customers_own_term
     assert set(titles(offer)) <= {"Duplicate email incident"}
     assert unknown["answer"] == NOT_FOUND and unknown["sources"] == []
     assert "15%" not in other["answer"], "another customer's incident never answers"
+
+
+TICKET = {"customer_id": "c-bakery", "title": "Ticket NL-2040",
+          "text": "Ticket #NL-2040 - [P2] Landing page down - Bright Bakery Co\n"
+                  "Opened: May 2, 2024, 8:05 a.m. by Maria Lopez\n"
+                  "Logged by: Sam Kowalski (support)\n"
+                  "Status: Closed on May 3, 2024"}
+
+
+def test_a_bare_follow_up_reaches_the_model_with_its_passages_line_by_line(
+    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI,
+) -> None:
+    _, openai_url = fake_openai
+    openai_provider.reply = "Sam Kowalski logged it [1]."
+    settings, server = start(tmp_path, None, openai_url)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        assert http.post("/api/v1/ai/insights/documents", headers=rep, json=TICKET).status_code == 201
+        ask(http, rep, "c-bakery", "when was the landing page ticket opened?", session="s7")
+        logged = ask(http, rep, "c-bakery", "and who logged it", session="s7")
+    sources = str(openai_provider.requests[-1]["messages"][-1]["content"])  # type: ignore[index]
+    # "and who logged it" resembles no passage by itself; the question it follows does.
+    assert "Logged by: Sam Kowalski (support)" in sources and titles(logged) == ["Ticket NL-2040"]
+    # The header has no period: were lines joined, it would run into the "Opened:" line
+    # and the local answer would quote both as one sentence.
+    assert "Bright Bakery Co\nOpened: May 2, 2024" in sources
+
+
+def test_shorthand_and_its_spelled_out_words_are_one_search_term() -> None:
+    assert tokenize(["appts in Sept. w/ the mgmt fee, $349/mo"]) == tokenize(
+        ["Appointments in September with the management fee, $349/month"])
 
 
 def test_unknown_citations_of_a_model_are_removed_and_reported(

@@ -253,7 +253,9 @@ class KnowledgeBase:
                 & (documents.c.document_id == document_chunks.c.document_id),
             )
             .where(document_chunks.c.tenant_id == tenant_id)
-            .order_by(document_chunks.c.document_id, document_chunks.c.chunk_index)
+            # Oldest document first, not by its random id: among equal scores the index's
+            # order decides, and the same documents must rank alike in every process.
+            .order_by(documents.c.created_at, document_chunks.c.document_id, document_chunks.c.chunk_index)
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
