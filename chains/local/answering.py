@@ -7,8 +7,13 @@ covers (rare words count more), its embedding similarity, whether it holds the k
 of thing asked for (a date for "when", an amount for "how much", a name for "who"),
 how highly its passage was retrieved, whether it is the customer's own document, and
 how much of the question the retrieved passages do not mention at all (the strongest
-sign that the documents cannot answer it). A logistic regression trained on labelled
-questions (`chains/local/corpus/chat_train.json`, by `python -m chains.local.answer_training`)
+sign that the documents cannot answer it). Paraphrase ("bail early" for "terminate")
+counts through word embeddings; each signal also counts against the best candidate's,
+since "covers the question" means little when another sentence covers it better; and
+a sentence is read with its neighbours, its passage's title and its own label ("Term:
+12 months"), because notes put the subject in one place and the fact in the next. A
+logistic regression trained on labelled
+questions (`chains/local/corpus/chat_train*.json`, by `python -m chains.local.answer_training`)
 weighs them; its coefficients ship in `answer_model.json`.
 """
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chains.embeddings import embed, embed_one
+from chains.embeddings import EMBEDDING_DIM, embed, embed_one
 from chains.retrieval import tokenize
 from chains.text import split_sentences
 
@@ -39,7 +44,7 @@ _UNIT = r"(?:business\s+|calendar\s+|working\s+)?(?:days?|hours?|hrs?|weeks?|mon
 ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
     "date": (
         re.compile(r"\b(when|what date|which date|deadline|cutoff|cut-off|kick ?off|start|expire|renew|due)\b", re.I),
-        re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|\b20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
+        re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|(?<![-#\w])20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
     ),
     "money": (
         re.compile(r"\b(how much|cost|price|pricing|fee|fees|pay|paying|paid|charge|credit|rate|budget|spend|discount|owe|cut)\b", re.I),
@@ -66,7 +71,13 @@ ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
 FEATURES = (
     "coverage", "coverage_with_earlier", "similarity", "similarity_to_earlier", "passage_reciprocal_rank",
     "own_document", "kind_present", "kind_missing", "question_unmatched", "log_length",
+    "soft_coverage", "coverage_below_best", "similarity_below_best", "soft_coverage_below_best",
+    "previous_coverage", "next_coverage", "title_coverage", "label_coverage", "has_number", "kind_asked",
 )
+# "Term: 12 months", "Contact for invoices: Gail": the label says what the value is.
+_LABEL = re.compile(r"^\W*([A-Za-z][\w /&#().-]{0,40}?):\s")
+_WORD_VECTORS: dict[str, np.ndarray] = {}
+_WORD_VECTORS_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +88,15 @@ class Candidate:
     passage: int
     position: int
     own_document: bool
+    title: str = ""
 
 
 def candidates(passages: Sequence[tuple[str, str, bool]]) -> list[Candidate]:
     """Sentences of `(title, text, is the customer's own)` passages, in source order."""
     found: list[Candidate] = []
-    for number, (_, text, own) in enumerate(passages, start=1):
+    for number, (title, text, own) in enumerate(passages, start=1):
         for sentence in split_sentences(text):
-            found.append(Candidate(sentence, number, len(found), own))
+            found.append(Candidate(sentence, number, len(found), own, title))
     return found
 
 
@@ -92,36 +104,67 @@ def asked_kinds(question: str) -> list[str]:
     return [kind for kind, (asks, _) in ANSWER_KINDS.items() if asks.search(question)]
 
 
+def _word_vectors(words: Sequence[str]) -> np.ndarray:
+    """Embeddings of single (stemmed) words, cached: a tenant's vocabulary is small. The
+    cache is shared by the CPU pool's threads, so a lookup never relies on it alone."""
+    known = {word: vector for word in words if (vector := _WORD_VECTORS.get(word)) is not None}
+    fresh = [word for word in dict.fromkeys(words) if word not in known]
+    if fresh:
+        embedded = dict(zip(fresh, embed(fresh), strict=True))
+        known.update(embedded)
+        if len(_WORD_VECTORS) + len(fresh) > _WORD_VECTORS_MAX:
+            _WORD_VECTORS.clear()
+        _WORD_VECTORS.update(embedded)
+    return np.asarray([known[word] for word in words], dtype=np.float32).reshape(len(words), EMBEDDING_DIM)
+
+
 def features(question: str, found: Sequence[Candidate], earlier: str | None = None) -> np.ndarray:
     """One row of `FEATURES` per candidate sentence."""
-    words = tokenize([*(c.text for c in found), question, earlier or ""])
-    sentence_words = [set(w) for w in words[:-2]]
-    asked, before = set(words[-2]), set(words[-1]) - set(words[-2])
-    frequency = Counter(word for ws in sentence_words for word in ws)
     count = len(found)
+    titles = list(dict.fromkeys(c.title for c in found))
+    labels = [label.group(1) if (label := _LABEL.match(c.text)) else "" for c in found]
+    words = tokenize([*(c.text for c in found), question, earlier or "", *titles, *labels])
+    sentence_words = [set(w) for w in words[:count]]
+    asked, before = set(words[count]), set(words[count + 1]) - set(words[count])
+    title_words = dict(zip(titles, (set(w) for w in words[count + 2:count + 2 + len(titles)]), strict=True))
+    label_words = [set(w) for w in words[count + 2 + len(titles):]]
+    frequency = Counter(word for ws in sentence_words for word in ws)
 
     def idf(word: str) -> float:
         return math.log(1 + (count + 1) / (frequency.get(word, 0) + 0.5))
 
-    weights = {word: idf(word) for word in asked}
+    weights = {word: idf(word) for word in sorted(asked)}
     total = sum(weights.values()) or 1.0
     earlier_weights = {word: 0.5 * idf(word) for word in before}
     total_with_earlier = total + sum(earlier_weights.values())
+
+    def covered(ws: set[str]) -> float:
+        return sum(weight for word, weight in weights.items() if word in ws) / total
+
     # Question words no retrieved sentence contains: weight share of the unanswerable.
     unmatched = sum(weight for word, weight in weights.items() if frequency.get(word, 0) == 0) / total
     vectors = embed([c.text for c in found])
     similarity = vectors @ embed_one(question)
     similarity_earlier = vectors @ embed_one(earlier) if earlier else np.zeros(count)
     kinds = asked_kinds(question + " " + (earlier or "") if len(asked) <= 2 else question)
+    coverage = np.array([covered(ws) for ws in sentence_words])
+    # Soft coverage: each question word counts by its nearest word in the sentence.
+    asked_vectors = _word_vectors(list(weights))
+    soft = np.zeros(count)
+    for index, ws in enumerate(sentence_words):
+        if weights and ws:
+            nearest = (asked_vectors @ _word_vectors(sorted(ws)).T).max(axis=1)
+            soft[index] = float(np.dot(list(weights.values()), np.clip(nearest, 0.0, 1.0))) / total
     rows = []
     for index, candidate in enumerate(found):
         ws = sentence_words[index]
-        covered = sum(weight for word, weight in weights.items() if word in ws)
         covered_earlier = sum(weight for word, weight in earlier_weights.items() if word in ws)
         present = [ANSWER_KINDS[kind][1].search(candidate.text) is not None for kind in kinds]
+        same_passage = [neighbour for neighbour in (index - 1, index + 1)
+                        if 0 <= neighbour < count and found[neighbour].passage == candidate.passage]
         rows.append([
-            covered / total,
-            (covered + covered_earlier) / total_with_earlier,
+            coverage[index],
+            (coverage[index] * total + covered_earlier) / total_with_earlier,
             float(similarity[index]),
             float(similarity_earlier[index]),
             1.0 / candidate.passage,
@@ -130,6 +173,16 @@ def features(question: str, found: Sequence[Candidate], earlier: str | None = No
             1.0 if kinds and not any(present) else 0.0,
             unmatched,
             math.log(1 + len(candidate.text)),
+            soft[index],
+            coverage[index] - coverage.max(),
+            float(similarity[index] - similarity.max()),
+            soft[index] - soft.max(),
+            coverage[index - 1] if index - 1 in same_passage else 0.0,
+            coverage[index + 1] if index + 1 in same_passage else 0.0,
+            covered(title_words[candidate.title]),
+            covered(label_words[index]),
+            1.0 if any(ch.isdigit() for ch in candidate.text) else 0.0,
+            1.0 if kinds else 0.0,
         ])
     return np.asarray(rows, dtype=float).reshape(count, len(FEATURES))
 
