@@ -57,6 +57,8 @@ _QUESTION_FRAMING = frozenset(
 # Shorthand that reps and notes write for the same word a document spells out (or the
 # other way round): "appt" and "appointments", "Sept." and "September", "mgmt fee" and
 # "management fee". Each side is rewritten to one spelling before stemming, so they match.
+# Left out on purpose: shorthand that is also a common word or name in this domain ("HR",
+# "MO" for Missouri, "inv" for inventory); "mo" counts only after a slash ("$349/mo").
 _SHORTHAND = {
     "january": "jan", "february": "feb", "march": "mar", "april": "apr", "june": "jun", "july": "jul",
     "august": "aug", "september": "sep", "sept": "sep", "october": "oct", "november": "nov",
@@ -64,22 +66,26 @@ _SHORTHAND = {
     "thursday": "thu", "thur": "thu", "thurs": "thu", "friday": "fri", "saturday": "sat", "sunday": "sun",
     "appt": "appointment", "appts": "appointments", "mgmt": "management", "mgr": "manager",
     "mgrs": "managers", "acct": "account", "accts": "accounts", "ppl": "people", "msg": "message",
-    "msgs": "messages", "yr": "year", "yrs": "years", "mo": "month", "mos": "months", "hr": "hour",
-    "hrs": "hours", "mins": "minutes", "wk": "week", "wks": "weeks", "info": "information",
-    "approx": "approximately", "cust": "customer", "custs": "customers", "dept": "department",
-    "req'd": "required", "reqs": "requirements", "unsub": "unsubscribe", "unsubs": "unsubscribes",
-    "subs": "subscribers", "biz": "business", "co-op": "coop", "w/": "with", "w/o": "without",
-    "b/c": "because", "asap": "soon", "qty": "quantity", "inv": "invoice", "invs": "invoices",
-    "addl": "additional", "add'l": "additional", "auto-renew": "autorenew", "auto-renews": "autorenew",
+    "msgs": "messages", "yr": "year", "yrs": "years", "mos": "months", "hrs": "hours", "mins": "minutes",
+    "wk": "week", "wks": "weeks", "info": "information", "approx": "approximately", "cust": "customer",
+    "custs": "customers", "dept": "department", "req'd": "required", "reqs": "requirements",
+    "unsub": "unsubscribe", "unsubs": "unsubscribes", "subs": "subscribers", "biz": "business",
+    "w/": "with", "w/o": "without", "b/c": "because", "qty": "quantity", "addl": "additional",
+    "add'l": "additional",
 }
+# Whole words only, and not inside an e-mail address or a domain ("info@", "x.info").
 _SHORTHAND_WORD = re.compile(
-    r"(?<![\w'])(" + "|".join(sorted(map(re.escape, _SHORTHAND), key=len, reverse=True)) + r")(?![\w'])",
+    r"(?<![\w'@.])(" + "|".join(sorted(map(re.escape, _SHORTHAND), key=len, reverse=True))
+    + r")(?![\w@])(?!'(?!s\b))",
     re.IGNORECASE,
 )
+_PER_MONTH = re.compile(r"(?<=\w)/mo\b", re.IGNORECASE)
 
 
 def _spelled_out(text: str) -> str:
-    return _SHORTHAND_WORD.sub(lambda match: _SHORTHAND[match.group(1).lower()], text)
+    # Matching ignores case beyond ASCII too ("İNFO"): what does not lower-case to a key stays.
+    text = _PER_MONTH.sub("/month", text.replace("\u2019", "'"))
+    return _SHORTHAND_WORD.sub(lambda match: _SHORTHAND.get(match.group(1).lower(), match.group(1)), text)
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -179,14 +185,19 @@ class RetrievalIndex:
         if candidates.size == 0:
             return []
         fused = np.zeros(len(self.chunks))
+        # Reciprocal ranks tie often (first by words and second by meaning scores as much
+        # as the reverse): the tie goes to the chunk whose scores are nearer each list's best.
+        strength = np.zeros(len(self.chunks))
         similarity = np.zeros(len(self.chunks))
         for position, (text, weight) in enumerate(queries):
             words = tokenize([text])[0]
             lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
             semantic = self.vectors[candidates] @ embed_one(text)
             # Reported: how near the conversation the chunk is. A follow-up ("what was
-            # that for") names almost nothing itself, so the question it follows counts.
-            similarity[candidates] = semantic if position == 0 else np.maximum(similarity[candidates], semantic)
+            # that for") names almost nothing itself, so the question it follows counts,
+            # at its weight.
+            similarity[candidates] = (
+                semantic if position == 0 else np.maximum(similarity[candidates], weight * semantic))
             for scores in (lexical[candidates], semantic):
                 order = np.argsort(-scores, kind="stable")
                 ranks = np.empty(order.size)
@@ -196,9 +207,11 @@ class RetrievalIndex:
                 if scores is not semantic:
                     votes[scores <= 0] = 0.0
                 fused[candidates] += votes
+                if (top := scores.max()) > 0:
+                    strength[candidates] += weight * np.clip(scores, 0.0, None) / top
         own = (self.customers[candidates] != "") & (customer_id is not None)
         fused[candidates[own]] *= OWN_DOCUMENT_BOOST
-        best = candidates[np.argsort(-fused[candidates], kind="stable")[:k]]
+        best = candidates[np.lexsort((-strength[candidates], -fused[candidates]))[:k]]
         return [
             Passage(
                 document_id=self.chunks[i].document_id,

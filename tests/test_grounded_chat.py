@@ -96,6 +96,28 @@ def test_a_bare_follow_up_reaches_the_model_with_its_passages_line_by_line(
 def test_shorthand_and_its_spelled_out_words_are_one_search_term() -> None:
     assert tokenize(["appts in Sept. w/ the mgmt fee, $349/mo"]) == tokenize(
         ["Appointments in September with the management fee, $349/month"])
+    assert "renew" in tokenize(["auto-renews on Mar. 1"])[0], "a renewal question still finds auto-renewal"
+    assert tokenize(["HR in St. Louis, MO; info@acme.com"])[0] == ["hr", "st", "loui", "mo", "info", "acm", "com"]
+    # Case-insensitive matching reaches beyond ASCII ("İ" matches "i"): such a word stays as written.
+    assert tokenize(["Write to İNFO@x.com by FRİDAY"])[0][:1] == ["write"]
+
+
+async def test_a_tie_in_fused_rank_goes_to_the_chunk_nearer_each_lists_best(tmp_path: Path) -> None:
+    engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
+    await migrate(engine)
+    knowledge = KnowledgeBase(engine, keyring_for(engine))
+    try:
+        for customer, title, text in DOCUMENTS:  # older than the ticket
+            await knowledge.add_document(tenant_id="t", user_id="u", customer_id=customer, title=title, text=text)
+        await knowledge.add_document(tenant_id="t", user_id="u", customer_id="c-bakery", title=TICKET["title"],
+                                     text=TICKET["text"])
+        found = await knowledge.search(tenant_id="t", customer_id="c-bakery",
+                                       query="when was the landing page ticket opened?")
+        # The incident is first by meaning by a hair, the ticket first by words by far:
+        # their reciprocal ranks tie, and the ticket's scores are nearer each list's best.
+        assert [p.title for p in found[:2]] == ["Ticket NL-2040", "Duplicate email incident"]
+    finally:
+        await engine.dispose()
 
 
 def test_unknown_citations_of_a_model_are_removed_and_reported(

@@ -253,8 +253,9 @@ class KnowledgeBase:
                 & (documents.c.document_id == document_chunks.c.document_id),
             )
             .where(document_chunks.c.tenant_id == tenant_id)
-            # Oldest document first, not by its random id: among equal scores the index's
-            # order decides, and the same documents must rank alike in every process.
+            # Oldest document first, not by its random id: where scores tie exactly, the
+            # index's order decides, and the same documents stored twice (a restore, an
+            # evaluation run) must rank alike.
             .order_by(documents.c.created_at, document_chunks.c.document_id, document_chunks.c.chunk_index)
         )
         async with self.engine.connect() as connection:

@@ -9,8 +9,12 @@ how close to the best a second sentence must be are chosen on predictions for ea
 made by a model trained on the other sets (leave one writer out), so they are chosen on
 questions the model did not learn from, and on several hundred of them rather than the
 dev split's 45. The choice maximises the worst ratio of answer containment, refusal
-accuracy and citation precision to their targets: answering everything or refusing
-everything cannot win it. The dev split (`eval/data/chat_dev.json`) is only reported,
+accuracy and citation precision to their targets, among the choices that refuse at most
+`FALSE_REFUSAL_BUDGET` of the answerable questions. The budget is there because the
+model cannot tell a near-miss question (the detail next to the one recorded) from an
+answerable one: on held-out writers its best sentence's probability separates them no
+better than chance, so a higher threshold only refuses both kinds alike, and a "nothing
+found" hides what the rep could have read in the cited sentences. The dev split (`eval/data/chat_dev.json`) is only reported,
 for comparing designs; the test split is never read here. Retrieval, sentence splitting
 and features are the service's own functions, so the model sees exactly what it will
 see when serving.
@@ -83,6 +87,7 @@ def examples(data: dict[str, Any]) -> list[Example]:
 
 
 TARGETS = {"containment": 0.8, "refusal accuracy": 0.9, "citation precision": 0.95}
+FALSE_REFUSAL_BUDGET = 0.15
 
 
 def fit(train: list[Example]) -> AnswerModel:
@@ -98,12 +103,13 @@ def fit(train: list[Example]) -> AnswerModel:
 def outcome(models: list[AnswerModel], examples: list[Example]) -> dict[str, float]:
     """Containment, refusal accuracy and citation precision of the composer's choice,
     each example judged by its own model (the one that did not learn from it)."""
-    contained = answerable = refused_right = unanswerable = cited = cited_gold = 0
+    contained = answerable = refused_right = refused_wrong = unanswerable = cited = cited_gold = 0
     for model, example in zip(models, examples, strict=True):
         chosen = select_sentences(example.found, example.rows, model)
         q = example.question
         if q["answerable"]:
             answerable += 1
+            refused_wrong += not chosen
             text = " ".join(c.text for c in chosen)
             contained += all(holds(text, fact) for fact in q["gold_facts"])
             documents = {example.documents[c.passage - 1] for c in chosen}
@@ -113,7 +119,8 @@ def outcome(models: list[AnswerModel], examples: list[Example]) -> dict[str, flo
             unanswerable += 1
             refused_right += not chosen
     return {"containment": contained / max(answerable, 1), "refusal accuracy": refused_right / max(unanswerable, 1),
-            "citation precision": cited_gold / cited if cited else 1.0}
+            "citation precision": cited_gold / cited if cited else 1.0,
+            "false refusals": refused_wrong / max(answerable, 1)}
 
 
 def with_thresholds(model: AnswerModel, threshold: float, keep: float) -> AnswerModel:
@@ -121,14 +128,19 @@ def with_thresholds(model: AnswerModel, threshold: float, keep: float) -> Answer
 
 
 def choose_thresholds(models: list[AnswerModel], examples: list[Example]) -> tuple[float, float, dict[str, float]]:
-    """The thresholds whose worst metric-to-target ratio is highest on `examples`."""
-    best: tuple[float, float, float, dict[str, float]] | None = None
-    for threshold, keep in itertools.product(np.arange(0.05, 0.91, 0.025), np.arange(0.3, 1.0, 0.05)):
+    """The thresholds whose worst metric-to-target ratio is highest on `examples`, within
+    the false-refusal budget."""
+    best: tuple[tuple[float, ...], float, float, dict[str, float]] | None = None
+    for threshold, keep in itertools.product(np.arange(0.0, 0.91, 0.025), np.arange(0.0, 1.0, 0.05)):
         threshold, keep = round(float(threshold), 3), round(float(keep), 3)
         scores = outcome([with_thresholds(m, threshold, keep) for m in models], examples)
-        worst = min(scores[name] / target for name, target in TARGETS.items())
-        if best is None or worst > best[0] + 1e-9:
-            best = (worst, threshold, keep, scores)
+        if scores["false refusals"] > FALSE_REFUSAL_BUDGET:
+            continue
+        # The worst ratio first, then the next worst: where refusals decide the worst,
+        # the keep ratio still weighs containment against citation precision.
+        ratios = tuple(round(r, 9) for r in sorted(scores[name] / target for name, target in TARGETS.items()))
+        if best is None or ratios > best[0]:
+            best = (ratios, threshold, keep, scores)
     assert best is not None
     return best[1], best[2], best[3]
 
@@ -138,10 +150,11 @@ def main() -> None:
     parser.add_argument("--train", type=Path, nargs="+", default=TRAIN)
     parser.add_argument("--dev", type=Path, default=DEV)
     args = parser.parse_args()
+    if len(args.train) < 2:
+        parser.error("thresholds are chosen leaving one writer's set out: give at least two --train sets")
     sets = [examples(json.loads(path.read_text())) for path in args.train]
     # Leave one writer out: each set is judged by a model trained on the others.
-    held_out_models = [fit([e for j, other in enumerate(sets) if j != i for e in other])
-                       for i in range(len(sets))] if len(sets) > 1 else [fit(sets[0])]
+    held_out_models = [fit([e for j, other in enumerate(sets) if j != i for e in other]) for i in range(len(sets))]
     judged = [e for held in sets for e in held]
     judges = [held_out_models[i] for i, held in enumerate(sets) for _ in held]
     threshold, keep, held_out = choose_thresholds(judges, judged)

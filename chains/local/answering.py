@@ -44,7 +44,7 @@ _UNIT = r"(?:business\s+|calendar\s+|working\s+)?(?:days?|hours?|hrs?|weeks?|mon
 ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
     "date": (
         re.compile(r"\b(when|what date|which date|deadline|cutoff|cut-off|kick ?off|start|expire|renew|due)\b", re.I),
-        re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|(?<![-#\w])20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
+        re.compile(rf"\b{_MONTH}\s*\d|\b\d{{1,2}}/\d{{1,2}}\b|(?<![#\w])(?<!(?-i:[A-Z]{{2}})-)20\d\d\b|\b{_WEEKDAY}|\b(q[1-4]|today|tomorrow|yesterday)\b", re.I),
     ),
     "money": (
         re.compile(r"\b(how much|cost|price|pricing|fee|fees|pay|paying|paid|charge|credit|rate|budget|spend|discount|owe|cut)\b", re.I),
@@ -60,8 +60,13 @@ ANSWER_KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
     ),
     "person": (
         re.compile(r"\b(who|whom|whose|contact|decision maker|decides|owner|champion|runs)\b", re.I),
-        # Case matters here: a capitalised name, or a title before one.
-        re.compile(r"\b(?:Dr|Mr|Mrs|Ms)\.\s+[A-Z]|\b[A-Z][a-z]+\s+[A-Z][a-z]+\b|\b[A-Z][a-z]+\s+\((?:owner|CEO|CFO|founder|manager)"),
+        # Case matters here: a capitalised name, a title before one or a role after it, or
+        # a first name doing what people do in notes ("Dana is the buyer", "Marcus decides").
+        re.compile(r"\b(?:Dr|Mr|Mrs|Ms)\.\s+[A-Z]|\b[A-Z][a-z]+\s+[A-Z][a-z]+\b|\b[A-Z][a-z]+\s+\((?:owner|CEO|CFO|founder|manager)"
+                   r"|\b(?:CEO|CFO|COO|CTO|owner|founder|manager|director|buyer)\s+[A-Z][a-z]+\b"
+                   r"|\b[A-Z][a-z]+\s+(?:signs|signed|approves|approved|decides|owns|runs|handles|leads|manages)\b"
+                   r"|\b[A-Z][a-z]+\s+(?:is|was)\s+(?:the|our|their)\s+(?:buyer|owner|contact|decision|champion|"
+                   r"manager|director|lead|founder|CEO|CFO|signatory)"),
     ),
     "email": (
         re.compile(r"\b(e-?mail address|where do .* go|send .* to|which address|inbox)\b", re.I),
@@ -72,12 +77,10 @@ FEATURES = (
     "coverage", "coverage_with_earlier", "similarity", "similarity_to_earlier", "passage_reciprocal_rank",
     "own_document", "kind_present", "kind_missing", "question_unmatched", "log_length",
     "soft_coverage", "coverage_below_best", "similarity_below_best", "soft_coverage_below_best",
-    "previous_coverage", "next_coverage", "title_coverage", "label_coverage", "has_number", "kind_asked",
+    "previous_coverage", "next_coverage", "title_coverage", "label_coverage", "has_number",
 )
 # "Term: 12 months", "Contact for invoices: Gail": the label says what the value is.
 _LABEL = re.compile(r"^\W*([A-Za-z][\w /&#().-]{0,40}?):\s")
-_WORD_VECTORS: dict[str, np.ndarray] = {}
-_WORD_VECTORS_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +105,6 @@ def candidates(passages: Sequence[tuple[str, str, bool]]) -> list[Candidate]:
 
 def asked_kinds(question: str) -> list[str]:
     return [kind for kind, (asks, _) in ANSWER_KINDS.items() if asks.search(question)]
-
-
-def _word_vectors(words: Sequence[str]) -> np.ndarray:
-    """Embeddings of single (stemmed) words, cached: a tenant's vocabulary is small. The
-    cache is shared by the CPU pool's threads, so a lookup never relies on it alone."""
-    known = {word: vector for word in words if (vector := _WORD_VECTORS.get(word)) is not None}
-    fresh = [word for word in dict.fromkeys(words) if word not in known]
-    if fresh:
-        embedded = dict(zip(fresh, embed(fresh), strict=True))
-        known.update(embedded)
-        if len(_WORD_VECTORS) + len(fresh) > _WORD_VECTORS_MAX:
-            _WORD_VECTORS.clear()
-        _WORD_VECTORS.update(embedded)
-    return np.asarray([known[word] for word in words], dtype=np.float32).reshape(len(words), EMBEDDING_DIM)
 
 
 def features(question: str, found: Sequence[Candidate], earlier: str | None = None) -> np.ndarray:
@@ -148,12 +137,16 @@ def features(question: str, found: Sequence[Candidate], earlier: str | None = No
     similarity_earlier = vectors @ embed_one(earlier) if earlier else np.zeros(count)
     kinds = asked_kinds(question + " " + (earlier or "") if len(asked) <= 2 else question)
     coverage = np.array([covered(ws) for ws in sentence_words])
-    # Soft coverage: each question word counts by its nearest word in the sentence.
-    asked_vectors = _word_vectors(list(weights))
+    # Soft coverage: each question word counts by its nearest word in the sentence. The
+    # words are embedded afresh for each question (a few ms): a cache would keep every
+    # tenant's vocabulary in the workers past its erasure.
+    vocabulary = sorted(set(weights).union(*sentence_words))
+    word_vectors = dict(zip(vocabulary, embed(vocabulary), strict=True))
+    asked_vectors = np.asarray([word_vectors[word] for word in weights]).reshape(len(weights), EMBEDDING_DIM)
     soft = np.zeros(count)
     for index, ws in enumerate(sentence_words):
         if weights and ws:
-            nearest = (asked_vectors @ _word_vectors(sorted(ws)).T).max(axis=1)
+            nearest = (asked_vectors @ np.asarray([word_vectors[word] for word in ws]).T).max(axis=1)
             soft[index] = float(np.dot(list(weights.values()), np.clip(nearest, 0.0, 1.0))) / total
     rows = []
     for index, candidate in enumerate(found):
@@ -182,7 +175,6 @@ def features(question: str, found: Sequence[Candidate], earlier: str | None = No
             covered(title_words[candidate.title]),
             covered(label_words[index]),
             1.0 if any(ch.isdigit() for ch in candidate.text) else 0.0,
-            1.0 if kinds else 0.0,
         ])
     return np.asarray(rows, dtype=float).reshape(count, len(FEATURES))
 
@@ -190,7 +182,7 @@ def features(question: str, found: Sequence[Candidate], earlier: str | None = No
 @dataclass(frozen=True, slots=True)
 class AnswerModel:
     """Logistic regression over standardised features, plus the decision thresholds
-    chosen on the dev split (`answer_training`)."""
+    chosen on leave-one-writer-out predictions (`answer_training`)."""
 
     mean: np.ndarray
     scale: np.ndarray
