@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,6 +39,19 @@ def add_documents(http: httpx.Client, headers: dict[str, str]) -> None:
     for customer, title, text in DOCUMENTS:
         body = {"title": title, "text": text} | ({"customer_id": customer} if customer else {})
         assert http.post("/api/v1/ai/insights/documents", headers=headers, json=body).status_code == 201
+
+
+@contextmanager
+def answered_by_a_model(
+    tmp_path: Path, openai_url: str, provider: FakeOpenAI, reply: str
+) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    """A served app whose chat answers come from the fake provider, with `DOCUMENTS` added."""
+    provider.reply = reply
+    settings, server = start(tmp_path, None, openai_url)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        yield http, rep
 
 
 def cited(answer: str) -> list[int]:
@@ -76,12 +91,7 @@ TICKET = {"customer_id": "c-bakery", "title": "Ticket NL-2040",
 def test_a_bare_follow_up_reaches_the_model_with_its_passages_line_by_line(
     tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI,
 ) -> None:
-    _, openai_url = fake_openai
-    openai_provider.reply = "Sam Kowalski logged it [1]."
-    settings, server = start(tmp_path, None, openai_url)
-    rep = auth(settings, "northwind-co")
-    with server as url, httpx.Client(base_url=url, timeout=30) as http:
-        add_documents(http, rep)
+    with answered_by_a_model(tmp_path, fake_openai[1], openai_provider, "Sam Kowalski logged it [1].") as (http, rep):
         assert http.post("/api/v1/ai/insights/documents", headers=rep, json=TICKET).status_code == 201
         ask(http, rep, "c-bakery", "when was the landing page ticket opened?", session="s7")
         logged = ask(http, rep, "c-bakery", "and who logged it", session="s7")
@@ -123,12 +133,8 @@ async def test_a_tie_in_fused_rank_goes_to_the_chunk_nearer_each_lists_best(tmp_
 def test_unknown_citations_of_a_model_are_removed_and_reported(
     tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI,
 ) -> None:
-    _, openai_url = fake_openai
-    openai_provider.reply = "They were offered a 15% credit [1] and a free audit [7]. It renews in January [1, 9]."
-    settings, server = start(tmp_path, None, openai_url)
-    rep = auth(settings, "northwind-co")
-    with server as url, httpx.Client(base_url=url, timeout=30) as http:
-        add_documents(http, rep)
+    reply = "They were offered a 15% credit [1] and a free audit [7]. It renews in January [1, 9]."
+    with answered_by_a_model(tmp_path, fake_openai[1], openai_provider, reply) as (http, rep):
         with http.stream("POST", "/api/v1/ai/insights/chat/stream", headers=rep, json={
             "input": {"customer_id": "c-bakery", "question": "what did we offer after the duplicate email?"}
         }) as response:
