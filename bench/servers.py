@@ -8,7 +8,8 @@
   metrics) with the interaction chain's provider replaced by the same fixed model,
   answering in the chain's format: the JSON analysis cut into as many pieces.
 
-`BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr.
+`BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr (the fan-out
+bench client logs its own too).
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def full_app_from_env() -> FastAPI:
     return full_app(Path(os.environ["BENCH_DATA_DIR"]))
 
 
+def log_gc_pauses(who: str) -> None:
+    """Prints every garbage-collector pause of this process over 20 ms to stderr, with the
+    wall clock, so a late event can be matched to the pause that held it."""
+    import gc
+    import time
+
+    started: list[float] = []
+
+    def pauses(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and (took := time.perf_counter() - started[0]) > 0.02:
+            print(f"{who} gc gen{info['generation']} pause {took * 1e3:.0f} ms at {time.time():.2f}, "
+                  f"collected {info['collected']}", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(pauses)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["raw", "langserve", "full"])
@@ -97,19 +116,7 @@ def main() -> None:
         return
     app = {"raw": raw_app, "langserve": langserve_app}.get(args.kind)
     if os.environ.get("BENCH_GC_LOG"):
-        import gc
-        import time
-
-        started: list[float] = []
-
-        def pauses(phase: str, info: dict[str, int]) -> None:
-            if phase == "start":
-                started[:] = [time.perf_counter()]
-            elif started and (took := time.perf_counter() - started[0]) > 0.02:
-                print(f"gc gen{info['generation']} pause {took * 1e3:.0f} ms, collected {info['collected']}",
-                      file=sys.stderr, flush=True)
-
-        gc.callbacks.append(pauses)
+        log_gc_pauses("server")
     uvicorn.run(app() if app else full_app(args.data_dir), **options)
 
 
