@@ -14,10 +14,10 @@ accuracy and citation precision to their targets, among the choices that refuse 
 model cannot tell a near-miss question (the detail next to the one recorded) from an
 answerable one: on held-out writers its best sentence's probability separates them no
 better than chance, so a higher threshold only refuses both kinds alike, and a "nothing
-found" hides what the rep could have read in the cited sentences. The dev split (`eval/data/chat_dev.json`) is only reported,
-for comparing designs; the test split is never read here. Retrieval, sentence splitting
-and features are the service's own functions, so the model sees exactly what it will
-see when serving.
+found" hides what the rep could have read in the cited sentences. The dev split
+(`eval/data/chat_dev.json`) is only reported, for comparing designs; the test split is
+never read here. Retrieval, sentence splitting and features are the service's own
+functions, so the model sees exactly what it will see when serving.
 """
 
 from __future__ import annotations
