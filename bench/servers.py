@@ -109,7 +109,8 @@ def main() -> None:
     # unless BENCH_WS_DEFLATE=1 (its zlib state is most of an idle session's memory).
     options: dict[str, Any] = {"host": "127.0.0.1", "port": args.port, "log_level": "warning",
                                "access_log": False, "lifespan": "on",
-                               "ws_per_message_deflate": os.environ.get("BENCH_WS_DEFLATE") == "1"}
+                               "ws_per_message_deflate": os.environ.get("BENCH_WS_DEFLATE") == "1",
+                               "ws": os.environ.get("BENCH_WS", "auto")}
     if args.kind == "full" and args.workers > 1:
         os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)

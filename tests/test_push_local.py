@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.api.chains import INTERACTIONS_PATH
 from app.core.auth import TokenVerifier
@@ -55,6 +56,18 @@ async def test_silent_websocket_is_closed_with_4401(url: str) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_a_customer_id_outside_the_contract_is_refused_at_the_handshake(url: str, settings: Settings) -> None:
+    headers = {"Authorization": f"Bearer {mint(settings)}"}
+    base = url.replace("http", "ws") + "/ws/ai/insights/"
+    for bad in ("-dash-first", "x" * 129, "semi;colon"):  # each matches the route's path pattern
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(base + quote(bad), additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 403, bad
+    async with connect(base + "x" * 128, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
 
 
 def test_sse_feed_requires_auth_and_a_watcher_role(url: str, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response, validation_response
+from app.api.middleware import SelectiveMiddleware
 from app.api.json_body import parse_json
 from app.core.errors import PayloadTooLarge, RequestTimeout
 
@@ -28,16 +29,16 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 PARSED_BODY = "parsed_json_body"  # key in the request state
 
 
-class RequestBodyMiddleware:
+class RequestBodyMiddleware(SelectiveMiddleware):
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
-            await self.app(scope, receive, send)
-            return
+    def handles(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] in BODY_METHODS
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.api.middleware import SelectiveMiddleware
 from app.core.auth import TokenVerifier
 from app.core.errors import Unauthenticated
 from app.core.security_log import security_log_of
@@ -36,18 +37,18 @@ def same_origin_path(scope: Scope) -> str:
     return "/" + path.lstrip("/")
 
 
-class TokenSignInMiddleware:
+class TokenSignInMiddleware(SelectiveMiddleware):
     """Turns `GET …?token=` into a SameSite=Strict session cookie and a clean redirect."""
 
     def __init__(self, app: ASGIApp, *, verifier: TokenVerifier, cookie_name: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.verifier = verifier
         self.cookie_name = cookie_name
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
+    def handles(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         token = request.query_params.get("token")
         if token is None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import error_payload
+from app.api.middleware import SelectiveMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,11 @@ def leaf_exception(error: BaseException) -> BaseException:
     return error
 
 
-class StreamErrorMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class StreamErrorMiddleware(SelectiveMiddleware):
+    def handles(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["path"].endswith(("/stream", "/stream_log", "/stream_events"))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(("/stream", "/stream_log", "/stream_events")):
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         held_error = False
         finished = False
 

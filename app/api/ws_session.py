@@ -168,19 +168,15 @@ class WebSocketFeed:
                 remaining = self.principal.expires_at - time.time()
                 if remaining <= 0:
                     raise TokenExpired()
-                getter = asyncio.create_task(subscription.queue.get())
+                arrival = subscription.arrival()
                 done, _ = await asyncio.wait(
-                    {getter, reader}, timeout=min(heartbeat_s, remaining), return_when=asyncio.FIRST_COMPLETED
+                    {arrival, reader}, timeout=min(heartbeat_s, remaining), return_when=asyncio.FIRST_COMPLETED
                 )
-                if getter not in done:
-                    getter.cancel()
+                if arrival not in done:
                     if not done and time.time() < self.principal.expires_at:
                         await self.send({"type": "heartbeat"})
                     continue
-                event = getter.result()
-                if subscription.overflowed:
-                    raise SlowConsumer(self.channel)
-                await self.deliver([event])
+                await self.deliver(subscription.take())
             reader.result()
         finally:
             reader.cancel()

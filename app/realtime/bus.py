@@ -33,27 +33,58 @@ class SlowConsumer(Exception):
 
 
 class Subscription:
+    """One follower's live events. Most followers are idle screens (10,000 on a process),
+    so an idle one holds no buffer and no waiting task: the buffer exists while events
+    wait to be read, and `arrival()` is one future, made only while someone waits."""
+
+    __slots__ = ("channel", "overflowed", "_unregister", "_limit", "_pending", "_arrival")
+
     def __init__(self, channel: str, unregister: Callable[[Subscription], None],
                  queue_size: int = SUBSCRIPTION_QUEUE_SIZE) -> None:
         self.channel = channel
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
         self.overflowed = False
         self._unregister = unregister
+        self._limit = queue_size
+        self._pending: deque[Event] | None = None
+        self._arrival: asyncio.Future[None] | None = None
 
     def offer(self, event: Event) -> None:
         """Called by the bus for each live event; never blocks the publisher."""
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if self._pending is None:
+            self._pending = deque()
+        if len(self._pending) < self._limit:
+            self._pending.append(event)
+        else:
             self.overflowed = True
-            while not self.queue.empty():  # free the buffered events now
-                self.queue.get_nowait()
-            self.queue.put_nowait(_OVERFLOW)
+            self._pending = None  # free the buffered events now
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) if self._pending is not None else 0
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done once an event (or the overflow) is waiting to be taken."""
+        if self._arrival is None or self._arrival.done():
+            self._arrival = asyncio.get_running_loop().create_future()
+            if self._pending or self.overflowed:
+                self._arrival.set_result(None)
+        return self._arrival
+
+    def take(self) -> list[Event]:
+        """The events waiting, oldest first; raises `SlowConsumer` once it overflowed."""
+        if self.overflowed:
+            raise SlowConsumer(self.channel)
+        pending, self._pending = self._pending, None
+        return list(pending) if pending else []
 
     def close(self) -> None:
         self._unregister(self)
+        if self._arrival is not None:
+            self._arrival.cancel()
 
     async def events(self, history: list[Event], last_event_id: str | None) -> AsyncIterator[Event]:
         """History after `last_event_id`, then live events, each exactly once, in order."""
@@ -64,17 +95,13 @@ class Subscription:
                     cursor = event.id
                     yield event
             while True:
-                event = await self.queue.get()
-                if event is _OVERFLOW:
-                    raise SlowConsumer(self.channel)
-                if event.after(cursor):
-                    cursor = event.id
-                    yield event
+                await self.arrival()
+                for event in self.take():
+                    if event.after(cursor):
+                        cursor = event.id
+                        yield event
         finally:
             self.close()
-
-
-_OVERFLOW = Event(id="0-0", type="overflow", tenant_id="", data={})
 
 
 class LocalFanout:
