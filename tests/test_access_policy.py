@@ -9,8 +9,11 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Route, WebSocketRoute
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from app.api.access import policy_for
+from app.api.streaming import feed_route
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from app.server import create_app
 from tests.conftest import make_settings
@@ -64,6 +67,21 @@ def test_a_route_added_without_a_policy_is_refused_and_caught(tmp_path: Path, mi
     with live_server(app) as url:
         response = httpx.get(f"{url}/api/v1/ai/forgotten", headers={"Authorization": f"Bearer {mint(roles=('admin',))}"})
     assert response.status_code == 403 and "no access policy" in response.json()["detail"]
+
+
+async def test_a_plain_feed_added_without_a_policy_is_refused_and_caught(tmp_path: Path,
+                                                                         mint: Callable[..., str]) -> None:
+    """The long-lived feeds are plain Starlette routes, which FastAPI attaches no
+    dependency to: they run the access guard themselves."""
+    app = create_app(make_settings(tmp_path))
+    app.router.routes.append(feed_route("/ws/ai/forgotten", "forgotten", lambda principal, _: "t:x:forgotten"))
+    assert unpoliced_routes(app) == ["WEBSOCKET /ws/ai/forgotten"]
+    with live_server(app) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url.replace("http", "ws") + "/ws/ai/forgotten",
+                               additional_headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}):
+                pass
+    assert refused.value.response.status_code == 403
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -68,6 +68,31 @@ async def test_slow_consumer_overflows_instead_of_growing(bus: EventBus) -> None
     with pytest.raises(SlowConsumer):
         async for _ in subscription.events([], None):
             pass
+
+
+async def test_an_event_being_sent_still_counts_against_the_buffer(bus: EventBus) -> None:
+    """The buffer bounds how far behind a follower may fall, the event it is sending included."""
+
+    async def until(done: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if done():
+                return
+            await asyncio.sleep(0.02)
+
+    channel = "t:t:customer:bound"
+    subscription = await bus.subscribe(channel)
+    await asyncio.sleep(0.3)  # let the Redis reader pick the channel up
+    await publish(bus, channel, 4)
+    await until(lambda: subscription.pending == 4)
+    assert subscription.next_event() is not None  # being sent to a slow screen
+    await publish(bus, channel, 1)
+    await until(lambda: subscription.pending == 4)
+    assert not subscription.overflowed
+    await publish(bus, channel, 1)
+    await until(lambda: subscription.overflowed)
+    assert subscription.overflowed and subscription.pending == 0
+    with pytest.raises(SlowConsumer):
+        subscription.next_event()
 
 
 async def test_channels_are_separate(bus: EventBus) -> None:

@@ -26,7 +26,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocketState
 
-from app.api.access import policy_for
+from app.api.access import guard_request, policy_for
 from app.api.deps import CurrentPrincipal, ServicesDep, get_workflows
 from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
@@ -130,14 +130,16 @@ async def serve_websocket(
         await _close(websocket, 1000, "", close_timeout_s)
 
 
-def feed_route(path: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> WebSocketRoute:
+def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> WebSocketRoute:
     """A feed an idle screen holds open for hours, as a plain Starlette route: FastAPI's
     WebSocket route keeps two exit stacks and its dependency frames alive for the whole
     session (about 4 of 39 KB per idle session, tracemalloc at 2,000). What it reads (a
-    customer id in the path, `last_event_id` in the query) is checked here instead."""
+    customer id in the path, `last_event_id` in the query) is checked here instead, and
+    the app-wide access guard, which FastAPI does not attach to a plain route, is run."""
 
     async def endpoint(websocket: WebSocket) -> None:
         websocket.scope["route"] = route  # as FastAPI's routes set it: policy and logs read its template
+        await guard_request(websocket)
         params = websocket.path_params
         customer_id = params.get("customer_id")
         if customer_id is not None and not CUSTOMER_ID.fullmatch(customer_id):
@@ -146,16 +148,17 @@ def feed_route(path: str, channel_of: Callable[[Principal, dict[str, str]], str]
         await serve_websocket(websocket, following(lambda p: channel_of(p, params)),
                               websocket.query_params.get("last_event_id"))
 
-    route = WebSocketRoute(path, endpoint)
+    route = WebSocketRoute(path, endpoint, name=name)
     return route
 
 
 router.routes += [
-    feed_route("/ws/ai/insights/{customer_id}", lambda p, params: customer_channel(p.tenant_id, params["customer_id"])),
-    feed_route("/ws/ai/scoring", lambda p, _: scoring_channel(p.tenant_id)),
+    feed_route("/ws/ai/insights/{customer_id}", "watch_customer_insights",
+               lambda p, params: customer_channel(p.tenant_id, params["customer_id"])),
+    feed_route("/ws/ai/scoring", "watch_lead_scores", lambda p, _: scoring_channel(p.tenant_id)),
     # Operator alerts (provider circuit opened/closed) for admins of any tenant: they
     # concern the shared providers, so every tenant's admins follow the same channel.
-    feed_route("/ws/ai/admin", lambda p, _: ADMIN_CHANNEL),
+    feed_route("/ws/ai/admin", "watch_admin_alerts", lambda p, _: ADMIN_CHANNEL),
 ]
 
 

@@ -176,7 +176,8 @@ class WebSocketFeed:
                     if not done and time.time() < self.principal.expires_at:
                         await self.send({"type": "heartbeat"})
                     continue
-                await self.deliver(subscription.take())
+                while (event := subscription.next_event()) is not None:
+                    await self.deliver([event])
             reader.result()
         finally:
             reader.cancel()

@@ -74,17 +74,21 @@ class Subscription:
                 self._arrival.set_result(None)
         return self._arrival
 
-    def take(self) -> list[Event]:
-        """The events waiting, oldest first; raises `SlowConsumer` once it overflowed."""
+    def next_event(self) -> Event | None:
+        """The oldest waiting event, or None; raises `SlowConsumer` once it overflowed.
+        One at a time, so an event being sent still counts against the buffer's limit."""
         if self.overflowed:
             raise SlowConsumer(self.channel)
-        pending, self._pending = self._pending, None
-        return list(pending) if pending else []
+        pending = self._pending
+        if not pending:
+            return None
+        event = pending.popleft()
+        if not pending:
+            self._pending = None
+        return event
 
     def close(self) -> None:
         self._unregister(self)
-        if self._arrival is not None:
-            self._arrival.cancel()
 
     async def events(self, history: list[Event], last_event_id: str | None) -> AsyncIterator[Event]:
         """History after `last_event_id`, then live events, each exactly once, in order."""
@@ -96,7 +100,7 @@ class Subscription:
                     yield event
             while True:
                 await self.arrival()
-                for event in self.take():
+                while (event := self.next_event()) is not None:
                     if event.after(cursor):
                         cursor = event.id
                         yield event
