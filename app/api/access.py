@@ -3,10 +3,9 @@
 `guard_request` is an app-wide dependency, so it runs for our routes, LangServe's
 endpoints (playground and schemas included) and WebSocket routes alike (the plain
 Starlette feeds of `app.api.streaming`, which FastAPI attaches no dependency to, call it
-themselves). A route whose
-path has no entry in `ROUTE_POLICIES` answers 403 at run time, and
-`tests/test_access_policy.py` fails on it before it ships: a new route cannot be
-forgotten open (the LangGraph Server pitfall, where unmatched requests are accepted).
+themselves). A route whose path has no entry in `ROUTE_POLICIES` answers 403 at run
+time, and `tests/test_access_policy.py` fails on it before it ships: a new route cannot
+be forgotten open (the LangGraph Server pitfall, where unmatched requests are accepted).
 """
 
 from __future__ import annotations
