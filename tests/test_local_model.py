@@ -17,7 +17,15 @@ import pytest
 from app.core.cpu_pool import FairCpuPool
 from chains.context import run_config
 from chains.interactions import build_interaction_chain
-from chains.local.classifier import TASKS, TaskModel, TextFeatures, _calibrated, corpus_paths, read_examples
+from chains.local.classifier import (
+    TASKS,
+    TaskModel,
+    TextFeatures,
+    _calibrated,
+    corpus_paths,
+    read_examples,
+    weighted_ngrams,
+)
 from chains.local.composer import compose_answer
 from chains.local.extract import extract
 from chains.providers.router import ProviderRouter
@@ -55,6 +63,18 @@ def test_compiled_models_predict_exactly_what_scikit_learn_would() -> None:
         compiled = TaskModel.compile(spec, calibrated)
         expected = calibrated.predict_proba(features.for_text_model(spec))
         assert np.allclose(compiled.probabilities(features), expected, atol=1e-12), task
+
+
+def test_features_are_what_scikit_learn_would_compute() -> None:
+    """The n-gram weights skip scikit-learn's per-call validation, not its arithmetic."""
+    rows = [e.row for e in read_examples(corpus_paths(["dev.csv"]))]
+    extractor = TextFeatures().fit(rows[:200])
+    texts = [text for text, _ in rows] + ["", "!!!", "zzzz qqqq"]  # unseen, empty and no known n-gram
+    for vectorizer in (extractor.words, extractor.chars):
+        ours, theirs = weighted_ngrams(vectorizer, texts), vectorizer.transform(texts)
+        assert ours.dtype == theirs.dtype
+        assert (ours.indptr == theirs.indptr).all() and (ours.indices == theirs.indices).all()
+        assert (ours.data == theirs.data).all(), "bit for bit: the models trained on them are the same"
 
 
 @pytest.mark.parametrize(
