@@ -120,11 +120,12 @@ class TextFeatures:
 
 def weighted_ngrams(vectorizer: TfidfVectorizer, texts: list[str]) -> sparse.csr_matrix:
     """`vectorizer.transform(texts)` without scikit-learn's per-call input validation
-    (about a quarter of one message's local analysis, on the first event's path): the
-    counts from its own `CountVectorizer.transform`, then what its `TfidfTransformer`
-    does with them: log-scaled counts, idf weights, rows scaled to unit length, in its
-    precision (squares in float32, summed in float64), so the result is bit for bit
-    scikit-learn's (tested)."""
+    (more than half of the learned labels' time, on the first event's path): the counts
+    from its own `CountVectorizer.transform`, then what its `TfidfTransformer` does with
+    them for `TextFeatures`' settings: log-scaled counts, idf weights, rows scaled to
+    unit length, in its precision (squares in float32, summed in float64), so the result
+    is bit for bit scikit-learn's (tested)."""
+    assert vectorizer.use_idf and vectorizer.norm == "l2", "the arithmetic below is for these settings"
     matrix: sparse.csr_matrix = CountVectorizer.transform(vectorizer, texts)
     if vectorizer.sublinear_tf:
         np.log(matrix.data, out=matrix.data)
