@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
 from app.core.auth import Principal, authenticate
 from app.core.config import Settings
 from app.core.services import Services
 from app.core.workflows import WorkflowRunner
+from chains.schemas import CUSTOMER_ID_PATTERN
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -34,3 +35,4 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 WorkflowsDep = Annotated[WorkflowRunner, Depends(get_workflows)]
+CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)]

@@ -14,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from fastapi import APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocketState
 
 from app.api.access import guard_request, policy_for
-from app.api.deps import CurrentPrincipal, ServicesDep, get_workflows
+from app.api.deps import CurrentPrincipal, CustomerIdPath, ServicesDep, get_workflows
 from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
     CLOSE_FORBIDDEN,
@@ -47,12 +47,13 @@ from app.core.services import Services
 from app.realtime.bus import SlowConsumer
 from app.core.workflows import is_end
 from app.realtime.events import ADMIN_CHANNEL, Event, customer_channel, scoring_channel, workflow_channel
+from chains.schemas import CustomerId
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["real-time push"])
 
-CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=f"^{CUSTOMER_ID.pattern}$")]
+# The plain feed routes check the id with the very constraint the chains' schemas use.
+_CUSTOMER_ID: TypeAdapter[str] = TypeAdapter(Annotated[str, CustomerId])
 
 
 def ensure_may_watch(websocket: WebSocket, principal: Principal) -> None:
@@ -142,9 +143,12 @@ def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, 
         await guard_request(websocket)
         params = websocket.path_params
         customer_id = params.get("customer_id")
-        if customer_id is not None and not CUSTOMER_ID.fullmatch(customer_id):
-            await websocket.close(status.WS_1008_POLICY_VIOLATION, reason="customer_id: letters, digits and _.:- only")
-            return
+        if customer_id is not None:
+            try:
+                _CUSTOMER_ID.validate_python(customer_id)
+            except ValidationError:
+                await websocket.close(status.WS_1008_POLICY_VIOLATION, reason="customer_id: letters, digits and _.:- only")
+                return
         await serve_websocket(websocket, following(lambda p: channel_of(p, params)),
                               websocket.query_params.get("last_event_id"))
 

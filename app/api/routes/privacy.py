@@ -8,13 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import CurrentPrincipal, ServicesDep
+from app.api.deps import CurrentPrincipal, CustomerIdPath, ServicesDep
 from app.core.auth import TENANT_ID_PATTERN
-from chains.schemas import CUSTOMER_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/ai/privacy", tags=["privacy"])
 
-CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)]
 TenantIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=f"^{TENANT_ID_PATTERN.pattern}$")]
 
 
