@@ -1,4 +1,4 @@
-"""Per-tenant and per-user request budgets (the `limits` library, moving windows).
+"""Per-tenant and per-user request budgets (the `limits` library, sliding window counters).
 
 Buckets are keyed by tenant and by tenant+user from the token, so one business's burst
 never spends another's budget. With REDIS_URL the windows live in Redis and every
@@ -9,6 +9,14 @@ Redis by itself on the next request that reaches it.
 Each check is one atomic `hit` per bucket (a Lua script in Redis, a per-key lock in
 memory): testing first and hitting after let concurrent requests overshoot. The user's
 bucket is hit first, so a user over their own limit never spends the tenant's budget.
+
+A sliding window counter (this window's count plus the last window's, weighted by how
+much of it still overlaps) rather than a moving window of every hit's timestamp: the
+moving window's in-memory storage sweeps expired hits while holding the key's lock
+across a thread-pool call, and starts that sweep again on almost every hit, so a burst
+of one tenant's requests queued on the lock. 500 streams opened at once waited p50 2 s,
+p95 7.6 s for their rate-limit check, most of their time to first event (bench). The
+counter costs two numbers per bucket, in memory and in Redis, however high the limit.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import time
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
@@ -40,12 +48,14 @@ def redis_limits_storage(redis_url: str, pool: ConnectionPool) -> Storage:
 
 class RequestRateLimiter:
     def __init__(self, storage: Storage | None, *, per_tenant: str, per_user: str) -> None:
-        self._shared = MovingWindowRateLimiter(storage) if storage is not None else None
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._shared = SlidingWindowCounterRateLimiter(storage) if storage is not None else None
+        self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._tenant = parse(per_tenant)
         self._user = parse(per_user)
 
-    async def _hit(self, limit: RateLimitItem, keys: tuple[str, ...], cost: int) -> tuple[bool, MovingWindowRateLimiter]:
+    async def _hit(
+        self, limit: RateLimitItem, keys: tuple[str, ...], cost: int
+    ) -> tuple[bool, SlidingWindowCounterRateLimiter]:
         if self._shared is not None:
             try:
                 return await self._shared.hit(limit, *keys, cost=cost), self._shared
