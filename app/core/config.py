@@ -87,7 +87,17 @@ class Settings(BaseSettings, ProviderSettings):
     )
     scheduler_queue_max_size: int = Field(default=1_000, ge=0)
     cpu_workers: int | None = Field(
-        default=None, ge=1, description="Threads for the embedded analysis (default: one per core)."
+        default=None, ge=1, description="Processes for the embedded analysis (default: one per core)."
+    )
+    cpu_jobs_per_worker: int = Field(
+        default=4, ge=1,
+        description="Analysis jobs handed to each worker at once, so it never idles while a busy event loop "
+        "picks the next; another tenant's job waits behind at most this many per worker.",
+    )
+
+    thread_switch_interval_ms: float = Field(
+        default=1.0, gt=0, le=100,
+        description="How soon a helper thread (analysis pool, SQLite) gets the GIL from a busy event loop (sys.setswitchinterval).",
     )
 
     # Push transports.
