@@ -190,6 +190,37 @@ async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: st
     assert result.returncode == 0, result.stdout
 
 
+async def test_a_batch_of_finished_runs_is_one_statement_per_shape_each_run_its_own_values(url: str) -> None:
+    """Under a burst the writer takes hundreds of finishes at once; each new run's start
+    record (and so its first event) waits behind that batch, so it must not be one
+    round trip per run."""
+    engine = create_engine(url)
+    await migrate(engine)
+    updates: list[int] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, params, _ctx, many: updates.append(len(params) if many else 1)
+                 if statement.lstrip().upper().startswith("UPDATE AI_RUNS") else None)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    for n in range(40):
+        await audit.begin_run(run_id=f"run-{n}", tenant_id=("acme", "globex")[n % 2], user_id="u",
+                              chain="scoring", endpoint="invoke")
+    for n in range(40):  # queued together: the writer takes them as one batch
+        shape = {"error_code": "boom"} if n % 4 == 0 else {}
+        await audit.run_finished(f"run-{n}", wait=n == 39, status="error" if shape else "ok", tokens_in=n,
+                                 tokens_out=2 * n, cost_usd=0.0, latency_ms=1.0, degraded=False, **shape)
+    await audit.close()
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT run_id, status, tokens_in, tokens_out, error_code FROM ai_runs"))).all()
+    await engine.dispose()
+    assert sorted(updates) == [10, 30], f"UPDATE statements and their rows: {updates}"
+    stored = {row.run_id: tuple(row[1:]) for row in rows}
+    assert stored == {f"run-{n}": ("error" if n % 4 == 0 else "ok", n, 2 * n, "boom" if n % 4 == 0 else None)
+                      for n in range(40)}
+    result = verify(url)
+    assert result.returncode == 0, result.stdout
+    assert "tenant acme: 20 links" in result.stdout and "tenant globex: 20 links" in result.stdout
+
+
 async def test_records_written_before_the_chain_existed_are_chained_by_the_migration(url: str) -> None:
     def up_to_0005_with_records(connection: Connection) -> None:
         config = Config()

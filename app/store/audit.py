@@ -207,11 +207,16 @@ class AuditLog:
             if rows := by_kind.get("run_started"):
                 await connection.execute(insert(ai_runs), rows)
             finished = by_kind.get("run_finished", [])
+            # One executemany per column set (one database round trip), not one statement
+            # per run: under a burst, a batch of finishes held every new run's start record
+            # (and so its first event) behind hundreds of sequential updates.
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for row in finished:
-                # One statement per distinct column set: finished records differ in fields.
-                values: dict[str, Any] = {k: bindparam(k) for k in row if k != "b_run_id"}
+                by_columns.setdefault(tuple(sorted(row)), []).append(row)
+            for columns, rows_alike in by_columns.items():
+                values: dict[str, Any] = {k: bindparam(k) for k in columns if k != "b_run_id"}
                 await connection.execute(
-                    update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), [row]
+                    update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), rows_alike
                 )
             event_ids: list[str] = []
             if rows := await self._sealed(by_kind.get("security_event", [])):
