@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -272,8 +272,12 @@ def finishes_once_started(write: Callable[_P, Awaitable[_T]]) -> Callable[_P, Aw
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0) -> AsyncEngine:
     """A caller that finds every connection busy waits `pool_timeout_s`, then gets
     `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503."""
+    # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
+    # pings it first; a SQLite file cannot go away under an open connection, and the ping
+    # was a round trip through the connection's thread on every checkout.
     engine = create_async_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s
+        url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite", pool_size=pool_size,
+        max_overflow=max_overflow, pool_timeout=pool_timeout_s,
     )
     if engine.dialect.name == "sqlite":
 
