@@ -42,7 +42,7 @@ async def stores(tmp_path: Path) -> Any:
 
 def chain(stores: Stores, pool: FairCpuPool | None = None) -> Any:
     router = ProviderRouter.from_settings(ProviderSettings(llm_providers=["local"]))
-    return build_interaction_chain(router, pool or FairCpuPool(1, model_cache_dir=MODEL_CACHE),
+    return build_interaction_chain(router, pool or FairCpuPool(1, jobs_per_worker=4, model_cache_dir=MODEL_CACHE),
                                    stores.interactions, stores.knowledge)
 
 

@@ -49,7 +49,7 @@ def timeouts(tmp_path: Path, openai_url: str, *, total_s: float, **extra: object
 async def analyse(settings: Settings, tmp_path: Path) -> dict:
     async with sqlite_stores(tmp_path) as stores:
         chain = build_interaction_chain(ProviderRouter.from_settings(settings),
-                                        FairCpuPool(1, model_cache_dir=MODEL_CACHE),
+                                        FairCpuPool(1, jobs_per_worker=4, model_cache_dir=MODEL_CACHE),
                                         stores.interactions, stores.knowledge)
         return merge_chunks([chunk async for chunk in chain.astream(dict(INTERACTION), run_config("acme", "u"))])
 
