@@ -58,12 +58,14 @@ def tune_gc_once() -> None:
 
 
 def hand_threads_the_gil_sooner(settings: Settings) -> None:
-    """The service's helper threads (the analysis pool's executor threads, one thread per
-    SQLite connection) each hold the GIL only briefly, to hand a result back. While the
-    event loop is busy they wait for it up to the interpreter's switch interval (5 ms)
-    per handoff, and a job or query makes several: under a burst of 500 new streams the
-    local analysis, a few milliseconds of work, took 1.3-3 s to come back (bench). The
-    loop itself loses little: the interval only matters while another thread waits."""
+    """The service's helper threads (the analysis pool's executor and queue threads, one
+    thread per SQLite connection) each need the GIL only briefly, to pass a job or a
+    result on. While the event loop is busy each of them waits up to the interpreter's
+    switch interval (5 ms by default) per hand-off, and a job or a query makes several.
+    Measured with 500 streams opened at once (timed inside the server, before the rate
+    limiter's fix): the local analysis came back after p50 1.3 s at 5 ms, 50-70 ms at
+    1 ms; streams/s at concurrency 100 moved within the runs' noise (README, Benchmarks).
+    Process-wide, like `tune_gc_once`: the value of the last app started wins."""
     sys.setswitchinterval(settings.thread_switch_interval_ms / 1000)
 
 
