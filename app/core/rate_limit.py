@@ -17,6 +17,9 @@ across a thread-pool call, and starts that sweep again on almost every hit, so a
 of one tenant's requests queued on the lock. 500 streams opened at once waited p50 2 s,
 p95 7.6 s for their rate-limit check, most of their time to first event (bench). The
 counter costs two numbers per bucket, in memory and in Redis, however high the limit.
+It is exact within a window and approximate across its edge (README, Security): a burst
+straddling it can get a few more through, and at worst a client can pass twice the limit
+in a rolling window by spending a whole budget at the end of one window and the next.
 """
 
 from __future__ import annotations

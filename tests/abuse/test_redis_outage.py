@@ -154,5 +154,10 @@ async def test_in_memory_rate_limits_do_not_overshoot_either(tmp_path: Path) -> 
 
     settings = make_settings(tmp_path, rate_limit_user="120/minute")
     with live_server(create_app(settings)) as url:
+        # In memory the windows are the clock's minutes, and a burst straddling one's end
+        # may get a couple more through (the counter's approximation, README): this test
+        # is about concurrent hits, so its burst stays inside one window.
+        if (left_s := 60 - time.time() % 60) < 20:
+            await asyncio.sleep(left_s + 0.1)
         statuses = await asyncio.to_thread(lambda: asyncio.run(fire(url, 130, auth(user="burst-c"))))
     assert statuses.count(200) == 120 and statuses.count(429) == 10, sorted(statuses)
