@@ -275,11 +275,11 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
+    sqlite = make_url(url).get_backend_name() == "sqlite"
     engine = create_async_engine(
-        url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite", pool_size=pool_size,
-        max_overflow=max_overflow, pool_timeout=pool_timeout_s,
+        url, pool_pre_ping=not sqlite, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s,
     )
-    if engine.dialect.name == "sqlite":
+    if sqlite:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
