@@ -4,6 +4,7 @@ follows writes made by another replica. (Answer quality is measured by `eval.cha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlalchemy import event
 
 from app.store.database import create_engine, database_url, migrate
 from app.store.knowledge import KnowledgeBase
@@ -164,6 +166,28 @@ async def test_an_index_follows_writes_made_through_another_replica(tmp_path: Pa
             "They want 55 seats for Munich."]
         await writer.delete_document(tenant_id="t", document_id=first.document_id)
         assert await reader.search(tenant_id="t", customer_id="c", query="munich seats") == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_burst_of_one_tenants_searches_costs_two_revision_reads(tmp_path: Path) -> None:
+    """Every analysis asks whether its tenant's knowledge changed: 500 streams opened at
+    once queued that many reads for the connection pool, and some failed waiting."""
+    engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
+    await migrate(engine)
+    revision_reads = [0]
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: revision_reads.__setitem__(0, revision_reads[0] + (
+                     "FROM knowledge_revisions" in statement)))
+    reader, writer = KnowledgeBase(engine, keyring_for(engine)), KnowledgeBase(engine, keyring_for(engine))
+    try:
+        await writer.add_document(tenant_id="t", user_id="u", customer_id="c", title="Seats",
+                                  text="They want 40 seats for Berlin.")
+        revision_reads[0] = 0
+        found = await asyncio.gather(*(reader.search(tenant_id="t", customer_id="c", query="berlin seats")
+                                       for _ in range(50)))
+        assert revision_reads[0] <= 2, f"{revision_reads[0]} revision reads for 50 concurrent searches"
+        assert all([p.text for p in passages] == ["They want 40 seats for Berlin."] for passages in found)
     finally:
         await engine.dispose()
 

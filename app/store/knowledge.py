@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.coalesced_runs import CoalescedRuns
+from app.store.shared_reads import SharedReads
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
@@ -110,6 +111,7 @@ class KnowledgeBase:
         # After a write here, the tenant's cached index is rebuilt in the background, so
         # the next question does not wait for it; a burst of writes costs one rebuild at a time.
         self._refreshes = CoalescedRuns(self.index, name="knowledge index rebuild")
+        self._revisions: SharedReads[str, int] = SharedReads(self._read_revision)
 
     def _refresh_soon(self, tenant_id: str) -> None:
         if tenant_id in self._indexes:
@@ -218,12 +220,10 @@ class KnowledgeBase:
         self._indexes.pop(tenant_id, None)
 
     async def index(self, tenant_id: str) -> RetrievalIndex:
-        """The tenant's current index: one indexed read when nothing changed, a rebuild
-        (off the event loop, one per tenant and revision however many ask) when it did."""
-        async with self.engine.connect() as connection:
-            revision = (await connection.execute(
-                select(knowledge_revisions.c.revision).where(knowledge_revisions.c.tenant_id == tenant_id)
-            )).scalar_one_or_none() or 0
+        """The tenant's current index: one indexed read when nothing changed (shared by
+        the tenant's concurrent searches, `SharedReads`), a rebuild (off the event loop,
+        one per tenant and revision however many ask) when it did."""
+        revision = await self._revisions.get(tenant_id)
         cached = self._indexes.get(tenant_id)
         if cached is not None and cached[0] == revision:
             self._indexes.move_to_end(tenant_id)
@@ -240,6 +240,12 @@ class KnowledgeBase:
         while len(self._indexes) > self._cached_tenants:
             self._indexes.popitem(last=False)
         return index
+
+    async def _read_revision(self, tenant_id: str) -> int:
+        async with self.engine.connect() as connection:
+            return (await connection.execute(
+                select(knowledge_revisions.c.revision).where(knowledge_revisions.c.tenant_id == tenant_id)
+            )).scalar_one_or_none() or 0
 
     async def _build(self, tenant_id: str) -> RetrievalIndex:
         statement = (

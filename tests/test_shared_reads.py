@@ -1,0 +1,66 @@
+"""Reads shared by concurrent callers never answer with a value from before the call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.store.shared_reads import SharedReads
+
+
+class Store:
+    """A value that writes change, and reads the test can hold open."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def read(self, _key: str) -> int:
+        self.reads += 1
+        seen = self.value  # what the database returned
+        if self.gate is not None:
+            await self.gate.wait()  # the result is still on its way back
+        if self.fail:
+            raise RuntimeError("database blinked")
+        return seen
+
+
+async def test_a_caller_after_a_write_never_gets_the_read_under_way() -> None:
+    store = Store()
+    reads = SharedReads(store.read)
+    store.gate = asyncio.Event()
+    before = asyncio.ensure_future(reads.get("t"))
+    while store.reads == 0:
+        await asyncio.sleep(0)  # until its read has seen the value 0
+    store.value = 1  # a write commits
+    after = [asyncio.ensure_future(reads.get("t")) for _ in range(20)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await before == 0
+    assert await asyncio.gather(*after) == [1] * 20, "the callers after the write share one later read"
+    assert store.reads == 2
+
+
+async def test_a_failed_read_fails_its_callers_and_the_next_call_reads_again() -> None:
+    store = Store()
+    reads = SharedReads(store.read)
+    store.fail = True
+    with pytest.raises(RuntimeError):
+        await asyncio.gather(*(reads.get("t") for _ in range(5)))
+    store.fail = False
+    assert await reads.get("t") == 0
+
+
+async def test_a_caller_that_leaves_does_not_cancel_the_read_for_the_others() -> None:
+    store = Store()
+    reads = SharedReads(store.read)
+    store.gate = asyncio.Event()
+    leaving, staying = asyncio.ensure_future(reads.get("t")), asyncio.ensure_future(reads.get("t"))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    store.gate.set()
+    assert await staying == 0
+    assert leaving.cancelled() and store.reads <= 2
