@@ -20,7 +20,7 @@ streams the loop is busy, each such turn took tens of milliseconds against a job
 few, and with 500 streams opened at once the local analysis (their first event) came
 back after p50 5.9 s, p95 13.6 s (timed inside the server). A job whose caller leaves
 after it was handed out is withdrawn through a flag in shared memory: the worker skips
-it unless it has begun, so a client going away still costs no analysis.
+it unless it has begun (a job under way runs to its end, as before).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,16 +81,34 @@ class _SharedExecutor:
         self._users = 0
         self._withdrawn: Any = None
         self._slots = itertools.count()
+        self._settings: tuple[int, Path | None] = (1, None)
 
     def acquire(self, workers: int, model_cache_dir: Path | None) -> Executor:
         if self._executor is None:
-            context = multiprocessing.get_context("spawn")
-            self._withdrawn = context.RawArray(ctypes.c_bool, WITHDRAWAL_SLOTS)
-            self._executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_start_worker,
-                initargs=(model_cache_dir, self._withdrawn),
-            )
+            self._settings = (workers, model_cache_dir)
+            self._start()
         self._users += 1
+        assert self._executor is not None
+        return self._executor
+
+    def _start(self) -> None:
+        workers, model_cache_dir = self._settings
+        context = multiprocessing.get_context("spawn")
+        if self._withdrawn is None:
+            self._withdrawn = context.RawArray(ctypes.c_bool, WITHDRAWAL_SLOTS)
+        self._executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_start_worker,
+            initargs=(model_cache_dir, self._withdrawn),
+        )
+
+    def replace_broken(self, broken: Executor) -> Executor:
+        """A worker that dies (killed, out of memory) breaks the whole pool for good: its
+        jobs fail, and every later submit would raise. The pool is started afresh once
+        per breakage, however many users notice it."""
+        if self._executor is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._start()
+        assert self._executor is not None
         return self._executor
 
     def claim_slot(self) -> int:
@@ -199,11 +218,23 @@ class FairCpuPool:
             if job is None:
                 return
             self._running += 1
-            executor = self.executor
-            job.slot = _SHARED.claim_slot()
-            loop.run_in_executor(executor, _measured, job.slot, job.fn, job.args).add_done_callback(
-                lambda done, job=job: self._finished(job, done)
-            )
+            try:
+                handed = self._hand_out(loop, job)
+            except Exception as error:  # noqa: BLE001 - no pool to run it: the job fails, never hangs
+                self._running -= 1
+                if not job.future.done():
+                    job.future.set_exception(error)
+                continue
+            handed.add_done_callback(lambda done, job=job: self._finished(job, done))
+
+    def _hand_out(self, loop: asyncio.AbstractEventLoop, job: _Job) -> asyncio.Future[tuple[Any, float]]:
+        executor = self.executor  # first: the withdrawal flags are made with the pool
+        job.slot = _SHARED.claim_slot()
+        try:
+            return loop.run_in_executor(executor, _measured, job.slot, job.fn, job.args)
+        except BrokenProcessPool:
+            self._executor = _SHARED.replace_broken(executor)
+            return loop.run_in_executor(self._executor, _measured, job.slot, job.fn, job.args)
 
     def _finished(self, job: _Job, done: asyncio.Future[tuple[Any, float]]) -> None:
         self._running -= 1
