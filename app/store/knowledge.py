@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.coalesced_runs import CoalescedRuns
-from app.store.shared_reads import SharedReads
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
 from chains.ports import Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
@@ -111,7 +110,8 @@ class KnowledgeBase:
         # After a write here, the tenant's cached index is rebuilt in the background, so
         # the next question does not wait for it; a burst of writes costs one rebuild at a time.
         self._refreshes = CoalescedRuns(self.index, name="knowledge index rebuild")
-        self._revisions: SharedReads[str, int] = SharedReads(self._read_revision)
+        # Every analysis asks whether its tenant's knowledge changed: a burst shares reads.
+        self._revisions: CoalescedRuns[str, int] = CoalescedRuns(self._read_revision, name="knowledge revision read")
 
     def _refresh_soon(self, tenant_id: str) -> None:
         if tenant_id in self._indexes:
@@ -221,7 +221,7 @@ class KnowledgeBase:
 
     async def index(self, tenant_id: str) -> RetrievalIndex:
         """The tenant's current index: one indexed read when nothing changed (shared by
-        the tenant's concurrent searches, `SharedReads`), a rebuild (off the event loop,
+        the tenant's concurrent searches, `CoalescedRuns`), a rebuild (off the event loop,
         one per tenant and revision however many ask) when it did."""
         revision = await self._revisions.get(tenant_id)
         cached = self._indexes.get(tenant_id)
