@@ -27,11 +27,13 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Tracer
 from tenacity import (
@@ -205,8 +207,7 @@ class ProviderRouter:
         ):
             with attempt:
                 model = provider.json_model if json_mode and provider.json_model is not None else provider.model
-                stream = model.astream(messages, config=config)
-                iterator = aiter(stream)
+                iterator = aiter(_model_stream(model, messages, config))
                 try:
                     async with asyncio.timeout(self.settings.llm_first_token_timeout_s):
                         first = await anext(iterator, None)
@@ -310,6 +311,53 @@ class ProviderRouter:
                     yield token
             return
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
+
+
+def _model_stream(
+    model: Runnable[Any, Any], messages: list[BaseMessage], config: RunnableConfig | None
+) -> AsyncIterator[AIMessageChunk]:
+    """The provider's stream of chunks.
+
+    LangChain's `astream` reports every token to the run's callbacks and keeps every
+    chunk until the answer ends, to merge them for `on_llm_end`. When a callback listens
+    (`stream_log`, `stream_events`, LangSmith) that is what it needs. When none does
+    (`_run_state` then passes an empty list), the chat model's own `_astream` is read
+    directly: the kept chunks were most of a stream's memory (about 0.8 KB a token,
+    150 KB per stream at 300 concurrent streams, tracemalloc). Models that depend on
+    `astream` itself (their own callbacks, a rate limiter, no native async stream,
+    content blocks) always go through it.
+    """
+    if config is not None and config.get("callbacks") == []:
+        chat, kwargs = _unbound(model)
+        if _streams_directly(chat):
+            return _direct_stream(chat, messages, kwargs)
+    return model.astream(messages, config=config)
+
+
+def _unbound(model: Runnable[Any, Any]) -> tuple[Runnable[Any, Any], dict[str, Any]]:
+    """The model under `.bind(...)` layers (such as the JSON mode), with their arguments."""
+    kwargs: dict[str, Any] = {}
+    while isinstance(model, RunnableBinding) and not model.config and not model.config_factories:
+        kwargs = {**model.kwargs, **kwargs}
+        model = model.bound
+    return model, kwargs
+
+
+def _streams_directly(chat: Runnable[Any, Any]) -> bool:
+    return (
+        isinstance(chat, BaseChatModel)
+        and type(chat)._astream is not BaseChatModel._astream
+        and not chat.callbacks and chat.rate_limiter is None and not chat.disable_streaming
+        and chat.output_version in (None, "v0")
+    )
+
+
+async def _direct_stream(
+    chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
+) -> AsyncIterator[AIMessageChunk]:
+    async with aclosing(chat._astream(messages, **kwargs)) as chunks:  # closed at once when the client leaves
+        async for chunk in chunks:
+            yield chunk.message  # type: ignore[misc]
 
 
 def _timed_out(error: BaseException) -> bool:

@@ -1,0 +1,91 @@
+"""A provider's stream holds no token it has already handed on, unless a callback listens.
+
+LangChain's `BaseChatModel.astream` keeps every chunk until the answer ends, to merge
+them for the run's callbacks: 150 KB per stream of a 400-token analysis at 300 streams
+(tracemalloc), most of a stream's memory. Nobody listening, the router reads the chat
+model's own stream; listening (`stream_log`, `stream_events`, LangSmith), it keeps
+LangChain's path, and the callbacks get every token.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+
+from chains.context import RunContext, RunIdentity, with_run_context
+from chains.providers.models import Provider
+from chains.providers.router import ProviderRouter
+from tests.conftest import make_settings
+
+PIECES = 200
+handed_out: list[weakref.ref[AIMessageChunk]] = []
+
+
+class PieceByPieceModel(BaseChatModel):
+    """A chat model with a native async stream, as the provider SDK integrations have."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "piece-by-piece"
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        for n in range(PIECES):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=f"w{n} "))
+            handed_out.append(weakref.ref(chunk.message))
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+class TokenCounter(AsyncCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens += 1
+
+
+def router(tmp_path: Any) -> ProviderRouter:
+    routed = ProviderRouter.from_settings(make_settings(tmp_path, llm_providers="local"))
+    routed.providers[:] = [Provider("piece", PieceByPieceModel(), "piece-1")]
+    return routed
+
+
+async def read_all(routed: ProviderRouter, config: Any) -> tuple[str, int]:
+    """The text, and how many handed-out chunks were still alive at the last token."""
+    handed_out.clear()
+    text, alive = [], 0
+    async for token in routed.astream_text([], config=config):
+        text.append(token)
+        if len(text) == PIECES:
+            gc.collect()
+            alive = sum(ref() is not None for ref in handed_out)
+    return "".join(text), alive
+
+
+async def test_without_listeners_the_stream_keeps_no_token_it_handed_on(tmp_path: Any) -> None:
+    context = RunContext(RunIdentity(tenant_id="acme", user_id="u")).for_run(token_callbacks=False)
+    text, alive = await read_all(router(tmp_path), with_run_context(None, context))
+    assert text == "".join(f"w{n} " for n in range(PIECES))
+    assert alive <= 2, f"{alive} of {PIECES} chunks kept until the end"
+
+
+async def test_with_a_listener_every_token_reaches_it(tmp_path: Any) -> None:
+    counter = TokenCounter()
+    context = RunContext(RunIdentity(tenant_id="acme", user_id="u")).for_run(token_callbacks=True)
+    config = {**with_run_context(None, context), "callbacks": [counter]}
+    text, _ = await read_all(router(tmp_path), config)
+    assert text == "".join(f"w{n} " for n in range(PIECES))
+    assert counter.tokens >= PIECES
