@@ -58,6 +58,8 @@ def test_runs_are_recorded_with_model_tokens_cost_and_outcome(
         assert next(r for r in by_chain["interactions"] if r["provider"] == "local")["status"] == "degraded"
         llm_run = next(r for r in by_chain["interactions"] if r["provider"] == "openai")
         assert llm_run["tokens_in"] == 12 and llm_run["tokens_out"] == len(openai_provider.tokens(json_mode=True))
+        analysis_request = next(r for r in openai_provider.requests if r.get("response_format"))
+        assert analysis_request["stream_options"] == {"include_usage": True}, "usage is asked for on every path"
         assert llm_run["cost_usd"] == pytest.approx(estimate_cost_usd("gpt-4o-mini", 12, llm_run["tokens_out"]))
         assert llm_run["endpoint"] == "invoke" and llm_run["latency_ms"] > 0 and llm_run["degraded"] is False
         assert by_chain["insights"][0]["endpoint"] == "stream"

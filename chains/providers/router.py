@@ -31,6 +31,7 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
+from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
@@ -329,7 +330,7 @@ def _model_stream(
     """
     if config is not None and config.get("callbacks") == []:
         chat, kwargs = _unbound(model)
-        if _streams_directly(chat):
+        if _streams_directly(chat, kwargs):
             return _direct_stream(chat, messages, kwargs)
     return model.astream(messages, config=config)
 
@@ -343,20 +344,28 @@ def _unbound(model: Runnable[Any, Any]) -> tuple[Runnable[Any, Any], dict[str, A
     return model, kwargs
 
 
-def _streams_directly(chat: Runnable[Any, Any]) -> bool:
+def _streams_directly(chat: Runnable[Any, Any], kwargs: dict[str, Any]) -> bool:
+    """Nothing `astream` would add is needed: no handler would be called (none from the
+    environment either: verbose, debug, a `tracing_v2_enabled` block), the model streams
+    natively and is not told not to, has no rate limiter and no content-block output."""
     return (
         isinstance(chat, BaseChatModel)
         and type(chat)._astream is not BaseChatModel._astream
-        and not chat.callbacks and chat.rate_limiter is None and not chat.disable_streaming
-        and chat.output_version in (None, "v0")
+        and not chat._streaming_disabled(**kwargs)
+        and chat.rate_limiter is None and chat.output_version in (None, "v0")
+        and not AsyncCallbackManager.configure([], chat.callbacks, chat.verbose).handlers
     )
 
 
 async def _direct_stream(
     chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
 ) -> AsyncIterator[AIMessageChunk]:
-    async with aclosing(chat._astream(messages, **kwargs)) as chunks:  # closed at once when the client leaves
+    for tracing_only in ("ls_structured_output_format", "structured_output_format"):
+        kwargs.pop(tracing_only, None)  # `astream` takes them out before the provider sees them
+    async with aclosing(chat._astream(messages, **kwargs)) as chunks:
         async for chunk in chunks:
+            if chunk.generation_info:  # finish reason, model name: as `astream` passes them on
+                chunk.message.response_metadata = {**chunk.generation_info, **chunk.message.response_metadata}
             yield chunk.message  # type: ignore[misc]
 
 
