@@ -26,16 +26,23 @@ class Store:
         return seen
 
 
-async def test_a_caller_after_a_write_never_gets_the_read_under_way() -> None:
+async def a_write_during_a_read() -> tuple[Store, CoalescedRuns[str, int], asyncio.Future[int]]:
+    """A read under way has seen the value 0 and is held open; then a write commits 1."""
     store = Store()
     reads = CoalescedRuns(store.read, name="read")
     store.gate = asyncio.Event()
     before = asyncio.ensure_future(reads.get("t"))
     while store.reads == 0:
-        await asyncio.sleep(0)  # until its read has seen the value 0
-    store.value = 1  # a write commits
+        await asyncio.sleep(0)
+    store.value = 1
+    return store, reads, before
+
+
+async def test_a_caller_after_a_write_never_gets_the_read_under_way() -> None:
+    store, reads, before = await a_write_during_a_read()
     after = [asyncio.ensure_future(reads.get("t")) for _ in range(20)]
     await asyncio.sleep(0)
+    assert store.gate is not None
     store.gate.set()
     assert await before == 0
     assert await asyncio.gather(*after) == [1] * 20, "the callers after the write share one later read"
@@ -53,17 +60,12 @@ async def test_a_failed_read_fails_its_callers_and_the_next_call_reads_again() -
 
 
 async def test_a_caller_that_leaves_does_not_cancel_the_read_for_the_others() -> None:
-    store = Store()
-    reads = CoalescedRuns(store.read, name="read")
-    store.gate = asyncio.Event()
-    first = asyncio.ensure_future(reads.get("t"))
-    while store.reads == 0:
-        await asyncio.sleep(0)
-    store.value = 1
+    store, reads, first = await a_write_during_a_read()
     # Both arrive while the first read is under way: they share the next one.
     leaving, staying = asyncio.ensure_future(reads.get("t")), asyncio.ensure_future(reads.get("t"))
     await asyncio.sleep(0)
     leaving.cancel()
+    assert store.gate is not None
     store.gate.set()
     assert await first == 0
     assert await staying == 1, "the shared read went on for the caller who stayed"

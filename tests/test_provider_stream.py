@@ -1,7 +1,7 @@
 """A provider's stream holds no token it has already handed on, unless a callback listens.
 
 LangChain's `BaseChatModel.astream` keeps every chunk until the answer ends, to merge
-them for the run's callbacks: 150 KB per stream of a 400-token analysis at 300 streams
+them for the run's callbacks: about 200 KB per stream mid-answer at 300 streams
 (tracemalloc), most of a stream's memory. Nobody listening, the router reads the chat
 model's own stream; listening (`stream_log`, `stream_events`, LangSmith), it keeps
 LangChain's path, and the callbacks get every token.

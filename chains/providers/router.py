@@ -324,7 +324,7 @@ def _model_stream(
     (`stream_log`, `stream_events`, LangSmith) that is what it needs. When none does
     (`_run_state` then passes an empty list), the chat model's own `_astream` is read
     directly: the kept chunks were most of a stream's memory (about 0.8 KB a token,
-    150 KB per stream at 300 concurrent streams, tracemalloc). Models that depend on
+    200 KB per stream mid-answer at 300 concurrent streams, tracemalloc). Models that depend on
     `astream` itself (their own callbacks, a rate limiter, no native async stream,
     content blocks) always go through it.
     """
