@@ -28,7 +28,9 @@ Intent = Literal[
 ]
 
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
-CustomerId = Field(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)
+# One rule for a customer id wherever one arrives: in a body (`CustomerId`) or a path.
+CUSTOMER_ID_RULES: dict[str, Any] = {"min_length": 1, "max_length": 128, "pattern": CUSTOMER_ID_PATTERN}
+CustomerId = Field(**CUSTOMER_ID_RULES)
 
 
 class ChainInput(BaseModel):

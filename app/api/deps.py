@@ -14,7 +14,7 @@ from app.core.auth import Principal, authenticate
 from app.core.config import Settings
 from app.core.services import Services
 from app.core.workflows import WorkflowRunner
-from chains.schemas import CUSTOMER_ID_PATTERN
+from chains.schemas import CUSTOMER_ID_RULES
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -35,4 +35,4 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 WorkflowsDep = Annotated[WorkflowRunner, Depends(get_workflows)]
-CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)]
+CustomerIdPath = Annotated[str, Path(**CUSTOMER_ID_RULES)]

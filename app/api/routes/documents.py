@@ -20,7 +20,7 @@ from app.core.services import Services
 from app.store.knowledge import DocumentNotFound, StoredDocument
 
 _T = TypeVar("_T")
-from chains.schemas import CUSTOMER_ID_PATTERN
+from chains.schemas import CUSTOMER_ID_RULES
 
 router = APIRouter(prefix="/api/v1/ai/insights", tags=["insights"])
 
@@ -33,7 +33,7 @@ class DocumentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    customer_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)
+    customer_id: str | None = Field(default=None, **CUSTOMER_ID_RULES)
     title: str = Field(min_length=1, max_length=300)
     text: str = Field(min_length=1, max_length=100_000)
 
@@ -94,7 +94,7 @@ async def create_document(
 @router.get("/documents")
 async def list_documents(
     principal: CurrentPrincipal, services: ServicesDep,
-    customer_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=CUSTOMER_ID_PATTERN)] = None,
+    customer_id: Annotated[str | None, Query(**CUSTOMER_ID_RULES)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> list[DocumentListed]:
