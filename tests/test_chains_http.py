@@ -116,3 +116,32 @@ def test_lead_score_depends_on_engagement(client: httpx.Client) -> None:
     hot = client.post(f"{LEAD_SCORING_PATH}/invoke", json={"input": LEAD}).json()["output"]
     cold_out = client.post(f"{LEAD_SCORING_PATH}/invoke", json={"input": cold}).json()["output"]
     assert hot["score"] > cold_out["score"] + 20
+
+
+def test_a_stream_nobody_listens_to_reads_its_chunks_without_a_task_each(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LangChain's `RunnableGenerator` reads every chunk in an asyncio task of its own, for
+    callbacks. On `stream` nobody listens (LangServe's event aggregator is never read
+    back), so the chain's chunks come straight from its body; `stream_events` listens and
+    keeps LangChain's path, which the count proves is watched."""
+    from langchain_core.runnables import base
+
+    tasks_per_chunk = 0
+    make_task = base.coro_with_context
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal tasks_per_chunk
+        tasks_per_chunk += 1
+        return make_task(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(base, "coro_with_context", counted)
+    seen = {}
+    for endpoint in ("stream", "stream_events"):
+        tasks_per_chunk = 0
+        with client.stream("POST", f"{INTERACTIONS_PATH}/{endpoint}", json={"input": INTERACTION}) as response:
+            events = sse_events("".join(response.iter_text()))
+        seen[endpoint] = (tasks_per_chunk, sum(1 for name, _ in events if name == "data"))
+    (stream_tasks, stream_chunks), (listened_tasks, _) = seen["stream"], seen["stream_events"]
+    assert stream_chunks > 3 and stream_tasks == 0, seen
+    assert listened_tasks >= stream_chunks, seen

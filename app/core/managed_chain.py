@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.utils import ConfigurableFieldSpec
+from langserve.callbacks import AsyncEventAggregatorCallback
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
@@ -182,7 +183,7 @@ class ManagedChain(Runnable[Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        recorder = RunRecorder(self.processor.audit, ensure_config(config), self.chain_name)
+        recorder = RunRecorder(self.processor.audit, _without_unread_events(ensure_config(config)), self.chain_name)
         identity = recorder.identity
         # No unaccounted AI decision: the run starts while its audit record is committed,
         # but nothing it produces leaves before the commit, and a record that cannot be
@@ -250,6 +251,18 @@ class ManagedChain(Runnable[Any, Any]):
         finally:
             run_span.set_attribute(spans.OUTCOME, outcome)
             run_span.end()
+
+
+def _without_unread_events(config: RunnableConfig) -> RunnableConfig:
+    """The config without the event aggregator LangServe adds to every `invoke`, `batch`
+    and `stream` run: it returns the events it gathers only with `include_callback_events`,
+    which `add_routes` leaves off here. Kept, it is a listener that makes every step of a
+    run report its callbacks (and `FieldStreamingChain` take LangChain's slower path)
+    for nobody."""
+    callbacks = config.get("callbacks")
+    if not isinstance(callbacks, list) or not any(isinstance(h, AsyncEventAggregatorCallback) for h in callbacks):
+        return config
+    return {**config, "callbacks": [h for h in callbacks if not isinstance(h, AsyncEventAggregatorCallback)]}
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -31,7 +31,6 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
-from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
@@ -50,6 +49,7 @@ from chains.context import MissingIdentity, RunRecord, run_context
 from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
 from chains.providers.settings import LOCAL, ProviderSettings
+from chains.streaming import nobody_listens
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def _streams_directly(chat: Runnable[Any, Any], kwargs: dict[str, Any]) -> bool:
         and type(chat)._astream is not BaseChatModel._astream
         and not chat._streaming_disabled(**kwargs)
         and chat.rate_limiter is None and chat.output_version in (None, "v0")
-        and not AsyncCallbackManager.configure([], chat.callbacks, chat.verbose).handlers
+        and nobody_listens([], chat.callbacks, verbose=chat.verbose)
     )
 
 
@@ -376,8 +376,8 @@ def _timed_out(error: BaseException) -> bool:
 class _StreamDeadline:
     """Idle and total timeouts for one provider stream, without a timer per token.
 
-    LangChain runs each chunk of a `RunnableGenerator` in a task of its own, so the task
-    waiting for the provider changes from one chunk to the next. The deadline therefore
+    When a callback listens, LangChain runs each chunk of a `RunnableGenerator` in a task
+    of its own, so the task waiting for the provider changes from one chunk to the next. The deadline therefore
     cancels whichever task is waiting *now*, and only while it waits for the provider,
     never while the consumer holds a chunk. It tells its own cancellation from anyone
     else's the way `asyncio.timeout` does (`uncancel()`), so a client that leaves after
