@@ -21,6 +21,7 @@ from app.api.routes import console, documents, health, metrics, privacy, provide
 from app.api.routes import workflows as workflows_routes
 from app.api.signin import TokenSignInMiddleware
 from app.api.stream_errors import StreamErrorMiddleware
+from app.api.stream_writes import CoalescedStreamWrites
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.services import Services
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.workflows = workflows
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
+    app.add_middleware(CoalescedStreamWrites)
     app.add_middleware(
         RequestBodyMiddleware,
         max_body_bytes=settings.request_max_body_bytes,

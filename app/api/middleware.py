@@ -28,3 +28,8 @@ class SelectiveMiddleware:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
+
+
+def is_chain_stream(scope: Scope) -> bool:
+    """A chain's `stream`, `stream_log` or `stream_events` request."""
+    return scope["type"] == "http" and scope["path"].endswith(("/stream", "/stream_log", "/stream_events"))

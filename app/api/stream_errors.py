@@ -17,7 +17,7 @@ import logging
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import error_payload
-from app.api.middleware import SelectiveMiddleware
+from app.api.middleware import SelectiveMiddleware, is_chain_stream
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def leaf_exception(error: BaseException) -> BaseException:
 
 class StreamErrorMiddleware(SelectiveMiddleware):
     def handles(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and scope["path"].endswith(("/stream", "/stream_log", "/stream_events"))
+        return is_chain_stream(scope)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         held_error = False

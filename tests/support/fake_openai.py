@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang", "stall_after_first", "rate_limited"]
+Mode = Literal["ok", "error_500", "error_401", "fail_midstream", "hang", "stall_after_first", "hold_after_first",
+               "rate_limited"]
 
 
 ANALYSIS_REPLY = json.dumps({
@@ -62,6 +64,7 @@ class FakeOpenAI:
     streams_abandoned: int = 0  # the client went away mid-stream
     retry_after: str = "1"  # the Retry-After header of a 429
     rate_limited_requests: int = 1  # "rate_limited": this many 429s, then answers normally
+    resume: threading.Event = field(default_factory=threading.Event)  # "hold_after_first" waits for it
 
     def tokens(self, json_mode: bool = False) -> list[str]:
         """Word by word; in JSON mode the structure before and after the summary comes in
@@ -124,6 +127,8 @@ class FakeOpenAI:
                     raise ConnectionResetError("fake provider dropped the connection mid-stream")
                 if self.mode == "stall_after_first" and index == 1:
                     await asyncio.sleep(3600)
+                if self.mode == "hold_after_first" and index == 1:
+                    await asyncio.to_thread(self.resume.wait, 30)
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 yield event({**base, "choices": [{"index": 0, "delta": {"content": token},

@@ -1,0 +1,115 @@
+"""A stream writes what is ready together, never holds an event back, and keeps backpressure.
+
+The server below is the whole service with one outer layer that records every body
+message uvicorn is asked to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from app.api.chains import INTERACTIONS_PATH
+from app.api.stream_writes import MAX_PENDING_BYTES, CoalescedSend
+from app.core.config import Settings
+from app.server import create_app
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.live_server import live_server
+from tests.support.payloads import INTERACTION
+from tests.test_chains_http import check_interaction, merge_chunks, sse_events
+
+
+@pytest.fixture(scope="module")
+def served(service_settings: Settings) -> Iterator[tuple[str, list[bytes]]]:
+    writes: list[bytes] = []
+    app = create_app(service_settings)
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        async def recorded(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                writes.append(message.get("body", b""))
+            await send(message)
+
+        await app(scope, receive, recorded)
+
+    with live_server(recording) as url:
+        yield url, writes
+
+
+def test_events_ready_together_go_out_in_one_write_and_the_bytes_are_unchanged(
+    served: tuple[str, list[bytes]], mint: Callable[..., str], openai_provider: FakeOpenAI
+) -> None:
+    url, writes = served
+    writes.clear()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint()}"}, timeout=30) as client, \
+            client.stream("POST", f"{INTERACTIONS_PATH}/stream", json={"input": INTERACTION}) as response:
+        received = b"".join(response.iter_bytes())
+    events = sse_events(received.decode())
+    assert events[0][0] == "metadata" and events[-1][0] == "end"
+    check_interaction(merge_chunks([json.loads(data) for name, data in events if name == "data"]))
+    assert b"".join(writes) == received, "the writes are the stream's bytes, in order"
+    assert len(writes) < len(events)
+    # The chain's first chunk comes with LangServe's metadata event, and its closing
+    # chunks (lists, actions, flags) are ready at once.
+    events_per_write = [write.count(b"event: ") for write in writes]
+    assert events_per_write[0] >= 2 and max(events_per_write) >= 3, events_per_write
+
+
+def test_an_event_goes_out_while_the_provider_is_still_silent(
+    served: tuple[str, list[bytes]], mint: Callable[..., str], openai_provider: FakeOpenAI
+) -> None:
+    """The provider sends its first token (the labels), then nothing until the test has
+    read the labels' event: that event must arrive alone, not held for company."""
+    url, _ = served
+    openai_provider.mode = "hold_after_first"
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint()}"}, timeout=10) as client, \
+                client.stream("POST", f"{INTERACTIONS_PATH}/stream", json={"input": INTERACTION}) as response:
+            text, pieces = "", response.iter_text()
+            while not any('"provisional":false' in data.replace(" ", "") for _, data in sse_events(text)):
+                text += next(pieces)
+            events = sse_events(text)
+            assert '"provisional":false' in events[-1][1].replace(" ", ""), "nothing came after the labels yet"
+            assert not openai_provider.resume.is_set()
+            openai_provider.resume.set()
+            text += "".join(pieces)
+    finally:
+        openai_provider.resume.set()
+    assert sse_events(text)[-1][0] == "end"
+
+
+async def test_a_stream_waits_for_its_own_write_once_enough_is_queued() -> None:
+    """A client that reads slowly pauses the transport; the stream must wait, not queue
+    without bound."""
+    transport_open = asyncio.Event()
+    written: list[bytes] = []
+
+    async def paused_transport(message: Message) -> None:
+        written.append(message.get("body", b""))
+        await transport_open.wait()
+
+    send = CoalescedSend(paused_transport)
+    piece = b"x" * (MAX_PENDING_BYTES // 4)
+
+    sent = 0
+
+    async def stream() -> None:
+        nonlocal sent
+        for _ in range(12):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            sent += 1
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    producer = asyncio.ensure_future(stream())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not producer.done() and sent <= 5, f"the stream ran {sent} pieces ahead of a paused transport"
+    transport_open.set()
+    await asyncio.wait_for(producer, 5)
+    send.stop()
+    assert b"".join(written) == piece * 12
