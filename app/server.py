@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.workflows = workflows
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
-    app.add_middleware(CoalescedStreamWrites)
+    app.add_middleware(CoalescedStreamWrites)  # outside it: see app.api.stream_writes
     app.add_middleware(
         RequestBodyMiddleware,
         max_body_bytes=settings.request_max_body_bytes,

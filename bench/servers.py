@@ -1,8 +1,11 @@
 """The three servers the streaming benchmark compares, each in its own process.
 
-    python -m bench.servers raw|langserve|full --port PORT [--data-dir DIR] [--workers N]
+    python -m bench.servers raw|raw-coalesced|langserve|full --port PORT [--data-dir DIR] [--workers N]
 
 - raw: an sse-starlette endpoint sending the 400 chunks (the transport's floor).
+- raw-coalesced: the same endpoint behind this service's `CoalescedStreamWrites`, so
+  the baseline gets the generic write coalescing the service has (events ready
+  together go out in one write).
 - langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
   metrics) with the interaction chain's provider replaced by the same fixed model,
@@ -42,6 +45,14 @@ def raw_app() -> FastAPI:
 
         return EventSourceResponse(events())
 
+    return app
+
+
+def raw_coalesced_app() -> FastAPI:
+    from app.api.stream_writes import CoalescedStreamWrites
+
+    app = raw_app()
+    app.add_middleware(CoalescedStreamWrites)
     return app
 
 
@@ -100,7 +111,7 @@ def log_gc_pauses(who: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["raw", "langserve", "full"])
+    parser.add_argument("kind", choices=["raw", "raw-coalesced", "langserve", "full"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
     parser.add_argument("--workers", type=int, default=1, help="full only: uvicorn worker processes")
@@ -115,7 +126,7 @@ def main() -> None:
         os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)
         return
-    app = {"raw": raw_app, "langserve": langserve_app}.get(args.kind)
+    app = {"raw": raw_app, "raw-coalesced": raw_coalesced_app, "langserve": langserve_app}.get(args.kind)
     if os.environ.get("BENCH_GC_LOG"):
         log_gc_pauses("server")
     uvicorn.run(app() if app else full_app(args.data_dir), **options)

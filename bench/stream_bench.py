@@ -1,4 +1,5 @@
-"""Streaming throughput and latency: raw SSE vs plain LangServe vs this service.
+"""Streaming throughput and latency: raw SSE (as is, and with this service's write
+coalescing) vs plain LangServe vs this service.
 
     .venv/bin/python -m bench.stream_bench [--levels 1,10,100,500,1000] [--out bench/results]
 
@@ -29,7 +30,7 @@ from bench.fake_model import CHUNKS
 from bench.load import LevelResult, count_text_chunk, run_level
 from bench.servers import BENCH_SECRET
 
-SERVERS = ("raw", "langserve", "full")
+SERVERS = ("raw", "raw-coalesced", "langserve", "full")
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ def server(kind: str, data_dir: Path, *, workers: int = 1, env: dict[str, str] |
 
 
 def request_for(kind: str, url: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    if kind == "raw":
+    if kind in ("raw", "raw-coalesced"):
         return f"{url}/stream", {}, {}
     if kind == "langserve":
         return f"{url}/chain/stream", {"input": {"text": "hello"}}, {}
@@ -80,14 +81,14 @@ def streams_for(concurrency: int) -> int:
 
 def print_level(results: list[LevelResult]) -> None:
     print(f"\nconcurrency {results[0].concurrency}")
-    header = (f"{'server':<10} {'streams':>7} {'streams/s':>9} {'tokens/s':>9} {'ttft p50':>9} "
+    header = (f"{'server':<13} {'streams':>7} {'streams/s':>9} {'tokens/s':>9} {'ttft p50':>9} "
               f"{'p95':>8} {'p99':>8} {'e2e p50':>8} {'p95':>8} {'errors':>6} {'cpu s':>6} "
               f"{'µs/token':>8} {'peak MB':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         tokens = r.tokens
-        print(f"{r.server:<10} {r.streams:>7} {len(r.completed) / r.wall_s:>9.1f} {tokens / r.wall_s:>9.0f} "
+        print(f"{r.server:<13} {r.streams:>7} {len(r.completed) / r.wall_s:>9.1f} {tokens / r.wall_s:>9.0f} "
               f"{r.percentile('ttft_s', .5) * 1e3:>7.1f}ms {r.percentile('ttft_s', .95) * 1e3:>6.1f}ms "
               f"{r.percentile('ttft_s', .99) * 1e3:>6.1f}ms {r.percentile('e2e_s', .5) * 1e3:>6.0f}ms "
               f"{r.percentile('e2e_s', .95) * 1e3:>6.0f}ms {r.errors:>6} {r.cpu_s:>6.1f} "
@@ -151,6 +152,15 @@ def main() -> None:
               f"{(full.tokens / full.wall_s) / (plain.tokens / plain.wall_s):.2f}x (target >= 3x)")
         print(f"  server CPU per token at 100: full {full.cpu_s / full.tokens * 1e6:.0f} µs, "
               f"LangServe {plain.cpu_s / plain.tokens * 1e6:.0f} µs")
+    for baseline in ("raw", "raw-coalesced"):
+        if "full" in by and baseline in by and 100 in by["full"]:
+            ours, floor = by["full"][100], by[baseline][100]
+            print(f"  streams/s at concurrency 100, full / {baseline}: "
+                  f"{(len(ours.completed) / ours.wall_s) / (len(floor.completed) / floor.wall_s):.2f} (target >= 0.5)")
+    if "full" in by and "langserve" in by and 100 in by["full"]:
+        ours, plain = by["full"][100], by["langserve"][100]
+        print(f"  streams/s at concurrency 100, full / plain LangServe: "
+              f"{(len(ours.completed) / ours.wall_s) / (len(plain.completed) / plain.wall_s):.1f}x (target >= 10x)")
     if "full" in by and "raw" in by and 10 in by["full"]:
         overhead = (by["full"][10].percentile("ttft_s", .5) - by["raw"][10].percentile("ttft_s", .5)) * 1e3
         print(f"  TTFT p50 overhead over raw SSE at concurrency 10: {overhead:.1f} ms (target < 5 ms)")

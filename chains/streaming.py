@@ -84,7 +84,9 @@ class FieldStreamingChain(RunnableGenerator):
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[dict[str, Any]]:
         if config is not None and not kwargs and nobody_listens(config.get("callbacks")):
-            return self.body(input, config)
+            # As LangChain's path does for a child's config: the run's id and name are
+            # this chain's own, not the provider call's.
+            return self.body(input, {k: v for k, v in config.items() if k not in ("run_id", "run_name")})
         return super().astream(input, config, **kwargs)
 
 

@@ -1,7 +1,9 @@
 """Provider calls end on time and back off as asked, through the chains and through HTTP.
 
-The real langchain-openai client talks to the fake server. LangChain runs each chunk of
-a chain in a task of its own, so these go through the chains, not the router alone.
+The real langchain-openai client talks to the fake server. These go through the chains,
+not the router alone: with a listener (`stream_events`) LangChain runs each chunk of a
+chain in a task of its own, without one the chain's body is read in the caller's task,
+and the idle deadline must end the call either way.
 """
 
 from __future__ import annotations
@@ -89,12 +91,13 @@ def headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {verifier.mint(tenant_id='acme', user_id='u', roles=('rep',))}"}
 
 
+@pytest.mark.parametrize("endpoint", ["stream", "stream_events"])
 def test_a_chat_stream_that_stalls_ends_with_an_error_event_over_http(
-    timeout_url: str, openai_provider: FakeOpenAI
+    timeout_url: str, openai_provider: FakeOpenAI, endpoint: str
 ) -> None:
     openai_provider.mode = "stall_after_first"
     with httpx.Client(base_url=timeout_url, headers=headers(), timeout=SLOW_SDK_S - 2) as http:
-        with http.stream("POST", f"{INSIGHTS_CHAT_PATH}/stream", json={"input": QUESTION}) as response:
+        with http.stream("POST", f"{INSIGHTS_CHAT_PATH}/{endpoint}", json={"input": QUESTION}) as response:
             events = sse_events("".join(response.iter_text()))
     names = [name for name, _ in events]
     assert names[-2:] == ["error", "end"], names

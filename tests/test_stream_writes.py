@@ -52,7 +52,7 @@ def test_events_ready_together_go_out_in_one_write_and_the_bytes_are_unchanged(
     events = sse_events(received.decode())
     assert events[0][0] == "metadata" and events[-1][0] == "end"
     check_interaction(merge_chunks([json.loads(data) for name, data in events if name == "data"]))
-    assert b"".join(writes) == received, "the writes are the stream's bytes, in order"
+    assert b"".join(writes) == received
     assert len(writes) < len(events)
     # The chain's first chunk comes with LangServe's metadata event, and its closing
     # chunks (lists, actions, flags) are ready at once.
@@ -113,3 +113,38 @@ async def test_a_stream_waits_for_its_own_write_once_enough_is_queued() -> None:
     await asyncio.wait_for(producer, 5)
     send.stop()
     assert b"".join(written) == piece * 12
+
+
+async def test_every_byte_goes_out_once_in_order_however_the_stream_yields() -> None:
+    written: list[Message] = []
+
+    async def transport(message: Message) -> None:
+        written.append(message)
+
+    send = CoalescedSend(transport)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    events = [f"event: data\r\ndata: {n}\r\n\r\n".encode() for n in range(200)]
+    for n, event in enumerate(events):
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        if n % 7 == 0:  # the stream waits for its provider now and then
+            await asyncio.sleep(0)
+    await send({"type": "http.response.body", "body": b"event: end\r\n\r\n", "more_body": False})
+    send.stop()
+    assert written[0]["type"] == "http.response.start"
+    bodies = written[1:]
+    assert b"".join(m["body"] for m in bodies) == b"".join(events) + b"event: end\r\n\r\n"
+    assert [m["more_body"] for m in bodies] == [True] * (len(bodies) - 1) + [False]
+    assert 1 < len(bodies) < len(events) / 2
+
+
+async def test_a_failed_write_fails_the_stream_at_its_next_send() -> None:
+    async def broken_transport(message: Message) -> None:
+        raise OSError("connection reset")
+
+    send = CoalescedSend(broken_transport)
+    await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})
+    await asyncio.sleep(0)  # the writer tries, and fails
+    await asyncio.sleep(0)
+    with pytest.raises(OSError, match="connection reset"):
+        await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})
+    send.stop()

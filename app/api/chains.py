@@ -94,4 +94,6 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
 def add_chain_routes(app: FastAPI, chains: dict[str, Runnable[Any, Any]]) -> None:
     """Authentication, roles and rate limits come from the app-wide `guard_request`."""
     for path, chain in chains.items():
-        add_routes(app, chain, path=path, per_req_config_modifier=inject_identity)
+        # Off: `ManagedChain` drops the event aggregator LangServe adds, whose events are
+        # returned only with this on.
+        add_routes(app, chain, path=path, per_req_config_modifier=inject_identity, include_callback_events=False)

@@ -13,12 +13,15 @@ The bytes on the wire are the same, in the same order; only their grouping into 
 changes. Backpressure is kept: past `MAX_PENDING_BYTES` the stream waits for its own
 write, as it waits for a paused transport. The last message carries what is still
 queued, so a stream ends in one write too.
+
+It must sit outside `StreamErrorMiddleware`, which recognises LangServe's error frame
+at the start of a message: inside it, that frame could arrive merged behind queued
+events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -98,10 +101,9 @@ class CoalescedStreamWrites(SelectiveMiddleware):
         coalesced = CoalescedSend(send)
         try:
             await self.app(scope, receive, coalesced)
-            await coalesced.flush()  # an app that ended without a final message
-        except Exception:
-            with contextlib.suppress(Exception):  # what came before the failure still goes out
-                await coalesced.flush()
-            raise
         finally:
+            # An app that ends without its final message leaves an incomplete response,
+            # which uvicorn closes: what is still queued is dropped rather than waited
+            # for, since a client that stopped reading would hold the request (and a
+            # server shutting down) forever.
             coalesced.stop()

@@ -256,7 +256,7 @@ class ManagedChain(Runnable[Any, Any]):
 def _without_unread_events(config: RunnableConfig) -> RunnableConfig:
     """The config without the event aggregator LangServe adds to every `invoke`, `batch`
     and `stream` run: it returns the events it gathers only with `include_callback_events`,
-    which `add_routes` leaves off here. Kept, it is a listener that makes every step of a
+    which `add_chain_routes` sets off. Kept, it is a listener that makes every step of a
     run report its callbacks (and `FieldStreamingChain` take LangChain's slower path)
     for nobody."""
     callbacks = config.get("callbacks")
