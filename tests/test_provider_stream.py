@@ -9,6 +9,7 @@ LangChain's path, and the callbacks get every token.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from chains.context import RunContext, RunIdentity, with_run_context
 from chains.providers.models import Provider
-from chains.providers.router import ProviderRouter
+from chains.providers.router import TOKENS_PER_TURN, ProviderRouter
 from tests.conftest import make_settings
 
 PIECES = 200
@@ -89,3 +90,25 @@ async def test_with_a_listener_every_token_reaches_it(tmp_path: Any) -> None:
     text, _ = await read_all(router(tmp_path), config)
     assert text == "".join(f"w{n} " for n in range(PIECES))
     assert counter.tokens >= PIECES
+
+
+async def test_a_burst_of_tokens_gives_other_streams_a_turn_now_and_then(tmp_path: Any) -> None:
+    """The model's 200 pieces are all ready at once (as a provider's burst from one network
+    read is): reading them must still let the event loop serve other streams."""
+    turns, reading = 0, True
+
+    async def another_stream() -> None:
+        nonlocal turns
+        while reading:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(another_stream())
+    await asyncio.sleep(0)
+    before = turns
+    context = RunContext(RunIdentity(tenant_id="acme", user_id="u")).for_run(token_callbacks=False)
+    text, _ = await read_all(router(tmp_path), with_run_context(None, context))
+    reading = False
+    await other
+    assert text == "".join(f"w{n} " for n in range(PIECES))
+    assert turns - before >= PIECES // TOKENS_PER_TURN, f"{turns - before} turns while reading {PIECES} pieces"

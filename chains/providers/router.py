@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 LOCAL_MODEL_NAME = "local-composer-v1"
+# A provider's tokens often come several to a network read, and a chain that nobody
+# listens to reads them in its own task without waiting: a long burst would hold the
+# event loop (other streams' first events, the stream's own write) until it ended.
+# Every this many tokens the stream gives the loop a turn.
+TOKENS_PER_TURN = 8
 _WORD = re.compile(r"\S+\s*|\s+")
 _T = TypeVar("_T")
 
@@ -260,8 +265,11 @@ class ProviderRouter:
             deadline = loop.time() + self.settings.llm_timeout_s
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
             try:
-                chunk = first
+                chunk, read = first, 0
                 while chunk is not None:
+                    read += 1
+                    if read % TOKENS_PER_TURN == 0:
+                        await asyncio.sleep(0)
                     _add_usage(chunk, usage)
                     text = chunk.text if isinstance(chunk.content, list) else chunk.content
                     if text:
