@@ -1,4 +1,4 @@
-"""The three servers the streaming benchmark compares, each in its own process.
+"""The four servers the streaming benchmark compares, each in its own process.
 
     python -m bench.servers raw|raw-coalesced|langserve|full --port PORT [--data-dir DIR] [--workers N]
 

@@ -63,9 +63,8 @@ class FieldStreamingChain(RunnableGenerator):
 
     LangChain's `RunnableGenerator` reads each chunk in an asyncio task of its own (to
     run it in the run's context) and merges every chunk into the output it reports to
-    `on_chain_end`: a task, a loop turn and a dict copy per chunk, about a fifth of the
-    server's CPU per chunk on the stream path, for callbacks nobody receives on
-    `invoke`, `batch` and `stream`. With a listener (`stream_log`, `stream_events`, a
+    `on_chain_end`: a task, a loop turn and a dict copy per chunk, for callbacks nobody
+    receives on `invoke`, `batch` and `stream`. With a listener (`stream_log`, `stream_events`, a
     tracer, debug) the chain runs LangChain's path and its events are complete.
     """
 
