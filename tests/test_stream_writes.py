@@ -41,7 +41,7 @@ def served(service_settings: Settings) -> Iterator[tuple[str, list[bytes]]]:
         yield url, writes
 
 
-def test_events_ready_together_go_out_in_one_write_and_the_bytes_are_unchanged(
+def test_events_ready_together_go_out_in_one_write_and_still_parse_whole(
     served: tuple[str, list[bytes]], mint: Callable[..., str], openai_provider: FakeOpenAI
 ) -> None:
     url, writes = served
@@ -52,7 +52,6 @@ def test_events_ready_together_go_out_in_one_write_and_the_bytes_are_unchanged(
     events = sse_events(received.decode())
     assert events[0][0] == "metadata" and events[-1][0] == "end"
     check_interaction(merge_chunks([json.loads(data) for name, data in events if name == "data"]))
-    assert b"".join(writes) == received
     assert len(writes) < len(events)
     # The chain's first chunk comes with LangServe's metadata event, and its closing
     # chunks (lists, actions, flags) are ready at once.

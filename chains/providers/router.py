@@ -387,9 +387,10 @@ class _StreamDeadline:
     When a callback listens, LangChain runs each chunk of a `RunnableGenerator` in a task
     of its own, so the task waiting for the provider changes from one chunk to the next.
     The deadline therefore cancels whichever task is waiting *now*, and only while it
-    waits for the provider, never while the consumer holds a chunk. It tells its own cancellation from anyone
-    else's the way `asyncio.timeout` does (`uncancel()`), so a client that leaves after
-    a timeout fired is still reported as cancelled, not as a provider failure.
+    waits for the provider, never while the consumer holds a chunk. It tells its own
+    cancellation from anyone else's the way `asyncio.timeout` does (`uncancel()`), so a
+    client that leaves after a timeout fired is still reported as cancelled, not as a
+    provider failure.
 
     A per-token `asyncio.timeout` costs a timer-heap push and a cancelled entry per
     token; with hundreds of streams that heap churn was a quarter of the server's CPU.
