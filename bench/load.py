@@ -6,6 +6,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +107,10 @@ class ProcessTree:
         return values
 
 
-async def run_level(server: str, url: str, body: dict[str, Any], headers: dict[str, str],
+async def run_level(server: str, url: str, bodies: Sequence[dict[str, Any]], headers: dict[str, str],
                     pid: int, concurrency: int, streams: int, count_chunk: Any) -> LevelResult:
-    """CPU and peak memory are the server's whole process tree (`ProcessTree`)."""
+    """Stream i sends `bodies[i % len(bodies)]`. CPU and peak memory are the server's whole
+    process tree (`ProcessTree`)."""
     tree = ProcessTree(pid)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -122,15 +124,15 @@ async def run_level(server: str, url: str, body: dict[str, Any], headers: dict[s
             peak = max(peak, tree.rss())
             await asyncio.sleep(0.05)
 
-    async def bounded(session: aiohttp.ClientSession) -> StreamResult:
+    async def bounded(session: aiohttp.ClientSession, index: int) -> StreamResult:
         async with gate:
-            return await one_stream(session, url, body, headers, count_chunk)
+            return await one_stream(session, url, bodies[index % len(bodies)], headers, count_chunk)
 
     cpu_before = tree.cpu_s()
     sampler = asyncio.create_task(sample_memory())
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        results = await asyncio.gather(*(bounded(session) for _ in range(streams)))
+        results = await asyncio.gather(*(bounded(session, index) for index in range(streams)))
     wall = time.perf_counter() - started
     stop.set()
     await sampler

@@ -49,12 +49,12 @@ def main() -> None:
                    for name, workers in configurations.items()}
         for name, (url, pid) in running.items():  # warm up every worker: imports, models, pools
             target, body, headers = request_for("full", url)
-            asyncio.run(run_level(name, target, body, headers, pid, 8, 32, count_text_chunk))
+            asyncio.run(run_level(name, target, [body], headers, pid, 8, 32, count_text_chunk))
         for round_number in range(1, args.rounds + 1):
             for name, (url, pid) in running.items():
                 target, body, headers = request_for("full", url)
                 rows.append((round_number, name, asyncio.run(run_level(
-                    name, target, body, headers, pid, args.concurrency, args.streams, count_text_chunk))))
+                    name, target, [body], headers, pid, args.concurrency, args.streams, count_text_chunk))))
     print(f"\nscaling at concurrency {args.concurrency}, {args.streams} streams a round, "
           "servers on Redis + PostgreSQL")
     print("| round | server | streams/s | errors | TTFT p50 | e2e p50 | server CPU s | CPU ms/stream |")

@@ -75,6 +75,14 @@ def request_for(kind: str, url: str) -> tuple[str, dict[str, Any], dict[str, str
     return f"{url}/api/v1/ai/realtime/interactions/stream", body, {"Authorization": f"Bearer {token}"}
 
 
+def bodies_for(kind: str, body: dict[str, Any], customers: int) -> list[dict[str, Any]]:
+    """This service's streams spread over `customers` customers (each with a history of its
+    own); the other servers have no customers."""
+    if kind != "full" or customers <= 1:
+        return [body]
+    return [{"input": {**body["input"], "customer_id": f"bench-{n + 1}"}} for n in range(customers)]
+
+
 def streams_for(concurrency: int) -> int:
     return max(50, concurrency * 2) if concurrency <= 100 else concurrency
 
@@ -125,6 +133,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,10,100,500,1000")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--customers", type=int, default=1,
+                        help="full only: spread its streams over this many customers (default: all one customer's)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     kinds = [k for k in args.servers.split(",") if k]
@@ -134,13 +144,14 @@ def main() -> None:
         running = {kind: stack.enter_context(server(kind, Path(tmp))) for kind in kinds}
         for kind, (url, pid) in running.items():  # warm up: imports, model training, pools
             target, body, headers = request_for(kind, url)
-            asyncio.run(run_level(kind, target, body, headers, pid, 2, 4, count_text_chunk))
+            asyncio.run(run_level(kind, target, bodies_for(kind, body, args.customers), headers, pid, 2, 4,
+                                  count_text_chunk))
         for level in levels:
             level_results = []
             for kind, (url, pid) in running.items():
                 target, body, headers = request_for(kind, url)
-                result = asyncio.run(run_level(kind, target, body, headers, pid, level,
-                                               streams_for(level), count_text_chunk))
+                result = asyncio.run(run_level(kind, target, bodies_for(kind, body, args.customers), headers, pid,
+                                               level, streams_for(level), count_text_chunk))
                 level_results.append(result)
                 all_results[kind].append(result)
             print_level(level_results)

@@ -3,9 +3,9 @@
 Each caller awaits its own row's commit, so an answer that says "stored" is stored;
 but one writer task commits whatever has queued up in a single transaction, so a
 thousand concurrent scores (or a batch of a hundred) cost a handful of commits, not a
-thousand. A caller that is cancelled while waiting does not cancel the write: the
-writer task owns it. A failed batch is written again row by row, and a failed row is
-retried (`RETRY_PAUSES_S`) before its waiter is told.
+thousand (`app.store.batch_queue`). A caller that is cancelled while waiting does not
+cancel the write: the writer task owns it. A failed batch is written again row by row,
+and a failed row is retried (`RETRY_PAUSES_S`) before its waiter is told.
 """
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.store.batch_queue import BatchQueue
 
 log = logging.getLogger(__name__)
 RETRY_PAUSES_S = (0.1, 0.5, 1.0)
 MAX_BATCH = 1_000
 
 _Row = TypeVar("_Row")
-
-
-@dataclass
-class _Pending(Generic[_Row]):
-    row: _Row
-    done: asyncio.Future[None]
 
 
 class GroupCommitWriter(Generic[_Row]):
@@ -38,38 +33,11 @@ class GroupCommitWriter(Generic[_Row]):
         self.engine = engine
         self._write = write
         self._name = name
-        self._queue: asyncio.Queue[_Pending[_Row] | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._batches: BatchQueue[_Row, None] = BatchQueue(self._commit_batch, name=name, max_batch=MAX_BATCH)
 
     async def submit(self, row: _Row) -> None:
         """Returns once `row` is committed; raises what the last retry raised."""
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_forever(), name=self._name)
-        pending = _Pending(row, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(pending)
-        await asyncio.shield(pending.done)
-
-    async def _write_forever(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while not self._queue.empty() and len(batch) < MAX_BATCH:
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            for pending, error in zip(batch, await self._commit_batch([p.row for p in batch]), strict=True):
-                if not pending.done.done():
-                    if error is None:
-                        pending.done.set_result(None)
-                    else:
-                        pending.done.set_exception(error)
-            if stop:
-                return
+        await self._batches.submit(row)
 
     async def _commit_batch(self, rows: list[_Row]) -> list[Exception | None]:
         """One transaction for the batch; if it fails, each row on its own, so a row the
@@ -101,6 +69,4 @@ class GroupCommitWriter(Generic[_Row]):
 
     async def close(self) -> None:
         """Commits what is queued, then stops the writer."""
-        if self._writer is not None and not self._writer.done():
-            self._queue.put_nowait(None)
-            await self._writer
+        await self._batches.close()

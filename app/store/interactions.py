@@ -4,23 +4,36 @@ customer, so they are sealed with the tenant's data key; labels and scores are n
 
 Writes are group-committed (`app.store.group_commit`): a hundred streams finishing at
 once are a few transactions, not a hundred competing for SQLite's one write lock (which
-lost some of them under load: `bench/stream_bench.py`), and a failed write is retried."""
+lost some of them under load: `bench/stream_bench.py`), and a failed write is retried.
+Reads are batched the same way: 1,000 streams opened at once each read their customer's
+history, and one connection each ran the pool dry."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
+from app.store.batch_queue import BatchQueue
 from app.store.database import customer_interactions as interactions
 from app.store.group_commit import GroupCommitWriter
 from chains.customer_context import PastInteraction
 
 PURPOSE = "customer_interactions.summary"
+# Customers per history statement: four bound parameters each, far below SQLite's limit.
+MAX_READS_PER_BATCH = 200
+
+
+@dataclass(frozen=True)
+class _HistoryRead:
+    tenant_id: str
+    customer_id: str
+    limit: int
 
 
 async def _insert(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -32,6 +45,8 @@ class InteractionLog:
         self.engine = engine
         self.keys = keys
         self._writer: GroupCommitWriter[dict[str, Any]] = GroupCommitWriter(engine, _insert, name="interaction-writer")
+        self._reader: BatchQueue[_HistoryRead, list[PastInteraction]] = BatchQueue(
+            self._read_batch, name="interaction-reader", max_batch=MAX_READS_PER_BATCH)
 
     async def record(self, tenant_id: str, customer_id: str, channel: str, analysis: dict[str, Any],
                      at: datetime | None = None) -> None:
@@ -48,19 +63,45 @@ class InteractionLog:
 
     async def close(self) -> None:
         await self._writer.close()
+        await self._reader.close()
 
     async def recent(self, tenant_id: str, customer_id: str, *, limit: int = 10) -> list[PastInteraction]:
-        statement = (
+        """The customer's last `limit` interactions, newest first. Concurrent reads share a
+        round trip (`app.store.batch_queue`)."""
+        return await self._reader.submit(_HistoryRead(tenant_id, customer_id, limit))
+
+    async def _read_batch(self, reads: list[_HistoryRead]) -> list[list[PastInteraction] | Exception]:
+        """One statement for the batch: each distinct customer's own newest rows (a
+        subquery each, so each stops at its limit on the index), joined with UNION ALL."""
+        wanted = list(dict.fromkeys(reads))
+        parts = [
             select(interactions)
-            .where((interactions.c.tenant_id == tenant_id) & (interactions.c.customer_id == customer_id))
+            .where((interactions.c.tenant_id == read.tenant_id) & (interactions.c.customer_id == read.customer_id))
             .order_by(interactions.c.created_at.desc(), interactions.c.id.desc())
-            .limit(limit)
-        )
+            .limit(read.limit)
+            .subquery()
+            for read in wanted
+        ]
+        statement = union_all(*(select(part, literal(index).label("read")) for index, part in enumerate(parts)))
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).mappings().all()
-        cipher = await self.keys.cipher(tenant_id)
-        return [
-            PastInteraction(row["created_at"], row["channel"], row["sentiment_label"], row["sentiment_score"],
-                            row["intent"], row["urgency"], row["automated"], cipher.open_text(PURPOSE, row["summary"]))
-            for row in rows
-        ]
+        by_read: dict[_HistoryRead, list[Any]] = {read: [] for read in wanted}
+        for row in rows:
+            by_read[wanted[row["read"]]].append(row)
+        history: dict[_HistoryRead, list[PastInteraction] | Exception] = {}
+        for tenant_id in {read.tenant_id for read in wanted}:
+            try:  # one tenant's key failing fails only that tenant's reads
+                cipher = await self.keys.cipher(tenant_id)
+            except Exception as error:  # noqa: BLE001 - raised to those reads' callers
+                history.update({read: error for read in wanted if read.tenant_id == tenant_id})
+                continue
+            for read in wanted:
+                if read.tenant_id == tenant_id:
+                    history[read] = [
+                        PastInteraction(row["created_at"], row["channel"], row["sentiment_label"],
+                                        row["sentiment_score"], row["intent"], row["urgency"], row["automated"],
+                                        cipher.open_text(PURPOSE, row["summary"]))
+                        for row in sorted(by_read[read], key=lambda row: (row["created_at"], row["id"]), reverse=True)
+                    ]
+        # Each caller gets a list of its own (the items are frozen).
+        return [found if isinstance(found := history[read], Exception) else list(found) for read in reads]

@@ -1,0 +1,83 @@
+"""Concurrent requests to the database served by one task, a batch at a time.
+
+Under a burst, every stream asking the database on its own holds a pooled connection
+for several turns of a busy event loop, and the pool runs dry: with 1,000 streams opened
+at once, reads waited past the pool's timeout and their streams failed
+(`bench/stream_bench.py`). Here one task takes whatever has queued up and serves it in one
+round trip, while the next requests queue behind it; so a burst costs a handful of
+round trips and never more than one connection. Inserts (`app.store.group_commit`) and
+history reads (`app.store.interactions`) share it.
+
+A caller that is cancelled while waiting does not cancel the batch: the task owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+@dataclass
+class _Pending(Generic[_In, _Out]):
+    item: _In
+    done: asyncio.Future[_Out]
+
+
+class BatchQueue(Generic[_In, _Out]):
+    """`serve` answers a batch with one result per item, in order; a result that is an
+    exception is raised to that item's caller alone."""
+
+    def __init__(
+        self, serve: Callable[[list[_In]], Awaitable[Sequence[_Out | BaseException]]], *, name: str,
+        max_batch: int,
+    ) -> None:
+        self._serve = serve
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending[_In, _Out] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _In) -> _Out:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._serve_forever(), name=self._name)
+        pending: _Pending[_In, _Out] = _Pending(item, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(pending)
+        return await asyncio.shield(pending.done)
+
+    async def _serve_forever(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while not self._queue.empty() and len(batch) < self._max_batch:
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                results = await self._serve([p.item for p in batch])
+            except Exception as error:  # noqa: BLE001 - every caller of the batch is told
+                results = [error] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                if pending.done.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.done.set_exception(result)
+                else:
+                    pending.done.set_result(result)
+            if stop:
+                return
+
+    async def close(self) -> None:
+        """Serves what is queued, then stops the task."""
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await self._task

@@ -1,0 +1,113 @@
+"""Customer history under a burst of streams: concurrent reads share one statement, and
+each caller still gets its own customer's newest interactions, within its own tenant.
+On SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from app.store.database import create_engine, database_url as sql_url, migrate
+from app.store.interactions import InteractionLog
+from tests.support.stores import keyring_for
+
+LIMIT = 3
+
+
+@pytest.fixture
+async def log(database_url: str | None, tmp_path: Path) -> AsyncIterator[InteractionLog]:
+    engine = create_engine(sql_url(database_url, tmp_path / "history.sqlite3"))
+    await migrate(engine)
+    found = InteractionLog(engine, keyring_for(engine))
+    try:
+        yield found
+    finally:
+        await found.close()
+        await engine.dispose()
+
+
+def history_statements(log: InteractionLog) -> list[str]:
+    """Every statement that reads the history table, as the driver receives it."""
+    seen: list[str] = []
+
+    @event.listens_for(log.engine.sync_engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "customer_interactions" in statement:
+            seen.append(statement)
+
+    return seen
+
+
+async def record_history(log: InteractionLog, tenant: str, customer: str, count: int) -> list[str]:
+    """`count` interactions a day apart; their summaries, newest first."""
+    now = datetime.now(UTC)
+    summaries = [f"{tenant}/{customer} #{n}" for n in range(count)]
+    await asyncio.gather(*(
+        log.record(tenant, customer, "email", {"sentiment": {"label": "neutral", "score": 0.0}, "summary": summary},
+                   at=now - timedelta(days=count - n))
+        for n, summary in enumerate(summaries)))
+    return summaries[::-1]
+
+
+async def test_a_burst_of_reads_is_one_statement_and_each_gets_its_own_customers_newest(
+        log: InteractionLog) -> None:
+    tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    # The same customer id in both tenants, and customers with fewer rows than the limit.
+    customers = [f"c{i}" for i in range(20)]
+    expected = {
+        (tenant, customer): await record_history(log, tenant, customer, count=i % 5 + (1 if tenant == tenants[0] else 2))
+        for tenant in tenants for i, customer in enumerate(customers)
+    }
+    reads = [key for key in expected for _ in range(2)]  # every customer asked for twice
+    statements = history_statements(log)
+
+    results = await asyncio.gather(*(log.recent(tenant, customer, limit=LIMIT) for tenant, customer in reads))
+
+    for (tenant, customer), history in zip(reads, results, strict=True):
+        assert [past.summary for past in history] == expected[tenant, customer][:LIMIT], (tenant, customer)
+    assert results[0] is not results[1], "each caller gets a list of its own"
+    # One statement per batch: the first read may go out alone, the other 79 wait for it.
+    assert 1 <= len(statements) <= 2, len(statements)
+
+    statements.clear()  # a read on its own afterwards is answered the same way
+    alone = await log.recent(tenants[1], "c7", limit=LIMIT)
+    assert [past.summary for past in alone] == expected[tenants[1], "c7"][:LIMIT]
+    assert len(statements) == 1
+
+
+async def test_a_caller_that_leaves_does_not_take_the_others_reads_with_it(log: InteractionLog) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    newest = await record_history(log, tenant, "c", count=4)
+    readers = [asyncio.create_task(log.recent(tenant, "c", limit=LIMIT)) for _ in range(5)]
+    await asyncio.sleep(0)  # all five are queued
+    readers[0].cancel()
+    results = await asyncio.gather(*readers[1:])
+    assert all([past.summary for past in history] == newest[:LIMIT] for history in results)
+    assert readers[0].cancelled()
+    assert [past.summary for past in await log.recent(tenant, "c", limit=LIMIT)] == newest[:LIMIT]
+
+
+async def test_a_tenant_whose_key_fails_fails_only_its_own_reads(
+        log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    healthy, broken = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    newest = await record_history(log, healthy, "c", count=2)
+    await record_history(log, broken, "c", count=2)
+    cipher = log.keys.cipher
+
+    async def failing(tenant_id: str) -> Any:
+        if tenant_id == broken:
+            raise RuntimeError("key store unavailable")
+        return await cipher(tenant_id)
+
+    monkeypatch.setattr(log.keys, "cipher", failing)
+    results = await asyncio.gather(log.recent(broken, "c"), log.recent(healthy, "c"), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert not isinstance(results[1], BaseException)
+    assert [past.summary for past in results[1]] == newest
