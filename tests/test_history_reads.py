@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 
-from app.store.database import create_engine, database_url as sql_url, migrate
-from app.store.interactions import InteractionLog
+from app.crypto.envelope import TEXT_PREFIX, DecryptionFailed
+from app.store.database import create_engine, customer_interactions, migrate
+from app.store.database import database_url as sql_url
+from app.store.interactions import MAX_READS_PER_BATCH, InteractionLog
 from tests.support.stores import keyring_for
 
 LIMIT = 3
@@ -56,7 +58,7 @@ async def record_history(log: InteractionLog, tenant: str, customer: str, count:
     return summaries[::-1]
 
 
-async def test_a_burst_of_reads_is_one_statement_and_each_gets_its_own_customers_newest(
+async def test_a_burst_of_reads_is_a_few_statements_and_each_gets_its_own_customers_newest(
         log: InteractionLog) -> None:
     tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     # The same customer id in both tenants, and customers with fewer rows than the limit.
@@ -65,7 +67,13 @@ async def test_a_burst_of_reads_is_one_statement_and_each_gets_its_own_customers
         (tenant, customer): await record_history(log, tenant, customer, count=i % 5 + (1 if tenant == tenants[0] else 2))
         for tenant in tenants for i, customer in enumerate(customers)
     }
-    reads = [key for key in expected for _ in range(2)]  # every customer asked for twice
+    # Two interactions at the same instant: the later one (higher id) is the newer.
+    same_time = datetime.now(UTC)
+    for summary in ("tie, first", "tie, second"):
+        await log.record(tenants[0], "c0", "chat", {"summary": summary}, at=same_time)
+    expected[tenants[0], "c0"] = ["tie, second", "tie, first", *expected[tenants[0], "c0"]]
+    reads = [key for key in expected for _ in range(6)]  # every customer asked for 6 times
+    assert len(reads) > MAX_READS_PER_BATCH
     statements = history_statements(log)
 
     results = await asyncio.gather(*(log.recent(tenant, customer, limit=LIMIT) for tenant, customer in reads))
@@ -73,8 +81,9 @@ async def test_a_burst_of_reads_is_one_statement_and_each_gets_its_own_customers
     for (tenant, customer), history in zip(reads, results, strict=True):
         assert [past.summary for past in history] == expected[tenant, customer][:LIMIT], (tenant, customer)
     assert results[0] is not results[1], "each caller gets a list of its own"
-    # One statement per batch: the first read may go out alone, the other 79 wait for it.
-    assert 1 <= len(statements) <= 2, len(statements)
+    # One statement per batch of at most MAX_READS_PER_BATCH reads; the first read may
+    # go out alone, the others wait for it.
+    assert 2 <= len(statements) <= 3, len(statements)
 
     statements.clear()  # a read on its own afterwards is answered the same way
     alone = await log.recent(tenants[1], "c7", limit=LIMIT)
@@ -82,23 +91,41 @@ async def test_a_burst_of_reads_is_one_statement_and_each_gets_its_own_customers
     assert len(statements) == 1
 
 
-async def test_a_caller_that_leaves_does_not_take_the_others_reads_with_it(log: InteractionLog) -> None:
+async def test_a_caller_that_leaves_mid_read_does_not_take_the_others_reads_with_it(
+        log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     newest = await record_history(log, tenant, "c", count=4)
+    cipher, reading, release = log.keys.cipher, asyncio.Event(), asyncio.Event()
+
+    async def held(tenant_id: str) -> Any:  # the statement has run; the batch is under way
+        reading.set()
+        await release.wait()
+        return await cipher(tenant_id)
+
+    monkeypatch.setattr(log.keys, "cipher", held)
     readers = [asyncio.create_task(log.recent(tenant, "c", limit=LIMIT)) for _ in range(5)]
-    await asyncio.sleep(0)  # all five are queued
+    await reading.wait()
     readers[0].cancel()
+    await asyncio.sleep(0)
+    release.set()
     results = await asyncio.gather(*readers[1:])
     assert all([past.summary for past in history] == newest[:LIMIT] for history in results)
     assert readers[0].cancelled()
     assert [past.summary for past in await log.recent(tenant, "c", limit=LIMIT)] == newest[:LIMIT]
 
 
-async def test_a_tenant_whose_key_fails_fails_only_its_own_reads(
+async def test_a_tenant_whose_key_fails_or_a_row_that_does_not_open_fails_only_its_own_read(
         log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    healthy, broken = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    healthy, broken, tampered = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(3))
     newest = await record_history(log, healthy, "c", count=2)
     await record_history(log, broken, "c", count=2)
+    await record_history(log, tampered, "c", count=2)
+    async with log.engine.begin() as connection:  # another tenant's sealed text, moved in
+        foreign = (await connection.execute(select(customer_interactions.c.summary).where(
+            customer_interactions.c.tenant_id == healthy).limit(1))).scalar_one()
+        assert foreign.startswith(TEXT_PREFIX)
+        await connection.execute(update(customer_interactions).where(customer_interactions.c.tenant_id == tampered)
+                                 .values(summary=foreign))
     cipher = log.keys.cipher
 
     async def failing(tenant_id: str) -> Any:
@@ -107,7 +134,37 @@ async def test_a_tenant_whose_key_fails_fails_only_its_own_reads(
         return await cipher(tenant_id)
 
     monkeypatch.setattr(log.keys, "cipher", failing)
-    results = await asyncio.gather(log.recent(broken, "c"), log.recent(healthy, "c"), return_exceptions=True)
+    statements = history_statements(log)
+    results = await asyncio.gather(log.recent(broken, "c"), log.recent(tampered, "c"), log.recent(healthy, "c"),
+                                   return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
-    assert not isinstance(results[1], BaseException)
-    assert [past.summary for past in results[1]] == newest
+    assert isinstance(results[1], DecryptionFailed)
+    assert not isinstance(results[2], BaseException)
+    assert [past.summary for past in results[2]] == newest
+    assert len(statements) == 1, "the three reads were one batch"
+
+
+async def test_a_failed_statement_reaches_every_caller_and_the_next_reads_are_served(
+        log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    newest = await record_history(log, tenant, "c", count=2)
+    engine = log.engine
+
+    class Unreachable:
+        def connect(self) -> Any:
+            raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(log, "engine", Unreachable())
+    failed = await asyncio.gather(*(log.recent(tenant, "c") for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(error, ConnectionError) for error in failed)
+    monkeypatch.setattr(log, "engine", engine)
+    assert [past.summary for past in await log.recent(tenant, "c")] == newest
+
+
+async def test_closing_serves_the_reads_already_queued(log: InteractionLog) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    newest = await record_history(log, tenant, "c", count=2)
+    readers = [asyncio.create_task(log.recent(tenant, "c")) for _ in range(4)]
+    await asyncio.sleep(0)  # queued
+    await log.close()
+    assert all([past.summary for past in reader.result()] == newest for reader in readers)

@@ -2,13 +2,15 @@
 
 Under a burst, every stream asking the database on its own holds a pooled connection
 for several turns of a busy event loop, and the pool runs dry: with 1,000 streams opened
-at once, reads waited past the pool's timeout and their streams failed
-(`bench/stream_bench.py`). Here one task takes whatever has queued up and serves it in one
-round trip, while the next requests queue behind it; so a burst costs a handful of
-round trips and never more than one connection. Inserts (`app.store.group_commit`) and
-history reads (`app.store.interactions`) share it.
+at once, history reads waited past the pool's timeout and their streams failed
+(`bench/stream_bench.py`). A queue's task takes whatever has queued up and serves it as
+one batch (one statement, or one transaction), while the next requests queue behind it;
+so a burst costs a handful of round trips, and one queue holds one connection at a time.
+The group-committed inserts (`app.store.group_commit`) and the history reads
+(`app.store.interactions`) each have a queue of their own.
 
 A caller that is cancelled while waiting does not cancel the batch: the task owns it.
+Every request is answered, whatever happens to the task: nothing waits forever.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ class _Pending(Generic[_In, _Out]):
     done: asyncio.Future[_Out]
 
 
+class QueueClosed(RuntimeError):
+    """The queue's task was stopped (its owner closed) before serving the request."""
+
+
 class BatchQueue(Generic[_In, _Out]):
     """`serve` answers a batch with one result per item, in order; a result that is an
-    exception is raised to that item's caller alone."""
+    exception is raised to that item's caller alone. If `serve` itself raises, every
+    caller of that batch gets the same exception."""
 
     def __init__(
         self, serve: Callable[[list[_In]], Awaitable[Sequence[_Out | BaseException]]], *, name: str,
@@ -50,34 +57,53 @@ class BatchQueue(Generic[_In, _Out]):
         return await asyncio.shield(pending.done)
 
     async def _serve_forever(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while not self._queue.empty() and len(batch) < self._max_batch:
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            try:
-                results = await self._serve([p.item for p in batch])
-            except Exception as error:  # noqa: BLE001 - every caller of the batch is told
-                results = [error] * len(batch)
-            for pending, result in zip(batch, results, strict=True):
-                if pending.done.done():
+        stopping = False
+        batch: list[_Pending[_In, _Out]] = []
+        try:
+            while True:
+                # After the stop marker, whatever was queued meanwhile is still served.
+                if stopping and self._queue.empty():
+                    return
+                first = self._queue.get_nowait() if stopping else await self._queue.get()
+                if first is None:
+                    stopping = True
                     continue
-                if isinstance(result, BaseException):
-                    pending.done.set_exception(result)
-                else:
-                    pending.done.set_result(result)
-            if stop:
-                return
+                batch = [first]
+                while not self._queue.empty() and len(batch) < self._max_batch:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stopping = True
+                        continue
+                    batch.append(item)
+                try:
+                    results = await self._serve([p.item for p in batch])
+                except Exception as error:  # noqa: BLE001 - every caller of the batch is told
+                    results = [error] * len(batch)
+                self._settle(batch, results)
+                batch = []
+        finally:  # cancelled or broken: no request is left waiting
+            stopped = QueueClosed(f"{self._name} stopped")
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(stopped)
+            while not self._queue.empty():
+                if (item := self._queue.get_nowait()) is not None and not item.done.done():
+                    item.done.set_exception(stopped)
+
+    def _settle(self, batch: list[_Pending[_In, _Out]], results: Sequence[_Out | BaseException]) -> None:
+        if len(results) != len(batch):
+            error = RuntimeError(f"{self._name}: {len(results)} results for {len(batch)} requests")
+            results = [error] * len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if pending.done.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.done.set_exception(result)
+            else:
+                pending.done.set_result(result)
 
     async def close(self) -> None:
         """Serves what is queued, then stops the task."""
         if self._task is not None and not self._task.done():
             self._queue.put_nowait(None)
-            await self._task
+            await asyncio.shield(self._task)

@@ -10,6 +10,7 @@ history, and one connection each ran the pool dry."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,8 +26,9 @@ from app.store.group_commit import GroupCommitWriter
 from chains.customer_context import PastInteraction
 
 PURPOSE = "customer_interactions.summary"
-# Customers per history statement: four bound parameters each, far below SQLite's limit.
-MAX_READS_PER_BATCH = 200
+# Customers per history statement: five bound parameters each on SQLite (four on
+# PostgreSQL), and as many UNION ALL terms: within SQLite's limits (500 terms).
+MAX_READS_PER_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class _HistoryRead:
     tenant_id: str
     customer_id: str
     limit: int
+
+
+_NOTHING = _HistoryRead("", "", 0)  # pads a statement to its shape; matches no row
 
 
 async def _insert(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -72,15 +77,19 @@ class InteractionLog:
 
     async def _read_batch(self, reads: list[_HistoryRead]) -> list[list[PastInteraction] | Exception]:
         """One statement for the batch: each distinct customer's own newest rows (a
-        subquery each, so each stops at its limit on the index), joined with UNION ALL."""
+        subquery each, so each stops at its limit on the index), joined with UNION ALL.
+        The number of subqueries is rounded up to a power of two with reads that match
+        nothing, so the statement has a few shapes, not one per batch size (each shape is
+        compiled, cached and prepared on its own)."""
         wanted = list(dict.fromkeys(reads))
+        shape = 1 << (len(wanted) - 1).bit_length()
         parts = [
             select(interactions)
             .where((interactions.c.tenant_id == read.tenant_id) & (interactions.c.customer_id == read.customer_id))
             .order_by(interactions.c.created_at.desc(), interactions.c.id.desc())
             .limit(read.limit)
             .subquery()
-            for read in wanted
+            for read in wanted + [_NOTHING] * (shape - len(wanted))
         ]
         statement = union_all(*(select(part, literal(index).label("read")) for index, part in enumerate(parts)))
         async with self.engine.connect() as connection:
@@ -88,20 +97,24 @@ class InteractionLog:
         by_read: dict[_HistoryRead, list[Any]] = {read: [] for read in wanted}
         for row in rows:
             by_read[wanted[row["read"]]].append(row)
+        tenants = sorted({read.tenant_id for read in wanted})
+        ciphers = dict(zip(tenants, await asyncio.gather(*(self.keys.cipher(t) for t in tenants),
+                                                         return_exceptions=True), strict=True))
         history: dict[_HistoryRead, list[PastInteraction] | Exception] = {}
-        for tenant_id in {read.tenant_id for read in wanted}:
-            try:  # one tenant's key failing fails only that tenant's reads
-                cipher = await self.keys.cipher(tenant_id)
-            except Exception as error:  # noqa: BLE001 - raised to those reads' callers
-                history.update({read: error for read in wanted if read.tenant_id == tenant_id})
-                continue
-            for read in wanted:
-                if read.tenant_id == tenant_id:
-                    history[read] = [
-                        PastInteraction(row["created_at"], row["channel"], row["sentiment_label"],
-                                        row["sentiment_score"], row["intent"], row["urgency"], row["automated"],
-                                        cipher.open_text(PURPOSE, row["summary"]))
-                        for row in sorted(by_read[read], key=lambda row: (row["created_at"], row["id"]), reverse=True)
-                    ]
+        for read, found in by_read.items():
+            # A tenant's key that cannot be loaded, or a row that does not open, fails
+            # that read alone, never its neighbours in the batch.
+            try:
+                cipher = ciphers[read.tenant_id]
+                if isinstance(cipher, BaseException):
+                    raise cipher
+                history[read] = [
+                    PastInteraction(row["created_at"], row["channel"], row["sentiment_label"], row["sentiment_score"],
+                                    row["intent"], row["urgency"], row["automated"],
+                                    cipher.open_text(PURPOSE, row["summary"]))
+                    for row in sorted(found, key=lambda row: (row["created_at"], row["id"]), reverse=True)
+                ]
+            except Exception as error:  # noqa: BLE001 - raised to that read's callers
+                history[read] = error
         # Each caller gets a list of its own (the items are frozen).
         return [found if isinstance(found := history[read], Exception) else list(found) for read in reads]
