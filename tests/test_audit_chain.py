@@ -245,3 +245,22 @@ async def test_records_written_before_the_chain_existed_are_chained_by_the_migra
     assert "tenant acme: 2 links" in result.stdout, "the finished run and the event; the running run waits"
     await execute(url, "UPDATE ai_runs SET cost_usd = 0 WHERE run_id = 'old-run'")
     assert "(run old-run): the record's stored values changed" in verify(url).stdout
+
+
+async def test_close_commits_every_queued_record_even_one_being_written(url: str) -> None:
+    """The service closes its audit log at shutdown: a record queued without waiting (the
+    security log's path) is still written, including the batch the writer is in the middle
+    of when close() is called, and the chain has no gap."""
+    engine = create_engine(url)
+    await migrate(engine)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    for n in range(1_500):  # more than one batch: close() finds the writer mid-batch
+        audit.enqueue_security_event(tenant_id="acme", user_id=f"u{n}", run_id=None, kind="forbidden_role",
+                                     detail={"n": n})
+    await audit.close()
+    async with engine.connect() as connection:
+        users = (await connection.execute(text("SELECT user_id FROM security_events"))).scalars().all()
+        links = (await connection.execute(select(audit_chain.c.seq))).scalars().all()
+    await engine.dispose()
+    assert sorted(users) == sorted(f"u{n}" for n in range(1_500))
+    assert sorted(links) == list(range(1, 1_501))

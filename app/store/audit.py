@@ -6,16 +6,17 @@ a finished run when its record is completed, a security event when it is inserte
 A run's record is written *before* the run starts (status `running`) and completed
 when it ends, so a process killed mid-run leaves a record that later reads as
 `interrupted` instead of no record at all. Writes go through one writer task that
-commits whatever has queued up in a single transaction (group commit): each caller
-still waits for its own record to be durable, but a thousand concurrent runs cost a
-handful of commits, not a thousand.
+commits whatever has queued up in a single transaction (group commit,
+`app.store.batch_queue`): each caller still waits for its own record to be durable, but
+a thousand concurrent runs cost a handful of commits, not a thousand. A batch that fails
+is retried whole (`app.store.retries`): its records are one transaction of the chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,10 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.audit_chain import ChainedTable, chain_groups
+from app.store.batch_queue import BatchQueue, QueueClosed
 from app.store.database import UTCDateTime, metadata
+from app.store.retries import retried
 
 log = logging.getLogger(__name__)
-WRITE_RETRY_PAUSES_S = (0.1, 0.5, 1.0)
+MAX_BATCH = 1_000
 # A security event's detail may quote a customer (a flagged excerpt, a document title):
 # it is sealed with the tenant's data key; kind, user and time stay readable.
 DETAIL = "security_events.detail"
@@ -111,7 +114,6 @@ def utcnow() -> datetime:
 class _Write:
     kind: str  # run_started, run_finished, security_event
     values: dict[str, Any]
-    done: asyncio.Future[None] | None = field(default=None)
 
 
 class AuditUnavailable(RuntimeError):
@@ -119,6 +121,14 @@ class AuditUnavailable(RuntimeError):
 
     The web layer answers it with a retryable 503 (`app.api.errors`).
     """
+
+
+def _unawaited(done: asyncio.Future[None]) -> None:
+    """A record nobody waits for: a failed write was logged by `retried` (reading the
+    error here keeps asyncio from reporting it again as never retrieved); a record the
+    writer never reached (stopped without `close()`) is logged here."""
+    if not done.cancelled() and isinstance(error := done.exception(), QueueClosed):
+        log.error("an audit record was not written: %s", error)
 
 
 async def _committed(done: asyncio.Future[None]) -> None:
@@ -134,29 +144,21 @@ class AuditLog:
         self.keys = keys
         self.interrupted_after_s = interrupted_after_s
         self.process_id = process_id  # stamped on every run: see app.store.liveness
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-
-    def _ensure_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_forever(), name="audit-writer")
+        self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=MAX_BATCH)
 
     async def _submit(self, kind: str, values: dict[str, Any], *, wait: bool) -> None:
-        self._ensure_writer()
-        done = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put_nowait(_Write(kind, values, done))
-        if done is not None:
-            await done
+        done = self._writes.enqueue(_Write(kind, values))
+        if wait:
+            await asyncio.shield(done)
+        else:
+            done.add_done_callback(_unawaited)
 
     def begin_run(self, **values: Any) -> asyncio.Future[None]:
         """Queues the run's start record now, so whatever the run records later (its end,
         even if it is cancelled at once) is written after it, and returns the record's
         commit: awaiting it raises `AuditUnavailable` when it cannot be written."""
-        self._ensure_writer()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         values = {**values, "status": "running", "started_at": utcnow(), "process_id": self.process_id}
-        self._queue.put_nowait(_Write("run_started", values, done))
-        return asyncio.ensure_future(_committed(done))
+        return asyncio.ensure_future(_committed(self._writes.enqueue(_Write("run_started", values))))
 
     async def run_finished(self, run_id: str, *, wait: bool = True, **values: Any) -> None:
         await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
@@ -167,36 +169,12 @@ class AuditLog:
     def enqueue_security_event(self, **values: Any) -> None:
         """Queues an event without waiting for it (the security log's path: recording
         must never fail or slow the request it is about). Needs a running loop."""
-        self._ensure_writer()
-        self._queue.put_nowait(_Write("security_event", {**values, "created_at": utcnow()}))
+        self._writes.enqueue(_Write("security_event", {**values, "created_at": utcnow()})).add_done_callback(
+            _unawaited)
 
-    async def _write_forever(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 1_000:
-                batch.append(self._queue.get_nowait())
-            error = await self._write_with_retries(batch)
-            for item in batch:
-                if item.done is not None and not item.done.done():
-                    if error is None:
-                        item.done.set_result(None)
-                    else:
-                        item.done.set_exception(error)
-
-    async def _write_with_retries(self, batch: list[_Write]) -> Exception | None:
-        """A busy pool or a locked database is usually gone in a moment: a record is
-        retried before it is given up (and its waiters told)."""
-        for pause_s in (*WRITE_RETRY_PAUSES_S, None):
-            try:
-                await self._write(batch)
-                return None
-            except Exception as error:  # noqa: BLE001 - report to every waiter, keep writing
-                if pause_s is None:
-                    log.exception("audit write of %d records failed for good", len(batch))
-                    return error
-                log.warning("audit write of %d records failed (%r); retrying in %.1f s", len(batch), error, pause_s)
-                await asyncio.sleep(pause_s)
-        return None
+    async def _commit(self, batch: list[_Write]) -> list[None]:
+        await retried(lambda: self._write(batch), what=f"audit write of {len(batch)} records")
+        return [None] * len(batch)
 
     async def _write(self, batch: list[_Write]) -> None:
         by_kind: dict[str, list[dict[str, Any]]] = {}
@@ -296,11 +274,5 @@ class AuditLog:
         return [{**row, "detail": _opened_detail(ciphers[row["tenant_id"]], row["detail"])} for row in rows]
 
     async def close(self) -> None:
-        if self._writer is not None:
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
+        """Commits every record queued, the batch being written included, then stops."""
+        await self._writes.close()

@@ -6,8 +6,9 @@ at once, history reads waited past the pool's timeout and their streams failed
 (`bench/stream_bench.py`). A queue's task takes whatever has queued up and serves it as
 one batch (one statement, or one transaction), while the next requests queue behind it;
 so a burst costs a handful of round trips, and one queue holds one connection at a time.
-The group-committed inserts (`app.store.group_commit`) and the history reads
-(`app.store.interactions`) each have a queue of their own.
+The audit trail (`app.store.audit`), the group-committed inserts
+(`app.store.group_commit`) and the history reads (`app.store.interactions`) each have a
+queue of their own.
 
 A caller that is cancelled while waiting does not cancel the batch: the task owns it.
 Every request is answered, whatever happens to the task: nothing waits forever.
@@ -50,11 +51,16 @@ class BatchQueue(Generic[_In, _Out]):
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, item: _In) -> _Out:
+        return await asyncio.shield(self.enqueue(item))
+
+    def enqueue(self, item: _In) -> asyncio.Future[_Out]:
+        """Queues `item` now, in the caller's order (a run's start record before anything
+        the run records later), and returns its answer to await, or to leave."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._serve_forever(), name=self._name)
         pending: _Pending[_In, _Out] = _Pending(item, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(pending)
-        return await asyncio.shield(pending.done)
+        return pending.done
 
     async def _serve_forever(self) -> None:
         stopping = False

@@ -5,12 +5,11 @@ but one writer task commits whatever has queued up in a single transaction, so a
 thousand concurrent scores (or a batch of a hundred) cost a handful of commits, not a
 thousand (`app.store.batch_queue`). A caller that is cancelled while waiting does not
 cancel the write: the writer task owns it. A failed batch is written again row by row,
-and a failed row is retried (`RETRY_PAUSES_S`) before its waiter is told.
+and a failed row is retried (`app.store.retries`) before its waiter is told.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -18,9 +17,9 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.store.batch_queue import BatchQueue
+from app.store.retries import retried
 
 log = logging.getLogger(__name__)
-RETRY_PAUSES_S = (0.1, 0.5, 1.0)
 MAX_BATCH = 1_000
 
 _Row = TypeVar("_Row")
@@ -55,16 +54,10 @@ class GroupCommitWriter(Generic[_Row]):
             await self._write(connection, rows)
 
     async def _commit_with_retries(self, rows: list[_Row]) -> Exception | None:
-        for pause_s in (*RETRY_PAUSES_S, None):
-            try:
-                await self._transaction(rows)
-                return None
-            except Exception as error:  # noqa: BLE001 - reported to its waiter
-                if pause_s is None:
-                    log.exception("%s: writing %d rows failed for good", self._name, len(rows))
-                    return error
-                log.warning("%s: writing %d rows failed (%r); retrying in %.1f s", self._name, len(rows), error, pause_s)
-                await asyncio.sleep(pause_s)
+        try:
+            await retried(lambda: self._transaction(rows), what=f"{self._name}: writing {len(rows)} rows")
+        except Exception as error:  # noqa: BLE001 - reported to its waiter
+            return error
         return None
 
     async def close(self) -> None:
