@@ -269,6 +269,17 @@ def finishes_once_started(write: Callable[_P, Awaitable[_T]]) -> Callable[_P, Aw
     return shielded
 
 
+def _rollback_if_open(connection: Any) -> None:
+    """SQLAlchemy rolls back every connection it closes or takes back to the pool, even
+    one just committed or one that only read (the sqlite3 driver opens no transaction for
+    a SELECT), and on aiosqlite each is a round trip through the connection's thread:
+    one a read, one a write, one of the five before a run's audit start record was
+    committed (and so its first event). The driver knows whether a transaction is open;
+    when none is, sqlite3's own rollback would do nothing."""
+    if connection.driver_connection.in_transaction:
+        connection.rollback()
+
+
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0) -> AsyncEngine:
     """A caller that finds every connection busy waits `pool_timeout_s`, then gets
     `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503."""
@@ -280,6 +291,7 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, pool
         url, pool_pre_ping=not sqlite, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s,
     )
     if sqlite:
+        engine.dialect.do_rollback = _rollback_if_open  # type: ignore[method-assign]
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
