@@ -144,3 +144,32 @@ def test_no_answer_leaves_before_its_run_is_on_the_audit_trail(tmp_path: Path) -
         assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
         runs = http.get("/api/v1/ai/usage/runs", headers=headers("acme-trail", roles=("admin",))).json()
         assert [r["status"] for r in runs] == ["ok", "ok"], "the refused runs left no record, the others theirs"
+
+
+def test_a_client_leaving_while_its_start_record_commits_leaves_a_cancelled_run(tmp_path: Path) -> None:
+    """The first piece of an answer waits for the run's start record; a client that gives
+    up during that wait must not cancel the commit, or the run would never be finished
+    and would read `running`, then `interrupted`, as if its process had died."""
+    import sqlite3
+
+    settings = make_settings(tmp_path)
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        acme = headers("acme-leaving")
+        assert http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}).status_code == 200
+        locker = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # holds the write lock: the start record waits for it
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(f"{INTERACTIONS_PATH}/invoke", headers=acme, json={"input": INTERACTION}, timeout=1.0)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        admin = headers("acme-leaving", roles=("admin",))
+        deadline = time.monotonic() + 10
+        statuses: list[str] = []
+        while time.monotonic() < deadline:
+            statuses = [r["status"] for r in http.get("/api/v1/ai/usage/runs", headers=admin).json()]
+            if len(statuses) == 2 and "running" not in statuses:
+                break
+            time.sleep(0.1)
+        assert statuses == ["cancelled", "ok"], statuses

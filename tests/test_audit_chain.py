@@ -254,7 +254,7 @@ async def test_close_commits_every_queued_record_even_one_being_written(url: str
     engine = create_engine(url)
     await migrate(engine)
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
-    for n in range(1_500):  # more than one batch: close() finds the writer mid-batch
+    for n in range(1_500):  # more than one batch: the writer is mid-batch when the queue looks empty
         audit.enqueue_security_event(tenant_id="acme", user_id=f"u{n}", run_id=None, kind="forbidden_role",
                                      detail={"n": n})
     await audit.close()

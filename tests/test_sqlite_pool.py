@@ -56,3 +56,44 @@ async def test_a_connection_returned_mid_transaction_is_rolled_back(tmp_path: Pa
         assert (await connection.execute(text("SELECT body FROM notes ORDER BY body"))).scalars().all() == ["b", "c"]
     await other.dispose()
     await engine.dispose()
+
+
+async def test_a_transaction_the_pool_did_not_know_of_is_rolled_back_at_check_in(
+    tmp_path: Path, rollbacks: list[int]
+) -> None:
+    """A statement run on the driver's cursor directly opens no SQLAlchemy transaction, so
+    it is the pool's reset, not the connection's close, that must end it."""
+    path = tmp_path / "pool.sqlite3"
+    engine = create_engine(database_url(None, path), pool_size=1, max_overflow=0, pool_timeout_s=1.0)
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE notes (body TEXT)"))
+    async with engine.connect() as connection:
+        await connection.run_sync(
+            lambda sync: sync.connection.dbapi_connection.cursor().execute("INSERT INTO notes VALUES ('raw')"))
+    assert rollbacks == [1]
+    await _writable_and_empty(path)
+    await engine.dispose()
+
+
+async def test_a_connection_detached_from_the_pool_mid_transaction_is_rolled_back(
+    tmp_path: Path, rollbacks: list[int]
+) -> None:
+    path = tmp_path / "pool.sqlite3"
+    engine = create_engine(database_url(None, path))
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE notes (body TEXT)"))
+    async with engine.connect() as connection:
+        await connection.execute(text("INSERT INTO notes VALUES ('never committed')"))
+        await connection.run_sync(lambda sync: sync.detach())
+    assert rollbacks == [1]
+    await _writable_and_empty(path)
+    await engine.dispose()
+
+
+async def _writable_and_empty(path: Path) -> None:
+    """No row and no write lock left behind, seen from another engine."""
+    other = create_engine(database_url(None, path))
+    async with other.begin() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+        await connection.execute(text("INSERT INTO notes VALUES ('next')"))
+    await other.dispose()

@@ -210,13 +210,15 @@ class ManagedChain(Runnable[Any, Any]):
                         source = self.fallback.degraded(input, config, identity, cause)
                     async for chunk in source:
                         if final is None:
-                            await audit_started
+                            # Shielded: a client leaving now does not cancel the commit, so
+                            # the run is finished as cancelled, not left `running`.
+                            await asyncio.shield(audit_started)
                             TIME_TO_FIRST_RESULT.labels(self.chain_name).observe(time.perf_counter() - started)
                             final = chunk
                         else:
                             final = final + chunk
                         yield chunk
-                await audit_started  # a run without output is on the trail too
+                await asyncio.shield(audit_started)  # a run without output is on the trail too
                 degraded = cause is not None or bool(isinstance(final, dict) and final.get("degraded"))
                 outcome = "degraded" if degraded else "ok"
             except (asyncio.CancelledError, GeneratorExit):

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.audit_chain import ChainedTable, chain_groups
-from app.store.batch_queue import BatchQueue, QueueClosed
+from app.store.batch_queue import BatchQueue
 from app.store.database import UTCDateTime, metadata
 from app.store.retries import retried
 
@@ -124,11 +124,11 @@ class AuditUnavailable(RuntimeError):
 
 
 def _unawaited(done: asyncio.Future[None]) -> None:
-    """A record nobody waits for: a failed write was logged by `retried` (reading the
-    error here keeps asyncio from reporting it again as never retrieved); a record the
-    writer never reached (stopped without `close()`) is logged here."""
-    if not done.cancelled() and isinstance(error := done.exception(), QueueClosed):
-        log.error("an audit record was not written: %s", error)
+    """A record nobody waits for: a failed write was logged by `retried`, records the
+    writer never reached by `BatchQueue`; reading the error here keeps asyncio from
+    reporting it again as never retrieved."""
+    if not done.cancelled():
+        done.exception()
 
 
 async def _committed(done: asyncio.Future[None]) -> None:

@@ -17,10 +17,12 @@ Every request is answered, whatever happens to the task: nothing waits forever.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
@@ -89,12 +91,17 @@ class BatchQueue(Generic[_In, _Out]):
                 batch = []
         finally:  # cancelled or broken: no request is left waiting
             stopped = QueueClosed(f"{self._name} stopped")
+            unserved = 0
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(stopped)
+                    unserved += 1
             while not self._queue.empty():
                 if (item := self._queue.get_nowait()) is not None and not item.done.done():
                     item.done.set_exception(stopped)
+                    unserved += 1
+            if unserved:
+                log.error("%s stopped with %d requests unserved", self._name, unserved)
 
     def _settle(self, batch: list[_Pending[_In, _Out]], results: Sequence[_Out | BaseException]) -> None:
         if len(results) != len(batch):

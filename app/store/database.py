@@ -275,8 +275,13 @@ def _rollback_if_open(connection: Any) -> None:
     a SELECT), and on aiosqlite each is a round trip through the connection's thread:
     one a read, one a write, one of the five before a run's audit start record was
     committed (and so its first event). The driver knows whether a transaction is open;
-    when none is, sqlite3's own rollback would do nothing."""
-    if connection.driver_connection.in_transaction:
+    when none is, sqlite3's own rollback would do nothing. When it cannot say (a closed
+    driver connection), the adapter's rollback decides, as it did before."""
+    try:  # the adapter's own handle: present on a connection detached from the pool too
+        open_ = connection.dbapi_connection.driver_connection.in_transaction
+    except (AttributeError, ValueError):
+        open_ = True
+    if open_:
         connection.rollback()
 
 
