@@ -15,7 +15,6 @@ is retried whole (`app.store.retries`): its records are one transaction of the c
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,7 +45,6 @@ from app.store.batch_queue import BatchQueue
 from app.store.database import UTCDateTime, metadata
 from app.store.retries import retried
 
-log = logging.getLogger(__name__)
 MAX_BATCH = 1_000
 # A security event's detail may quote a customer (a flagged excerpt, a document title):
 # it is sealed with the tenant's data key; kind, user and time stay readable.
