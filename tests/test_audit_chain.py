@@ -264,3 +264,22 @@ async def test_close_commits_every_queued_record_even_one_being_written(url: str
     await engine.dispose()
     assert sorted(users) == sorted(f"u{n}" for n in range(1_500))
     assert sorted(links) == list(range(1, 1_501))
+
+
+async def test_events_with_and_without_a_route_committed_in_one_batch(url: str) -> None:
+    """The writer inserts a batch's events in one statement: an event that names its route
+    and client next to one that does not must not fail the batch (and every record in it)."""
+    engine = create_engine(url)
+    await migrate(engine)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    audit.enqueue_security_event(tenant_id="acme", user_id="u1", run_id=None, kind="token_rejected",
+                                 detail={}, route="/api/v1/ai/usage", client_address="10.0.0.9")
+    audit.enqueue_security_event(tenant_id="acme", user_id="u2", run_id="r", kind="prompt_injection", detail={})
+    await audit.security_event(tenant_id="acme", user_id="u3", run_id=None, kind="forbidden_role", detail={},
+                               route="/api/v1/ai/usage")
+    await audit.close()
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT user_id, route, client_address FROM security_events"))).all()
+    await engine.dispose()
+    assert sorted(tuple(row) for row in rows) == [
+        ("u1", "/api/v1/ai/usage", "10.0.0.9"), ("u2", None, None), ("u3", "/api/v1/ai/usage", None)]

@@ -91,6 +91,8 @@ security_events = Table(
     Index("ix_security_events_tenant", "tenant_id", "created_at"),
 )
 
+_OPTIONAL_EVENT_COLUMNS = {column.name: None for column in security_events.c if column.nullable}
+
 CHAINED_RUNS = ChainedTable("run", ai_runs, "run_id", final=ai_runs.c.status.not_in(("running",)))
 CHAINED_EVENTS = ChainedTable("security_event", security_events, "id")
 CHAINED_TABLES = (CHAINED_RUNS, CHAINED_EVENTS)
@@ -205,11 +207,14 @@ class AuditLog:
 
     async def _sealed(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Details sealed in the writer, so a key that cannot be read yet (the database
-        blinked) is retried with the batch instead of failing the caller."""
+        blinked) is retried with the batch instead of failing the caller. Every row names
+        every optional column: the batch is one statement, whose parameters are the first
+        row's, and an event without a route next to one with it failed the whole batch."""
         sealed = []
         for event in events:
             cipher = await self.keys.cipher(event["tenant_id"])
-            sealed.append({**event, "detail": cipher.seal_json(DETAIL, event.get("detail") or {})})
+            sealed.append({**_OPTIONAL_EVENT_COLUMNS, **event,
+                           "detail": cipher.seal_json(DETAIL, event.get("detail") or {})})
         return sealed
 
     def _status(self) -> Any:
