@@ -147,11 +147,13 @@ class AuditLog:
         self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=MAX_BATCH)
 
     async def _submit(self, kind: str, values: dict[str, Any], *, wait: bool) -> None:
-        done = self._writes.enqueue(_Write(kind, values))
         if wait:
-            await asyncio.shield(done)
+            await self._writes.submit(_Write(kind, values))
         else:
-            done.add_done_callback(_unawaited)
+            self._queue_unawaited(kind, values)
+
+    def _queue_unawaited(self, kind: str, values: dict[str, Any]) -> None:
+        self._writes.enqueue(_Write(kind, values)).add_done_callback(_unawaited)
 
     def begin_run(self, **values: Any) -> asyncio.Future[None]:
         """Queues the run's start record now, so whatever the run records later (its end,
@@ -169,8 +171,7 @@ class AuditLog:
     def enqueue_security_event(self, **values: Any) -> None:
         """Queues an event without waiting for it (the security log's path: recording
         must never fail or slow the request it is about). Needs a running loop."""
-        self._writes.enqueue(_Write("security_event", {**values, "created_at": utcnow()})).add_done_callback(
-            _unawaited)
+        self._queue_unawaited("security_event", {**values, "created_at": utcnow()})
 
     async def _commit(self, batch: list[_Write]) -> list[None]:
         await retried(lambda: self._write(batch), what=f"audit write of {len(batch)} records")
