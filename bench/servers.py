@@ -116,12 +116,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
     parser.add_argument("--workers", type=int, default=1, help="full only: uvicorn worker processes")
     args = parser.parse_args()
-    # As scripts/run.sh and the Dockerfile start the service: WebSocket compression off
-    # unless BENCH_WS_DEFLATE=1 (its zlib state is most of an idle session's memory).
+    # As scripts/run.sh and the Dockerfile start the service: the lean WebSocket protocol
+    # unless BENCH_WS names another (auto, wsproto, ...), compression off unless
+    # BENCH_WS_DEFLATE=1 (its zlib state is most of an idle session's memory).
     options: dict[str, Any] = {"host": "127.0.0.1", "port": args.port, "log_level": "warning",
                                "access_log": False, "lifespan": "on",
                                "ws_per_message_deflate": os.environ.get("BENCH_WS_DEFLATE") == "1",
-                               "ws": os.environ.get("BENCH_WS", "auto")}
+                               "ws": os.environ.get("BENCH_WS", "app.api.ws_protocol:LeanWebSocketsProtocol")}
     if args.kind == "full" and args.workers > 1:
         os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)

@@ -31,7 +31,8 @@ def live_server(app: ASGIApp, *, startup_timeout_s: float = 30.0) -> Iterator[st
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio")
+    # The WebSocket protocol the service runs with (scripts/run.sh).
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="app.api.ws_protocol:LeanWebSocketsProtocol")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -1,0 +1,64 @@
+"""What an idle feed keeps alive for the hours a screen holds it open (#15: memory per idle
+WebSocket). Sizes are the fan-out bench's to measure; this checks what is kept, on the
+server as `scripts/run.sh` starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from websockets.asyncio.client import connect
+
+from app.api.ws_protocol import LeanWebSocketsProtocol
+from app.server import create_app
+from tests.conftest import make_settings
+
+
+def awaited_frames(task: asyncio.Task[Any]) -> list[FrameType]:
+    """The frames a suspended task keeps, outermost first."""
+    frames: list[FrameType] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None and (frame := getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)):
+        frames.append(frame)
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return frames
+
+
+async def test_an_idle_feed_keeps_no_handshake(tmp_path: Path,
+                                                                       mint: Callable[..., str]) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(make_settings(tmp_path)), log_level="warning", lifespan="on",
+        ws="app.api.ws_protocol:LeanWebSocketsProtocol", ws_per_message_deflate=False))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not serving.done(), "the server did not start"
+            await asyncio.sleep(0.01)
+        async with connect(f"ws://127.0.0.1:{port}/ws/ai/insights/cust-1",
+                           additional_headers={"Authorization": f"Bearer {mint()}"}) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            [session] = [task for task in asyncio.all_tasks() if task.get_coro().__name__ == "run_asgi"]
+            protocol = awaited_frames(session)[0].f_locals["self"]
+
+            # The handshake is let go: the app authenticated from the scope's own headers.
+            assert isinstance(protocol, LeanWebSocketsProtocol)
+            assert protocol.response is None
+            assert len(protocol.request.headers) == 0
+            assert any(name == b"authorization" for name, _ in protocol.scope["headers"])
+
+            # And it is a working session.
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
