@@ -16,6 +16,7 @@ from app.api.chains import API_PREFIX, INTERACTIONS_PATH, add_chain_routes, buil
 from app.api.errors import add_exception_handlers, error_payload
 from app.api import streaming
 from app.api.access import guard_request
+from app.api.feed_dispatch import FeedSockets
 from app.api.request_body import RequestBodyMiddleware
 from app.api.routes import console, documents, health, metrics, privacy, providers, scoring, usage
 from app.api.routes import workflows as workflows_routes
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.add_middleware(
         TokenSignInMiddleware, verifier=services.verifier, cookie_name=settings.auth_cookie_name
     )
+    app.add_middleware(FeedSockets, feeds=streaming.FEEDS)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(documents.router)

@@ -30,8 +30,9 @@ def awaited_frames(task: asyncio.Task[Any]) -> list[FrameType]:
     return frames
 
 
-async def test_an_idle_feed_keeps_no_handshake(tmp_path: Path,
-                                                                       mint: Callable[..., str]) -> None:
+async def test_an_idle_feed_keeps_neither_the_stack_nor_the_handshake(
+    tmp_path: Path, mint: Callable[..., str]
+) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -47,13 +48,24 @@ async def test_an_idle_feed_keeps_no_handshake(tmp_path: Path,
                            additional_headers={"Authorization": f"Bearer {mint()}"}) as ws:
             assert json.loads(await ws.recv())["type"] == "ready"
             [session] = [task for task in asyncio.all_tasks() if task.get_coro().__name__ == "run_asgi"]
-            protocol = awaited_frames(session)[0].f_locals["self"]
+            frames = awaited_frames(session)
+            protocol = frames[0].f_locals["self"]
 
             # The handshake is let go: the app authenticated from the scope's own headers.
             assert isinstance(protocol, LeanWebSocketsProtocol)
             assert protocol.response is None
             assert len(protocol.request.headers) == 0
             assert any(name == b"authorization" for name, _ in protocol.scope["headers"])
+
+            # From the outermost user middleware straight to the feed: nothing of what lies
+            # below it (exception middleware, exit stack, router, the route's wrapper).
+            modules = [frame.f_globals["__name__"] for frame in frames]
+            assert "app.api.streaming" in modules and "app.api.ws_session" in modules
+            held = [name for name in modules if name.startswith(("starlette.routing", "fastapi.routing",
+                                                                  "starlette.middleware.exceptions",
+                                                                  "starlette._exception_handler",
+                                                                  "fastapi.middleware"))]
+            assert held == [], modules
 
             # And it is a working session.
             await ws.send(json.dumps({"type": "ping"}))

@@ -19,15 +19,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from fastapi import APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, WebSocketException, status
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocketState
 
 from app.api.access import guard_request, policy_for
 from app.api.deps import CurrentPrincipal, CustomerIdPath, ServicesDep, get_workflows
+from app.api.feed_dispatch import FeedRoute
 from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
     CLOSE_FORBIDDEN,
@@ -131,16 +131,22 @@ async def serve_websocket(
         await _close(websocket, 1000, "", close_timeout_s)
 
 
-def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> WebSocketRoute:
+def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> FeedRoute:
     """A feed an idle screen holds open for hours, as a plain Starlette route: FastAPI's
     WebSocket route keeps two exit stacks and its dependency frames alive for the whole
     session (about 4 of 39 KB per idle session, tracemalloc at 2,000). What it reads (a
     customer id in the path, `last_event_id` in the query) is checked here instead, and
-    the app-wide access guard, which FastAPI does not attach to a plain route, is run."""
+    the app-wide access guard, which FastAPI does not attach to a plain route, is run.
+    `app.api.feed_dispatch` calls it past the middleware stack, so it answers its own
+    errors."""
 
     async def endpoint(websocket: WebSocket) -> None:
         websocket.scope["route"] = route  # as FastAPI's routes set it: policy and logs read its template
-        await guard_request(websocket)
+        try:
+            await guard_request(websocket)
+        except WebSocketException as refused:  # a route without a policy: refused before the handshake
+            await websocket.close(refused.code, refused.reason)
+            return
         params = websocket.path_params
         customer_id = params.get("customer_id")
         if customer_id is not None:
@@ -152,11 +158,11 @@ def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, 
         await serve_websocket(websocket, following(lambda p: channel_of(p, params)),
                               websocket.query_params.get("last_event_id"))
 
-    route = WebSocketRoute(path, endpoint, name=name)
+    route = FeedRoute(path, endpoint, name=name)
     return route
 
 
-router.routes += [
+FEEDS = [  # served by app.api.feed_dispatch
     feed_route("/ws/ai/insights/{customer_id}", "watch_customer_insights",
                lambda p, params: customer_channel(p.tenant_id, params["customer_id"])),
     feed_route("/ws/ai/scoring", "watch_lead_scores", lambda p, _: scoring_channel(p.tenant_id)),
@@ -164,6 +170,7 @@ router.routes += [
     # concern the shared providers, so every tenant's admins follow the same channel.
     feed_route("/ws/ai/admin", "watch_admin_alerts", lambda p, _: ADMIN_CHANNEL),
 ]
+router.routes += FEEDS
 
 
 def _sse_error(code: str, message: str) -> dict[str, str]:
