@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from app.api import access
 from app.api.access import policy_for
 from app.api.streaming import feed_route
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
@@ -79,6 +80,20 @@ async def test_a_plain_feed_added_without_a_policy_is_refused_and_caught(tmp_pat
     with live_server(app) as url:
         with pytest.raises(InvalidStatus) as refused:
             async with connect(url.replace("http", "ws") + "/ws/ai/forgotten",
+                               additional_headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}):
+                pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_served_feed_whose_policy_goes_missing_is_refused(tmp_path: Path, mint: Callable[..., str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feeds in `FEEDS` are handed to their endpoint past the exception middleware
+    (app.api.feed_dispatch), so the endpoint itself turns the guard's refusal into a 403."""
+    monkeypatch.delitem(access.ROUTE_POLICIES, "/ws/ai/scoring")
+    app = create_app(make_settings(tmp_path))
+    with live_server(app) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url.replace("http", "ws") + "/ws/ai/scoring",
                                additional_headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}):
                 pass
     assert refused.value.response.status_code == 403

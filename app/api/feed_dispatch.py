@@ -1,16 +1,20 @@
-"""The long-lived WebSocket feeds, handed from the outermost middleware straight to their
-endpoint.
+"""The long-lived WebSocket feeds, handed from the outermost user middleware straight to
+their endpoint.
 
 An idle screen holds its feed open for hours, and every layer a session passes through
-keeps a coroutine frame alive for all of it. Through the whole stack that is FastAPI's
-error, telemetry, body-limit, exception and exit-stack middlewares, the router and the
-route's own exception wrapper: about 5 of 30 KB per idle session (tracemalloc, 2,000
-idle feeds). None of them does anything for these sessions: the endpoint authenticates,
-checks its policy, answers its own errors with close codes and records them itself.
+keeps a coroutine frame alive for all of it. Under the outermost user middleware that is
+FastAPI's exception and exit-stack middlewares, the router and the route's own exception
+wrapper: about 7 of 30 KB per idle session (tracemalloc, 2,000 idle feeds), and none of
+them does anything for these sessions. The endpoint authenticates, checks its policy and
+answers the refusals with close codes, recording them itself. (The layers above, FastAPI's
+error, telemetry and body-limit middlewares and the tracing middleware when on, still
+see every feed.)
 
 The feeds are given by name (`app.api.streaming.FEEDS`) and matched on their own paths,
-which no other route shares. The router keeps them too, so `app.routes` lists them for
-the access-policy walk, and a feed added to the router alone is still served, by it.
+which no other route shares (their router is included without a prefix: with one, the
+feeds would also answer here at their bare paths). The router keeps them too, so
+`app.routes` lists them for the access-policy walk, and a feed added to the router alone
+is still served, by it.
 """
 
 from __future__ import annotations

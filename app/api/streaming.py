@@ -162,7 +162,7 @@ def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, 
     return route
 
 
-FEEDS = [  # served by app.api.feed_dispatch
+FEEDS = [  # served by app.api.feed_dispatch, at these paths: include `router` without a prefix
     feed_route("/ws/ai/insights/{customer_id}", "watch_customer_insights",
                lambda p, params: customer_channel(p.tenant_id, params["customer_id"])),
     feed_route("/ws/ai/scoring", "watch_lead_scores", lambda p, _: scoring_channel(p.tenant_id)),
