@@ -60,10 +60,10 @@ async def run(base: str, pid: int, sessions: int, customers: int, publishes: int
 
     started = time.perf_counter()
     tasks = []
-    rss_half = 0
+    rss_half, half_at = 0, 0
     for batch_start in range(0, sessions, 500):
-        if batch_start >= sessions // 2 and not rss_half:
-            rss_half = process.memory_info().rss
+        if batch_start >= sessions // 2 and not half_at:
+            rss_half, half_at = process.memory_info().rss, batch_start
         tasks += [asyncio.create_task(watch(i)) for i in range(batch_start, min(sessions, batch_start + 500))]
         while ready < len(tasks):
             await asyncio.sleep(0.05)
@@ -104,7 +104,7 @@ async def run(base: str, pid: int, sessions: int, customers: int, publishes: int
     # Over idle, a process whose idle heap happened to keep free space (its idle RSS
     # moves between ~340 and ~395 MB from run to run, on the same code) shows less per
     # session; the second half's growth is measured after that space is used up.
-    marginal_kb = (rss_connected - rss_half) / (sessions - sessions // 2) / 1024
+    marginal_kb = (rss_connected - rss_half) / (sessions - half_at) / 1024 if half_at else float("nan")
     print(f"sessions {sessions} over {customers} customers, connected in {connect_s:.1f} s")
     print(f"server RSS {rss_before / 2**20:.0f} MB -> {rss_connected / 2**20:.0f} MB: {per_session_kb:.1f} KB per session; "
           f"second half {rss_half / 2**20:.0f} -> {rss_connected / 2**20:.0f} MB: {marginal_kb:.1f} KB per session")
