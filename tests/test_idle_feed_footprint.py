@@ -12,12 +12,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import uvicorn
 from websockets.asyncio.client import connect
 
+from app.api.chains import INTERACTIONS_PATH
 from app.api.ws_protocol import LeanWebSocketsProtocol
 from app.server import create_app
 from tests.conftest import make_settings
+from tests.support.payloads import INTERACTION
+
+
+def feed_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_coro().cr_frame.f_globals["__name__"] == "app.api.ws_session"]
 
 
 def awaited_frames(task: asyncio.Task[Any]) -> list[FrameType]:
@@ -67,9 +74,28 @@ async def test_an_idle_feed_keeps_neither_the_stack_nor_the_handshake(
                                                                   "fastapi.middleware"))]
             assert held == [], modules
 
-            # And it is a working session.
+            # One coroutine reads the client and follows the channel: no task of the feed's
+            # own, no `asyncio.wait`, while nothing arrives.
+            assert "asyncio.tasks" not in modules, modules
+            assert feed_tasks() == []
+
+            # And it is a working session: the client is answered, and a live event goes
+            # out through a delivery task that ends once it is sent.
             await ws.send(json.dumps({"type": "ping"}))
             assert json.loads(await ws.recv())["type"] == "pong"
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                         headers={"Authorization": f"Bearer {mint()}"}) as http:
+                analysed = await http.post(f"{INTERACTIONS_PATH}/invoke",
+                                           json={"input": {**INTERACTION, "customer_id": "cust-1"}})
+            assert analysed.status_code == 200, analysed.text
+            while (message := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "insight":
+                pass
+            assert message["data"]["summary"]
+            for _ in range(100):
+                if not feed_tasks():
+                    break
+                await asyncio.sleep(0.01)
+            assert feed_tasks() == []
     finally:
         server.should_exit = True
         await serving

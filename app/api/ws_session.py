@@ -21,11 +21,10 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocket
 
 from app.core.auth import Principal
 from app.core.errors import Forbidden, Unauthenticated
@@ -152,6 +151,9 @@ class WebSocketFeed:
             self.delivered = set(sorted(self.delivered, key=parse_event_id)[-keep:])
 
     async def run(self, subscription: Subscription, last_event_id: str | None) -> None:
+        """Reads the client and follows the channel in one coroutine: an idle session (a
+        screen, for hours) keeps that coroutine and nothing else; a delivery task exists
+        only while live events wait to be sent. Returns when the client leaves."""
         resume_from = last_event_id or self.watch.start_after
         history = await self.services.bus.history(self.channel, resume_from)
         await self.deliver(history)
@@ -161,53 +163,56 @@ class WebSocketFeed:
                 await self.deliver(ending)
                 raise FeedComplete()
         await self.send({"type": "ready"})
-        reader = asyncio.create_task(self._read_client())
+        session = asyncio.current_task()
+        assert session is not None
+        following = _Following(self, subscription, session)
         heartbeat_s = self.services.settings.push_heartbeat_s
         try:
-            while not reader.done():
-                remaining = self.principal.expires_at - time.time()
-                if remaining <= 0:
+            while True:
+                now = time.time()
+                if now >= self.principal.expires_at:
                     raise TokenExpired()
-                arrival = subscription.arrival()
-                done, _ = await asyncio.wait(
-                    {arrival, reader}, timeout=min(heartbeat_s, remaining), return_when=asyncio.FIRST_COMPLETED
-                )
-                if arrival not in done:
-                    if not done and time.time() < self.principal.expires_at:
-                        await self.send({"type": "heartbeat"})
+                quiet_until = following.last_delivery + heartbeat_s
+                if now >= quiet_until:
+                    following.last_delivery = now
+                    await self.send({"type": "heartbeat"})
                     continue
-                while (event := subscription.next_event()) is not None:
-                    await self.deliver([event])
-            reader.result()
+                try:
+                    async with asyncio.timeout(min(quiet_until, self.principal.expires_at) - now):
+                        raw = await self.websocket.receive()
+                except TimeoutError:
+                    continue
+                if raw["type"] == "websocket.disconnect":
+                    return
+                await self._handle_client(raw)
+        except asyncio.CancelledError:
+            if following.ended is not None and session.uncancel() == 0:  # only the delivery's own cancel
+                raise following.ended from None
+            raise
         finally:
-            reader.cancel()
-            with suppress(asyncio.CancelledError, WebSocketDisconnect):
-                await reader
+            following.stop()
 
-    async def _read_client(self) -> None:
-        """Handles `resume`, `auth` (a fresh token) and `ping`; returns when the client leaves."""
-        while True:
-            raw = await self.websocket.receive()
-            if raw["type"] == "websocket.disconnect":
+    async def _handle_client(self, raw: dict[str, Any]) -> None:
+        """Handles `resume`, `auth` (a fresh token) and `ping`; anything else is answered
+        with an error and the socket stays open."""
+        try:
+            message = json.loads(raw.get("text") or "")
+        except ValueError:
+            await self.error("invalid_message", "messages are JSON text")
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "resume":
+            last_event_id = valid_event_id(message.get("last_event_id"))
+            if last_event_id is None:
+                await self.error("invalid_event_id", "last_event_id must be an event id such as 1700000000000-0")
                 return
-            try:
-                message = json.loads(raw.get("text") or "")
-            except ValueError:
-                await self.error("invalid_message", "messages are JSON text")
-                continue
-            kind = message.get("type") if isinstance(message, dict) else None
-            if kind == "resume":
-                last_event_id = valid_event_id(message.get("last_event_id"))
-                if last_event_id is None:
-                    await self.error("invalid_event_id", "last_event_id must be an event id such as 1700000000000-0")
-                    continue
-                await self.deliver(await self.services.bus.history(self.channel, last_event_id))
-            elif kind == "auth":
-                await self._refresh(message.get("token"))
-            elif kind == "ping":
-                await self.send({"type": "pong"})
-            else:
-                await self.error("invalid_message", "expected a message of type resume, auth or ping")
+            await self.deliver(await self.services.bus.history(self.channel, last_event_id))
+        elif kind == "auth":
+            await self._refresh(message.get("token"))
+        elif kind == "ping":
+            await self.send({"type": "pong"})
+        else:
+            await self.error("invalid_message", "expected a message of type resume, auth or ping")
 
     async def _refresh(self, token: object) -> None:
         if not isinstance(token, str):
@@ -225,3 +230,49 @@ class WebSocketFeed:
         self._authorize(fresh)  # a token that lost the role ends the session (4403)
         self.principal = fresh
         await self.send({"type": "auth_ok", "expires_at": fresh.expires_at})
+
+
+class _Following:
+    """The live half of a feed. While nothing waits, it is one callback on the
+    subscription's arrival future; an arrival starts a task that sends what waits, then
+    listens again. If sending ends the session (the final event, a slow or gone client),
+    the reason is kept and the session's coroutine, waiting on the client, is cancelled
+    to raise it."""
+
+    def __init__(self, feed: WebSocketFeed, subscription: Subscription, session: asyncio.Task[Any]) -> None:
+        self.feed = feed
+        self.subscription = subscription
+        self.session = session
+        self.last_delivery = time.time()
+        self.ended: BaseException | None = None
+        self._delivering: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._listen()
+
+    def _listen(self) -> None:
+        self.subscription.arrival().add_done_callback(self._arrived)
+
+    def _arrived(self, _: asyncio.Future[None]) -> None:
+        if not self._stopped:
+            self._delivering = asyncio.create_task(self._deliver())
+
+    async def _deliver(self) -> None:
+        try:
+            while (event := self.subscription.next_event()) is not None:
+                await self.feed.deliver([event])
+                self.last_delivery = time.time()
+        except Exception as ended:  # noqa: BLE001 - the session's coroutine raises it
+            if not self._stopped:
+                self.ended = ended
+                self._stopped = True
+                self.session.cancel()
+            return
+        self._delivering = None
+        if not self._stopped:
+            self._listen()
+
+    def stop(self) -> None:
+        """The session ends: what is being sent is abandoned, and nothing more starts."""
+        self._stopped = True
+        if self._delivering is not None:
+            self._delivering.cancel()
