@@ -140,8 +140,13 @@ class WebSocketFeed:
         await self.send({"type": "error", "code": code, "message": message})
 
     async def deliver(self, events: list[Event]) -> None:
+        """Sends what the client has not had. The token's expiry is checked before each
+        event: a long replay to a slow reader, or live events sent while the client's own
+        message is being handled, must not outlast it."""
         for event in events:
             if event.id not in self.delivered:
+                if time.time() >= self.principal.expires_at:
+                    raise TokenExpired()
                 self.delivered.add(event.id)
                 await self.send(event.as_message())
                 if self.watch.ends_with(event):
@@ -169,16 +174,16 @@ class WebSocketFeed:
         heartbeat_s = self.services.settings.push_heartbeat_s
         try:
             while True:
-                now = time.time()
-                if now >= self.principal.expires_at:
+                valid_s = self.principal.expires_at - time.time()  # expiry is wall-clock time
+                if valid_s <= 0:
                     raise TokenExpired()
-                quiet_until = following.last_delivery + heartbeat_s
-                if now >= quiet_until:
-                    following.last_delivery = now
+                quiet_s = following.last_delivery + heartbeat_s - time.monotonic()  # heartbeats are not
+                if quiet_s <= 0:
+                    following.last_delivery = time.monotonic()
                     await self.send({"type": "heartbeat"})
                     continue
                 try:
-                    async with asyncio.timeout(min(quiet_until, self.principal.expires_at) - now):
+                    async with asyncio.timeout(min(quiet_s, valid_s)):
                         raw = await self.websocket.receive()
                 except TimeoutError:
                     continue
@@ -243,14 +248,16 @@ class _Following:
         self.feed = feed
         self.subscription = subscription
         self.session = session
-        self.last_delivery = time.time()
+        self.last_delivery = time.monotonic()
         self.ended: BaseException | None = None
         self._delivering: asyncio.Task[None] | None = None
         self._stopped = False
+        self._arrival: asyncio.Future[None]
         self._listen()
 
     def _listen(self) -> None:
-        self.subscription.arrival().add_done_callback(self._arrived)
+        self._arrival = self.subscription.arrival()
+        self._arrival.add_done_callback(self._arrived)
 
     def _arrived(self, _: asyncio.Future[None]) -> None:
         if not self._stopped:
@@ -260,7 +267,7 @@ class _Following:
         try:
             while (event := self.subscription.next_event()) is not None:
                 await self.feed.deliver([event])
-                self.last_delivery = time.time()
+                self.last_delivery = time.monotonic()
         except Exception as ended:  # noqa: BLE001 - the session's coroutine raises it
             if not self._stopped:
                 self.ended = ended
@@ -274,5 +281,8 @@ class _Following:
     def stop(self) -> None:
         """The session ends: what is being sent is abandoned, and nothing more starts."""
         self._stopped = True
+        # The callback closes a cycle (subscription, future, this, subscription) that would
+        # keep the whole session's objects until a full collection.
+        self._arrival.remove_done_callback(self._arrived)
         if self._delivering is not None:
             self._delivering.cancel()
