@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect
@@ -70,6 +71,15 @@ def test_a_route_added_without_a_policy_is_refused_and_caught(tmp_path: Path, mi
     assert response.status_code == 403 and "no access policy" in response.json()["detail"]
 
 
+async def handshake_refused(app: FastAPI, path: str, token: str) -> int:
+    """The HTTP status a WebSocket handshake to `path` is refused with."""
+    with live_server(app) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url.replace("http", "ws") + path, additional_headers={"Authorization": f"Bearer {token}"}):
+                pass
+    return refused.value.response.status_code
+
+
 async def test_a_plain_feed_added_without_a_policy_is_refused_and_caught(tmp_path: Path,
                                                                          mint: Callable[..., str]) -> None:
     """The long-lived feeds are plain Starlette routes, which FastAPI attaches no
@@ -77,12 +87,7 @@ async def test_a_plain_feed_added_without_a_policy_is_refused_and_caught(tmp_pat
     app = create_app(make_settings(tmp_path))
     app.router.routes.append(feed_route("/ws/ai/forgotten", "forgotten", lambda principal, _: "t:x:forgotten"))
     assert unpoliced_routes(app) == ["WEBSOCKET /ws/ai/forgotten"]
-    with live_server(app) as url:
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(url.replace("http", "ws") + "/ws/ai/forgotten",
-                               additional_headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}):
-                pass
-    assert refused.value.response.status_code == 403
+    assert await handshake_refused(app, "/ws/ai/forgotten", mint(roles=("admin",))) == 403
 
 
 async def test_a_served_feed_whose_policy_goes_missing_is_refused(tmp_path: Path, mint: Callable[..., str],
@@ -91,12 +96,7 @@ async def test_a_served_feed_whose_policy_goes_missing_is_refused(tmp_path: Path
     (app.api.feed_dispatch), so the endpoint itself turns the guard's refusal into a 403."""
     monkeypatch.delitem(access.ROUTE_POLICIES, "/ws/ai/scoring")
     app = create_app(make_settings(tmp_path))
-    with live_server(app) as url:
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(url.replace("http", "ws") + "/ws/ai/scoring",
-                               additional_headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}):
-                pass
-    assert refused.value.response.status_code == 403
+    assert await handshake_refused(app, "/ws/ai/scoring", mint(roles=("admin",))) == 403
 
 
 @pytest.mark.parametrize(

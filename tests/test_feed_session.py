@@ -32,14 +32,15 @@ from tests.support.payloads import INTERACTION
 
 
 def feed_tasks() -> list[asyncio.Task[Any]]:
-    return [task for task in asyncio.all_tasks() if task.get_coro().cr_frame.f_globals["__name__"] == "app.api.ws_session"]
+    return [task for task in asyncio.all_tasks()
+            if task.get_coro().cr_frame.f_globals["__name__"] == "app.api.ws_session"]
 
 
 def awaited_frames(task: asyncio.Task[Any]) -> list[FrameType]:
     """The frames a suspended task keeps, outermost first."""
     frames: list[FrameType] = []
     awaitable: Any = task.get_coro()
-    while awaitable is not None and (frame := getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)):
+    while (frame := getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)) is not None:
         frames.append(frame)
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
     return frames

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, WebSocketException, status
+from fastapi import (
+    APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, WebSocketException, status,
+)
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
@@ -137,8 +139,8 @@ def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, 
     session (about 4 of 39 KB per idle session, tracemalloc at 2,000). What it reads (a
     customer id in the path, `last_event_id` in the query) is checked here instead, and
     the app-wide access guard, which FastAPI does not attach to a plain route, is run.
-    `app.api.feed_dispatch` calls it past the middleware stack, so it answers its own
-    errors."""
+    `app.api.feed_dispatch` calls it past the router and the exception middleware, so it
+    answers its own errors."""
 
     async def endpoint(websocket: WebSocket) -> None:
         websocket.scope["route"] = route  # as FastAPI's routes set it: policy and logs read its template

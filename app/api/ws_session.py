@@ -174,10 +174,10 @@ class WebSocketFeed:
         heartbeat_s = self.services.settings.push_heartbeat_s
         try:
             while True:
-                valid_s = self.principal.expires_at - time.time()  # expiry is wall-clock time
+                valid_s = self.principal.expires_at - time.time()  # the token's expiry is wall-clock time
                 if valid_s <= 0:
                     raise TokenExpired()
-                quiet_s = following.last_delivery + heartbeat_s - time.monotonic()  # heartbeats are not
+                quiet_s = following.last_delivery + heartbeat_s - time.monotonic()  # a clock step must not delay it
                 if quiet_s <= 0:
                     following.last_delivery = time.monotonic()
                     await self.send({"type": "heartbeat"})
