@@ -28,6 +28,7 @@ from app.api.ws_protocol import LeanWebSocketsProtocol
 from app.realtime.events import customer_channel
 from app.server import create_app
 from tests.conftest import make_settings
+from tests.support.live_server import server_config
 from tests.support.payloads import INTERACTION
 
 
@@ -52,9 +53,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, str]]:
     app = create_app(make_settings(tmp_path))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws="app.api.ws_protocol:LeanWebSocketsProtocol",
-        ws_per_message_deflate=False))
+    server = uvicorn.Server(server_config(app, ws_per_message_deflate=False))
     running = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

@@ -12,16 +12,25 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
+
+from app.api.ws_protocol import LeanWebSocketsProtocol
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def server_config(app: ASGIApp, **options: Any) -> uvicorn.Config:
+    """uvicorn as the tests run it, with the WebSocket protocol the service runs with
+    (scripts/run.sh)."""
+    return uvicorn.Config(app, log_level="warning", lifespan="on", ws=LeanWebSocketsProtocol, **options)
 
 
 @contextmanager
@@ -31,9 +40,7 @@ def live_server(app: ASGIApp, *, startup_timeout_s: float = 30.0) -> Iterator[st
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # The WebSocket protocol the service runs with (scripts/run.sh).
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="app.api.ws_protocol:LeanWebSocketsProtocol")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s
