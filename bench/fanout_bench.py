@@ -81,6 +81,7 @@ async def run(base: str, pid: int, sessions: int, customers: int, publishes: int
     rss_connected = process.memory_info().rss
     url, body, _ = request_for("full", base)
     invoke = url.replace("/stream", "/invoke")
+    publishing_from = time.time()
     async with aiohttp.ClientSession() as http:
         for n in range(publishes):
             payload = {"input": {**body["input"], "customer_id": f"fan-{n % customers}",
@@ -88,6 +89,8 @@ async def run(base: str, pid: int, sessions: int, customers: int, publishes: int
             async with http.post(invoke, json=payload, headers=headers) as response:
                 assert response.status == 200, await response.text()
             await asyncio.sleep(0.1)
+    if os.environ.get("BENCH_GC_LOG"):  # to match the server's pauses to the publishing
+        print(f"published from {publishing_from:.2f} to {time.time():.2f}", flush=True)
     expected = publishes * (sessions // customers)
     deadline = time.perf_counter() + 30
     while received < expected and time.perf_counter() < deadline:

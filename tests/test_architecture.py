@@ -38,7 +38,7 @@ def test_the_collector_is_tuned_once_per_process_not_per_app(
 ) -> None:
     import gc
 
-    from app.server import create_app
+    from app.server import GC_THRESHOLDS, create_app
     from tests.conftest import make_settings
     from tests.support.live_server import live_server
 
@@ -49,4 +49,4 @@ def test_the_collector_is_tuned_once_per_process_not_per_app(
         with live_server(create_app(make_settings(tmp_path / name))):
             pass
     assert len(freezes) <= 1, "one freeze per process, whatever the number of apps"
-    assert gc.get_threshold() == (20_000, 20, 20)
+    assert gc.get_threshold() == GC_THRESHOLDS
