@@ -29,10 +29,12 @@ from starlette.websockets import WebSocketState
 
 from app.api.access import guard_request, policy_for
 from app.api.deps import CurrentPrincipal, CustomerIdPath, ServicesDep, get_workflows
+from app.api.errors import describe_error
 from app.api.feed_dispatch import FeedRoute
 from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
     CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
     FeedComplete,
@@ -46,7 +48,7 @@ from app.core.auth import Principal
 from app.core.errors import Forbidden, NotFound, Unauthenticated
 from app.core.metrics import SSE_SESSIONS, WEBSOCKET_SESSIONS
 from app.core.services import Services
-from app.realtime.bus import SlowConsumer
+from app.realtime.bus import SlowConsumer, Subscription
 from app.core.workflows import is_end
 from app.realtime.events import ADMIN_CHANNEL, Event, customer_channel, scoring_channel, workflow_channel
 from chains.schemas import CustomerId
@@ -102,15 +104,12 @@ async def serve_websocket(
         services.security_log.record_for(websocket, "forbidden_role", principal, {"reason": error.detail})
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
         return
+    subscription: Subscription | None = None
     try:
         watch = await watch_of(principal)
-    except (NotFound, Forbidden) as error:  # a run id of no business of the caller's, or its chain's roles
-        await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
-        return
-    subscription = await services.bus.subscribe(watch.channel)
-    WEBSOCKET_SESSIONS.inc()
-    feed = WebSocketFeed(websocket, services, watch, principal, lambda p: ensure_may_watch(websocket, p))
-    try:
+        subscription = await services.bus.subscribe(watch.channel)
+        WEBSOCKET_SESSIONS.inc()
+        feed = WebSocketFeed(websocket, services, watch, principal, lambda p: ensure_may_watch(websocket, p))
         await feed.run(subscription, valid_event_id(auth_event_id or last_event_id))
     except FeedComplete:
         pass  # closed 1000 below: the run ended
@@ -123,14 +122,32 @@ async def serve_websocket(
         with suppress(Exception):
             await feed.error("token_expired", "the token expired: reconnect with a fresh one")
         await _close(websocket, CLOSE_UNAUTHENTICATED, "token expired", close_timeout_s)
-    except Forbidden as error:
+    except (NotFound, Forbidden) as error:  # a run id of no business of the caller's, its chain's roles, a fresh token's
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
     except WebSocketDisconnect:
         pass
+    except Exception as error:  # a store outage or a bug
+        await _close(websocket, *_failure_close(websocket, error), close_timeout_s)
     finally:
-        subscription.close()
-        WEBSOCKET_SESSIONS.dec()
+        if subscription is not None:
+            subscription.close()
+            WEBSOCKET_SESSIONS.dec()
         await _close(websocket, 1000, "", close_timeout_s)
+
+
+def _failure_close(websocket: WebSocket, error: Exception) -> tuple[int, str]:
+    """A feed that failed (a store outage, a bug) must not close 1000: that tells the
+    client the feed is done. 1013 when retrying shortly can succeed (the database is
+    away), so clients reconnect and resume as after a slow-reader close; 1011 otherwise.
+    The reason is `describe_error`'s code and message, as an HTTP answer would carry them;
+    the details stay in the server log. (An SSE feed that fails is cut, and EventSource
+    reconnects with its Last-Event-ID on its own.)"""
+    info = describe_error(error)
+    if info.retryable:
+        log.warning("feed %s interrupted: %r", websocket.url.path, error)
+        return CLOSE_TRY_AGAIN_LATER, f"{info.code}: {info.message}"
+    log.error("feed %s failed", websocket.url.path, exc_info=error)
+    return CLOSE_INTERNAL_ERROR, f"{info.code}: {info.message}"
 
 
 def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> FeedRoute:

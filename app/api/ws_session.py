@@ -35,6 +35,7 @@ from app.realtime.events import Event, is_event_id, parse_event_id
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class TokenExpired(Exception):
