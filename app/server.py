@@ -38,13 +38,15 @@ log = logging.getLogger("app")
 # switch is TRACING_ENABLED (and off, a request does not even look for a global provider).
 NATIVE_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 _gc_tuned = False
-# A collection's pause grows with its generation's size: in a process holding 10,000
-# WebSockets a young object costs 2-3 µs to scan, so the young generation of 20,000 this
-# used to be paused 22-78 ms, and a fan-out caught behind one missed 100 ms
-# (bench/fanout_bench.py). At 1,000 (and the middle one at 10 young passes) the young
-# passes stay under 10 ms and the middle ones near 30 ms; streaming spends about 0.1 s
-# more in the collector per 10 s of CPU, 1% (README, Benchmarks).
-GC_THRESHOLDS = (1_000, 10, 20)
+# A large young generation: collected less often, streaming spends less CPU per token.
+# Its price is the length of a pass: in a process holding 10,000 WebSockets a young object
+# costs 1-3 µs to scan, so a pass of 20,000 pauses the loop 22-78 ms, and a fan-out caught
+# behind one can near 100 ms (bench/fanout_bench.py). (1,000, 10, 20) was measured on
+# 2026-12-03 and not adopted: its young passes stayed under 5 ms, but its middle ones
+# paused 12-56 ms while publishing, streaming cost ~10% more CPU per token, and while
+# 10,000 sessions connected it made five more full passes, of 0.14-0.69 s each (README,
+# Benchmarks).
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def tune_gc_once() -> None:
@@ -52,10 +54,11 @@ def tune_gc_once() -> None:
 
     Everything loaded by then (models, embeddings, LangChain) lives as long as the
     process: `gc.freeze()` moves it out of the collector's generations so the per-token
-    garbage of streaming does not make every collection rescan it. Measured: 63 -> 40 µs
-    of server CPU per streamed token at 100 concurrent streams (bench/stream_bench.py).
-    It is process-wide and never undone, so a second app in the same process (tests)
-    does not repeat it.
+    garbage of streaming does not make every collection rescan it, and the young
+    generation is collected less often (`GC_THRESHOLDS`). Measured: 63 -> 40 µs of
+    server CPU per streamed token at 100 concurrent streams (bench/stream_bench.py). It
+    is process-wide and never undone, so a second app in the same process (tests) does
+    not repeat it.
     """
     global _gc_tuned
     if _gc_tuned:

@@ -11,8 +11,8 @@
   metrics) with the interaction chain's provider replaced by the same fixed model,
   answering in the chain's format: the JSON analysis cut into as many pieces.
 
-`BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr (the fan-out
-bench client logs its own too).
+`BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr, and the
+collector's running totals (the fan-out bench client logs its own too).
 """
 
 from __future__ import annotations
@@ -93,18 +93,32 @@ def full_app_from_env() -> FastAPI:
 
 def log_gc_pauses(who: str) -> None:
     """Prints every garbage-collector pause of this process over 20 ms to stderr, with the
-    wall clock, so a late event can be matched to the pause that held it."""
+    wall clock, so a late event can be matched to the pause that held it; and, at most
+    every 2 s, the collector's running totals per generation (passes, ms), so what a
+    threshold costs in CPU is read, not guessed."""
     import gc
     import time
 
     started: list[float] = []
+    passes, spent_ms = [0, 0, 0], [0.0, 0.0, 0.0]
+    last_total = [time.monotonic()]
 
     def pauses(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             started[:] = [time.perf_counter()]
-        elif started and (took := time.perf_counter() - started[0]) > 0.02:
-            print(f"{who} gc gen{info['generation']} pause {took * 1e3:.0f} ms at {time.time():.2f}, "
+            return
+        if not started:
+            return
+        took, generation = time.perf_counter() - started[0], info["generation"]
+        passes[generation] += 1
+        spent_ms[generation] += took * 1e3
+        if took > 0.02:
+            print(f"{who} gc gen{generation} pause {took * 1e3:.0f} ms at {time.time():.2f}, "
                   f"collected {info['collected']}", file=sys.stderr, flush=True)
+        if time.monotonic() - last_total[0] > 2:
+            last_total[0] = time.monotonic()
+            print(f"{who} gc totals at {time.time():.2f}, thresholds {gc.get_threshold()}: passes {passes}, "
+                  f"ms {[round(ms) for ms in spent_ms]}", file=sys.stderr, flush=True)
 
     gc.callbacks.append(pauses)
 
