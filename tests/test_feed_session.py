@@ -53,7 +53,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, str]]:
     app = create_app(make_settings(tmp_path))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(server_config(app, ws_per_message_deflate=False))
+    server = uvicorn.Server(server_config(app))
     running = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

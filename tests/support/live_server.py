@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 def server_config(app: ASGIApp, **options: Any) -> uvicorn.Config:
-    """uvicorn as the tests run it, with the WebSocket protocol the service runs with
-    (scripts/run.sh)."""
+    """uvicorn as the tests run it, with the WebSocket protocol and settings the service
+    runs with (scripts/run.sh): the lean protocol, compression off."""
+    options = {"ws_per_message_deflate": False, **options}
     return uvicorn.Config(app, log_level="warning", lifespan="on", ws=LeanWebSocketsProtocol, **options)
 
 

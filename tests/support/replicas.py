@@ -33,10 +33,10 @@ def replica_process(
              if not k.startswith(("AUTH_", "APP_", "REDIS_", "DATABASE_", "LLM_", "OPENAI_", "DATA_DIR"))}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            # As scripts/run.sh runs it: the guarded HTTP and lean WebSocket protocols included.
+            # As scripts/run.sh runs it: the guarded HTTP and lean WebSocket protocols, no compression.
             [sys.executable, "-m", "uvicorn", "app.server:app", "--host", "127.0.0.1", "--port", str(port),
              "--http", "app.api.http_protocol:GuardedHttpToolsProtocol",
-             "--ws", "app.api.ws_protocol:LeanWebSocketsProtocol"],
+             "--ws", "app.api.ws_protocol:LeanWebSocketsProtocol", "--ws-per-message-deflate", "false"],
             env={**clean, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
