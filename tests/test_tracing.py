@@ -3,6 +3,7 @@ real server, spans caught by the SDK's in-memory exporter (README, "Tracing").""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from app.server import create_app
 from chains.spans import NO_TRACER
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.feeds import close_of
 from tests.support.live_server import live_server
 from tests.support.payloads import INTERACTION, QUESTION
 
@@ -209,6 +211,22 @@ def test_an_unhandled_error_reaches_the_trace_by_its_type_only(
     exported = repr([(dict(s.attributes or {}), s.status.description, [dict(e.attributes or {}) for e in s.events])
                      for s in spans])
     assert secret not in exported and "Traceback" not in exported
+
+
+def test_a_failed_feed_marks_its_request_span_failed_by_the_errors_type(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed answers its own failure (close 1011) instead of letting it reach the
+    instrumentation, so it marks the span itself, by type: the message stays out."""
+    async def broken_replay(channel: str, after_id: str | None) -> list[object]:
+        raise RuntimeError("replay broke on acme:c-1's events")
+
+    monkeypatch.setattr(service.app.state.services.bus, "history", broken_replay)
+    code, _ = asyncio.run(close_of(service.url, service.token(), "/ws/ai/insights/c-1?last_event_id=1700000000000-0"))
+    assert code == 1011
+    [server] = [s for s in service.request_spans("/ws/ai/insights/{customer_id}") if s.kind == SpanKind.SERVER]
+    assert server.status.status_code == StatusCode.ERROR and server.attributes["error.type"] == "RuntimeError"
+    assert "replay broke" not in repr((dict(server.attributes or {}), server.status.description))
 
 
 def test_tracing_is_off_by_default(tmp_path: Path) -> None:

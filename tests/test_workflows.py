@@ -21,8 +21,6 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert, update
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
@@ -32,6 +30,7 @@ from app.store.database import create_engine, service_processes, workflow_runs
 from app.store.database import database_url as sqlalchemy_url
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.feeds import close_of
 from tests.support.live_server import live_server
 from tests.support.workflows import SLOW_REPLY, WORKFLOWS, follow_sse, follow_ws, merged, start, wait_for_status
 
@@ -246,15 +245,8 @@ def test_another_tenants_run_is_refused_everywhere_and_logged(
         assert intruder.get(f"/api/v1/ai/stream/workflows/{run['id']}").status_code == 404
         assert run["id"] not in {r["id"] for r in intruder.get(WORKFLOWS).json()["runs"]}
 
-    async def websocket_close_code() -> int:
-        async with connect(url.replace("http://", "ws://") + f"/ws/ai/workflows/{run['id']}",
-                           additional_headers={"Authorization": f"Bearer {intruder_token}"}) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.recv()
-        assert closed.value.rcvd is not None
-        return closed.value.rcvd.code
-
-    assert asyncio.run(websocket_close_code()) == 4403
+    code, _ = asyncio.run(close_of(url, intruder_token, f"/ws/ai/workflows/{run['id']}"))
+    assert code == 4403
     assert http.get(f"{WORKFLOWS}/{run['id']}").json()["status"] == "succeeded", "untouched"
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint(tenant='globex', roles=('admin',))}"}) as admin:
         deadline = time.monotonic() + 10

@@ -22,6 +22,7 @@ from typing import Annotated
 from fastapi import (
     APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, WebSocketException, status,
 )
+from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from sse_starlette.sse import EventSourceResponse
@@ -51,6 +52,7 @@ from app.core.services import Services
 from app.realtime.bus import SlowConsumer, Subscription
 from app.core.workflows import is_end
 from app.realtime.events import ADMIN_CHANNEL, Event, customer_channel, scoring_channel, workflow_channel
+from chains import spans
 from chains.schemas import CustomerId
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ async def _close(websocket: WebSocket, code: int, reason: str, timeout_s: float)
         return
     with suppress(Exception):
         async with asyncio.timeout(timeout_s):
-            await websocket.close(code, reason=reason[:120])
+            await websocket.close(code, reason=reason.encode()[:123].decode(errors="ignore"))  # the frame's limit
 
 
 async def serve_websocket(
@@ -140,9 +142,10 @@ def _failure_close(websocket: WebSocket, error: Exception) -> tuple[int, str]:
     client the feed is done. 1013 when retrying shortly can succeed (the database is
     away), so clients reconnect and resume as after a slow-reader close; 1011 otherwise.
     The reason is `describe_error`'s code and message, as an HTTP answer would carry them;
-    the details stay in the server log. (An SSE feed that fails is cut, and EventSource
-    reconnects with its Last-Event-ID on its own.)"""
+    the details stay in the server log, and the trace names the error's type. (An SSE
+    feed that fails is cut, and EventSource reconnects with its Last-Event-ID on its own.)"""
     info = describe_error(error)
+    spans.failed(trace.get_current_span(), error)  # the request's span, when tracing is on
     if info.retryable:
         log.warning("feed %s interrupted: %r", websocket.url.path, error)
         return CLOSE_TRY_AGAIN_LATER, f"{info.code}: {info.message}"
