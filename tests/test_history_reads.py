@@ -91,6 +91,20 @@ async def test_a_burst_of_reads_is_a_few_statements_and_each_gets_its_own_custom
     assert len(statements) == 1
 
 
+async def test_reads_of_one_batch_keep_their_own_limits_and_a_shape_serves_again(log: InteractionLog) -> None:
+    """Customers and limits are the statement's parameters: the same shape, with other
+    customers and limits, answers each read with its own."""
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    newest = {customer: await record_history(log, tenant, customer, count=6) for customer in ("a", "b", "c")}
+    statements = history_statements(log)
+    for customers in (("a", "b", "c"), ("c", "a", "b")):
+        reads = [(customer, limit) for customer in customers for limit in (1, 2, 5)]
+        results = await asyncio.gather(*(log.recent(tenant, customer, limit=limit) for customer, limit in reads))
+        for (customer, limit), history in zip(reads, results, strict=True):
+            assert [past.summary for past in history] == newest[customer][:limit], (customer, limit)
+    assert 2 <= len(statements) <= 4, "nine reads at once are one statement (the first may go alone)"
+
+
 async def test_a_caller_that_leaves_mid_read_does_not_take_the_others_reads_with_it(
         log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
