@@ -14,5 +14,6 @@ bash scripts/install.sh --test  # the scaling bench runs redis-server and Postgr
 .venv/bin/python -m bench.cpu_fairness_bench
 .venv/bin/python -m bench.analysis_bench
 .venv/bin/python -m bench.retrieval_bench
+.venv/bin/python -m bench.history_bench
 .venv/bin/python -m bench.scaling_bench
 PYTHONPATH=. .venv/bin/python bench/tracing_bench.py
