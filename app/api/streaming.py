@@ -148,9 +148,9 @@ def _failure_close(websocket: WebSocket, error: Exception) -> tuple[int, str]:
     spans.failed(trace.get_current_span(), error)  # the request's span, when tracing is on
     if info.retryable:
         log.warning("feed %s interrupted: %r", websocket.url.path, error)
-        return CLOSE_TRY_AGAIN_LATER, f"{info.code}: {info.message}"
-    log.error("feed %s failed", websocket.url.path, exc_info=error)
-    return CLOSE_INTERNAL_ERROR, f"{info.code}: {info.message}"
+    else:
+        log.error("feed %s failed", websocket.url.path, exc_info=error)
+    return CLOSE_TRY_AGAIN_LATER if info.retryable else CLOSE_INTERNAL_ERROR, f"{info.code}: {info.message}"
 
 
 def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> FeedRoute:
