@@ -5,18 +5,24 @@ so after its `end`, and the console does not reconnect after one. Here a real Po
 stops under a service: a run's feed, which reads the run's record, then closes 1013 with
 the same code an HTTP answer carries (`database_unavailable`), so the client reconnects
 and resumes once the database is back. A fault inside a session (its replay breaking)
-closes 1011, and the session is still counted out.
+closes 1011, and the session is still counted out. An SSE feed that fails after its
+response began ends with an `error` event carrying the same code, not a cut connection; a
+client that leaves before authenticating is no error of the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from prometheus_client import REGISTRY
+from websockets.asyncio.client import connect
 
 from app.core.auth import TokenVerifier
 from app.server import create_app
@@ -64,3 +70,46 @@ def test_a_fault_inside_a_session_closes_1011_and_counts_the_session_out(
         code, reason = asyncio.run(close_of(base, token, "/ws/ai/insights/ff-cust?last_event_id=1700000000000-0"))
         assert (code, reason) == (1011, "internal_error: Internal Server Error"), "no detail of the fault leaves"
         assert REGISTRY.get_sample_value("ai_websocket_sessions") == sessions_before
+
+
+def test_an_sse_feed_that_fails_midway_ends_with_an_error_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The response (200, its headers) is sent before the feed reads anything, so a failure
+    after it cannot become an HTTP error: it cut the connection, and EventSource retried a
+    fault every few seconds with nothing to tell the screen why."""
+    settings = make_settings(tmp_path)
+    token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
+    app = create_app(settings)
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=30,
+                                                headers={"Authorization": f"Bearer {token}"}) as http:
+        async def broken_replay(channel: str, after_id: str | None) -> list[object]:
+            raise RuntimeError("a bug in the replay")
+
+        monkeypatch.setattr(app.state.services.bus, "history", broken_replay)
+        sessions_before = REGISTRY.get_sample_value("ai_sse_sessions")
+        with connect_sse(http, "GET", "/api/v1/ai/stream/insights/ff-cust",
+                         headers={"Last-Event-ID": "1700000000000-0"}) as source:
+            assert source.response.status_code == 200
+            events = [(sse.event, sse.data) for sse in source.iter_sse()]  # raises on a cut connection
+    assert events == [("error", json.dumps({"code": "internal_error", "message": "Internal Server Error",
+                                            "retryable": False}))], "no detail of the fault leaves"
+    assert REGISTRY.get_sample_value("ai_sse_sessions") == sessions_before
+
+
+def test_a_client_leaving_before_its_auth_message_is_not_a_server_error(tmp_path: Path) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    uvicorn_log = logging.getLogger("uvicorn.error")  # where uvicorn reports an app's exception
+
+    async def leave_unauthenticated(base: str) -> None:
+        async with connect(base.replace("http://", "ws://") + "/ws/ai/insights/ff-cust"):
+            pass  # closes without sending the auth message
+        await asyncio.sleep(0.5)  # the server reads the close
+
+    with live_server(create_app(make_settings(tmp_path))) as base:
+        uvicorn_log.addHandler(handler)  # after uvicorn configured its logging, which drops handlers
+        try:
+            asyncio.run(leave_unauthenticated(base))
+        finally:
+            uvicorn_log.removeHandler(handler)
+    assert [record.getMessage() for record in records] == []

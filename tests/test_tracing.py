@@ -213,18 +213,26 @@ def test_an_unhandled_error_reaches_the_trace_by_its_type_only(
     assert secret not in exported and "Traceback" not in exported
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
 def test_a_failed_feed_marks_its_request_span_failed_by_the_errors_type(
-    service: Service, monkeypatch: pytest.MonkeyPatch
+    service: Service, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
-    """A feed answers its own failure (close 1011) instead of letting it reach the
-    instrumentation, so it marks the span itself, by type: the message stays out."""
+    """A feed answers its own failure (close 1011, an SSE `error` event) instead of letting
+    it reach the instrumentation, so it marks the span itself, by type: the message stays out."""
     async def broken_replay(channel: str, after_id: str | None) -> list[object]:
         raise RuntimeError("replay broke on acme:c-1's events")
 
     monkeypatch.setattr(service.app.state.services.bus, "history", broken_replay)
-    code, _ = asyncio.run(close_of(service.url, service.token(), "/ws/ai/insights/c-1?last_event_id=1700000000000-0"))
-    assert code == 1011
-    [server] = [s for s in service.request_spans("/ws/ai/insights/{customer_id}") if s.kind == SpanKind.SERVER]
+    if transport == "websocket":
+        code, _ = asyncio.run(close_of(service.url, service.token(), "/ws/ai/insights/c-1?last_event_id=1700000000000-0"))
+        assert code == 1011
+        route = "/ws/ai/insights/{customer_id}"
+    else:
+        response = httpx.get(f"{service.url}/api/v1/ai/stream/insights/c-1?last_event_id=1700000000000-0",
+                             headers={"Authorization": f"Bearer {service.token()}"}, timeout=30)
+        assert response.text.startswith("event: error"), response.text
+        route = "/api/v1/ai/stream/insights/{customer_id}"
+    [server] = [s for s in service.request_spans(route) if s.kind == SpanKind.SERVER]
     assert server.status.status_code == StatusCode.ERROR and server.attributes["error.type"] == "RuntimeError"
     assert "replay broke" not in repr((dict(server.attributes or {}), server.status.description))
 

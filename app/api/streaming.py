@@ -30,7 +30,7 @@ from starlette.websockets import WebSocketState
 
 from app.api.access import guard_request, policy_for
 from app.api.deps import CurrentPrincipal, CustomerIdPath, ServicesDep, get_workflows
-from app.api.errors import describe_error
+from app.api.errors import ErrorInfo, describe_error
 from app.api.feed_dispatch import FeedRoute
 from app.api.routes.workflows import WorkflowId, ensure_may_run
 from app.api.ws_session import (
@@ -106,6 +106,8 @@ async def serve_websocket(
         services.security_log.record_for(websocket, "forbidden_role", principal, {"reason": error.detail})
         await _close(websocket, CLOSE_FORBIDDEN, error.detail, close_timeout_s)
         return
+    except WebSocketDisconnect:
+        return  # left before its auth message: nobody to answer, nothing refused
     subscription: Subscription | None = None
     try:
         watch = await watch_of(principal)
@@ -129,7 +131,9 @@ async def serve_websocket(
     except WebSocketDisconnect:
         pass
     except Exception as error:  # a store outage or a bug
-        await _close(websocket, *_failure_close(websocket, error), close_timeout_s)
+        info = _feed_failed(websocket, error)
+        await _close(websocket, CLOSE_TRY_AGAIN_LATER if info.retryable else CLOSE_INTERNAL_ERROR,
+                     f"{info.code}: {info.message}", close_timeout_s)
     finally:
         if subscription is not None:
             subscription.close()
@@ -137,20 +141,21 @@ async def serve_websocket(
         await _close(websocket, 1000, "", close_timeout_s)
 
 
-def _failure_close(websocket: WebSocket, error: Exception) -> tuple[int, str]:
-    """A feed that failed (a store outage, a bug) must not close 1000: that tells the
-    client the feed is done. 1013 when retrying shortly can succeed (the database is
-    away), so clients reconnect and resume as after a slow-reader close; 1011 otherwise.
-    The reason is `describe_error`'s code and message, as an HTTP answer would carry them;
-    the details stay in the server log, and the trace names the error's type. (An SSE
-    feed that fails is cut, and EventSource reconnects with its Last-Event-ID on its own.)"""
+def _feed_failed(connection: HTTPConnection, error: Exception) -> ErrorInfo:
+    """How a feed that failed (a store outage, a bug) tells its client, which must not
+    take it for a feed that is done (WebSocket 1000, an SSE response that just ends).
+    A WebSocket closes 1013 when retrying shortly can succeed (the database is away), so
+    clients reconnect and resume as after a slow-reader close, and 1011 otherwise, with
+    `describe_error`'s code and message as the reason; an SSE feed ends with an `error`
+    event carrying them and `retryable`. The details stay in the server log, and the
+    trace names the error's type."""
     info = describe_error(error)
     spans.failed(trace.get_current_span(), error)  # the request's span, when tracing is on
     if info.retryable:
-        log.warning("feed %s interrupted: %r", websocket.url.path, error)
+        log.warning("feed %s interrupted: %r", connection.url.path, error)
     else:
-        log.error("feed %s failed", websocket.url.path, exc_info=error)
-    return CLOSE_TRY_AGAIN_LATER if info.retryable else CLOSE_INTERNAL_ERROR, f"{info.code}: {info.message}"
+        log.error("feed %s failed", connection.url.path, exc_info=error)
+    return info
 
 
 def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> FeedRoute:
@@ -195,13 +200,15 @@ FEEDS = [  # served by app.api.feed_dispatch, at these paths: include `router` w
 router.routes += FEEDS
 
 
-def _sse_error(code: str, message: str) -> dict[str, str]:
-    return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": True})}
+def _sse_error(code: str, message: str, retryable: bool = True) -> dict[str, str]:
+    return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": retryable})}
 
 
-def sse_response(services: Services, watch: Watch, resume_from: str | None, principal: Principal) -> EventSourceResponse:
+def sse_response(
+    connection: HTTPConnection, services: Services, watch: Watch, resume_from: str | None, principal: Principal
+) -> EventSourceResponse:
     return EventSourceResponse(
-        sse_events(services, watch, resume_from, principal.expires_at),
+        sse_events(connection, services, watch, resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -212,14 +219,16 @@ def _sse_event(event: Event) -> dict[str, str]:
 
 
 async def sse_events(
-    services: Services, watch: Watch, last_event_id: str | None, expires_at: float
+    connection: HTTPConnection, services: Services, watch: Watch, last_event_id: str | None, expires_at: float
 ) -> AsyncIterator[dict[str, str]]:
     """The channel's events until the token expires: then an `error` event
     (`token_expired`) ends the feed, and the client reconnects with a fresh token and
-    its Last-Event-ID. A run's feed ends after its final event."""
-    subscription = await services.bus.subscribe(watch.channel)
-    SSE_SESSIONS.inc()
+    its Last-Event-ID. A run's feed ends after its final event. This runs after the
+    response's headers went out, so a failure ends it with an `error` event too."""
+    subscription: Subscription | None = None
     try:
+        subscription = await services.bus.subscribe(watch.channel)
+        SSE_SESSIONS.inc()
         resume_from = last_event_id or watch.start_after
         history = await services.bus.history(watch.channel, resume_from)
         if watch.ending is not None and not any(watch.ends_with(event) for event in history):
@@ -241,14 +250,19 @@ async def sse_events(
                 return
     except SlowConsumer:
         yield _sse_error("slow_consumer", "too slow: reconnect with Last-Event-ID")
+    except Exception as error:  # a store outage or a bug
+        info = _feed_failed(connection, error)
+        yield _sse_error(info.code, info.message, info.retryable)
     finally:
-        subscription.close()
-        SSE_SESSIONS.dec()
+        if subscription is not None:
+            subscription.close()
+            SSE_SESSIONS.dec()
 
 
 @router.get("/api/v1/ai/stream/insights/{customer_id}")
 async def stream_customer_insights(
     customer_id: CustomerIdPath,
+    request: Request,
     principal: CurrentPrincipal,
     services: ServicesDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -257,11 +271,12 @@ async def stream_customer_insights(
     """Server-sent events of a customer's insights and alerts, resumable with Last-Event-ID."""
     channel = customer_channel(principal.tenant_id, customer_id)
     resume_from = valid_event_id(last_event_id_header or last_event_id)
-    return sse_response(services, Watch(channel), resume_from, principal)
+    return sse_response(request, services, Watch(channel), resume_from, principal)
 
 
 @router.get("/api/v1/ai/stream/admin")
 async def stream_admin_alerts(
+    request: Request,
     principal: CurrentPrincipal,
     services: ServicesDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -269,7 +284,7 @@ async def stream_admin_alerts(
 ) -> EventSourceResponse:
     """Server-sent operator alerts (admins), resumable with Last-Event-ID."""
     resume_from = valid_event_id(last_event_id_header or last_event_id)
-    return sse_response(services, Watch(ADMIN_CHANNEL), resume_from, principal)
+    return sse_response(request, services, Watch(ADMIN_CHANNEL), resume_from, principal)
 
 
 def _workflow_watch(conn: HTTPConnection, workflow_id: str) -> Callable[[Principal], Awaitable[Watch]]:
@@ -320,4 +335,4 @@ async def stream_workflow(
     if resume_from is not None and await get_workflows(request).has_ended_before(
             principal.tenant_id, workflow_id, resume_from):
         return Response(status_code=204)
-    return sse_response(services, watch, resume_from, principal)
+    return sse_response(request, services, watch, resume_from, principal)
