@@ -72,7 +72,10 @@ def test_a_fault_inside_a_session_closes_1011_and_counts_the_session_out(
         assert REGISTRY.get_sample_value("ai_websocket_sessions") == sessions_before
 
 
-def test_an_sse_feed_that_fails_midway_ends_with_an_error_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("customer_id", ["ff-cust", "stream"])  # "stream": the path ends as a chain's stream does
+def test_an_sse_feed_that_fails_midway_ends_with_an_error_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, customer_id: str
+) -> None:
     """The response (200, its headers) is sent before the feed reads anything, so a failure
     after it cannot become an HTTP error: it cut the connection, and EventSource retried a
     fault every few seconds with nothing to tell the screen why."""
@@ -86,12 +89,12 @@ def test_an_sse_feed_that_fails_midway_ends_with_an_error_event(tmp_path: Path, 
 
         monkeypatch.setattr(app.state.services.bus, "history", broken_replay)
         sessions_before = REGISTRY.get_sample_value("ai_sse_sessions")
-        with connect_sse(http, "GET", "/api/v1/ai/stream/insights/ff-cust",
+        with connect_sse(http, "GET", f"/api/v1/ai/stream/insights/{customer_id}",
                          headers={"Last-Event-ID": "1700000000000-0"}) as source:
             assert source.response.status_code == 200
-            events = [(sse.event, sse.data) for sse in source.iter_sse()]  # raises on a cut connection
-    assert events == [("error", json.dumps({"code": "internal_error", "message": "Internal Server Error",
-                                            "retryable": False}))], "no detail of the fault leaves"
+            events = [(sse.event, sse.data, sse.retry) for sse in source.iter_sse()]  # raises on a cut connection
+    fault = json.dumps({"code": "internal_error", "message": "Internal Server Error", "retryable": False})
+    assert events == [("error", fault, 30_000)], "no detail of the fault leaves; EventSource waits 30 s to retry"
     assert REGISTRY.get_sample_value("ai_sse_sessions") == sessions_before
 
 

@@ -30,6 +30,13 @@ class SelectiveMiddleware:
         raise NotImplementedError
 
 
+# The SSE feeds (`app.api.streaming`) end in a customer id, which may be "stream".
+FEED_PATHS = "/api/v1/ai/stream/"
+
+
 def is_chain_stream(scope: Scope) -> bool:
     """A chain's `stream`, `stream_log` or `stream_events` request."""
-    return scope["type"] == "http" and scope["path"].endswith(("/stream", "/stream_log", "/stream_events"))
+    if scope["type"] != "http":
+        return False
+    path: str = scope["path"]
+    return path.endswith(("/stream", "/stream_log", "/stream_events")) and not path.startswith(FEED_PATHS)

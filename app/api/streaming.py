@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import (
     APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect, WebSocketException, status,
@@ -131,7 +131,7 @@ async def serve_websocket(
     except WebSocketDisconnect:
         pass
     except Exception as error:  # a store outage or a bug
-        info = _feed_failed(websocket, error)
+        info = _feed_failed(_route_of(websocket), error)
         await _close(websocket, CLOSE_TRY_AGAIN_LATER if info.retryable else CLOSE_INTERNAL_ERROR,
                      f"{info.code}: {info.message}", close_timeout_s)
     finally:
@@ -141,21 +141,25 @@ async def serve_websocket(
         await _close(websocket, 1000, "", close_timeout_s)
 
 
-def _feed_failed(connection: HTTPConnection, error: Exception) -> ErrorInfo:
+def _feed_failed(route: str, error: Exception) -> ErrorInfo:
     """How a feed that failed (a store outage, a bug) tells its client, which must not
     take it for a feed that is done (WebSocket 1000, an SSE response that just ends).
     A WebSocket closes 1013 when retrying shortly can succeed (the database is away), so
     clients reconnect and resume as after a slow-reader close, and 1011 otherwise, with
     `describe_error`'s code and message as the reason; an SSE feed ends with an `error`
-    event carrying them and `retryable`. The details stay in the server log, and the
-    trace names the error's type."""
+    event carrying them and `retryable`. The details stay in the server log (under the
+    route's template: no customer id), and the trace names the error's type."""
     info = describe_error(error)
     spans.failed(trace.get_current_span(), error)  # the request's span, when tracing is on
     if info.retryable:
-        log.warning("feed %s interrupted: %r", connection.url.path, error)
+        log.warning("feed %s interrupted: %r", route, error)
     else:
-        log.error("feed %s failed", connection.url.path, exc_info=error)
+        log.error("feed %s failed", route, exc_info=error)
     return info
+
+
+def _route_of(connection: HTTPConnection) -> str:
+    return str(getattr(connection.scope.get("route"), "path", "feed"))
 
 
 def feed_route(path: str, name: str, channel_of: Callable[[Principal, dict[str, str]], str]) -> FeedRoute:
@@ -200,7 +204,13 @@ FEEDS = [  # served by app.api.feed_dispatch, at these paths: include `router` w
 router.routes += FEEDS
 
 
-def _sse_error(code: str, message: str, retryable: bool = True) -> dict[str, str]:
+# How long EventSource waits before reconnecting after a failed feed: an outage may pass
+# soon, a fault is not retried every few seconds (its default) by every screen at once.
+RECONNECT_AFTER_OUTAGE_MS = 5_000
+RECONNECT_AFTER_FAULT_MS = 30_000
+
+
+def _sse_error(code: str, message: str, retryable: bool = True) -> dict[str, Any]:
     return {"event": "error", "data": json.dumps({"code": code, "message": message, "retryable": retryable})}
 
 
@@ -208,7 +218,7 @@ def sse_response(
     connection: HTTPConnection, services: Services, watch: Watch, resume_from: str | None, principal: Principal
 ) -> EventSourceResponse:
     return EventSourceResponse(
-        sse_events(connection, services, watch, resume_from, principal.expires_at),
+        sse_events(_route_of(connection), services, watch, resume_from, principal.expires_at),
         ping=int(services.settings.push_heartbeat_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -219,8 +229,8 @@ def _sse_event(event: Event) -> dict[str, str]:
 
 
 async def sse_events(
-    connection: HTTPConnection, services: Services, watch: Watch, last_event_id: str | None, expires_at: float
-) -> AsyncIterator[dict[str, str]]:
+    route: str, services: Services, watch: Watch, last_event_id: str | None, expires_at: float
+) -> AsyncIterator[dict[str, Any]]:
     """The channel's events until the token expires: then an `error` event
     (`token_expired`) ends the feed, and the client reconnects with a fresh token and
     its Last-Event-ID. A run's feed ends after its final event. This runs after the
@@ -251,8 +261,9 @@ async def sse_events(
     except SlowConsumer:
         yield _sse_error("slow_consumer", "too slow: reconnect with Last-Event-ID")
     except Exception as error:  # a store outage or a bug
-        info = _feed_failed(connection, error)
-        yield _sse_error(info.code, info.message, info.retryable)
+        info = _feed_failed(route, error)
+        yield {**_sse_error(info.code, info.message, info.retryable),
+               "retry": RECONNECT_AFTER_OUTAGE_MS if info.retryable else RECONNECT_AFTER_FAULT_MS}
     finally:
         if subscription is not None:
             subscription.close()
