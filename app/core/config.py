@@ -53,10 +53,11 @@ class Settings(BaseSettings, ProviderSettings):
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=20, ge=0)
     database_pool_timeout_s: float = Field(default=5.0, gt=0, description="Then a retryable 503.")
-    database_statement_timeout_s: float = Field(
+    database_lock_timeout_s: float = Field(
         default=15.0, ge=0,
-        description="PostgreSQL cancels a statement that runs longer (waiting on a lock, stuck): a retryable 503, "
-                    "not a request and a pooled connection held for as long as the lock lasts. 0: no limit.")
+        description="PostgreSQL cancels a statement that waits longer for a lock (a migration's, a stuck "
+                    "session's): a retryable 503, not a request and a pooled connection held for as long as "
+                    "the lock lasts. A statement slow for other reasons is not cut. 0: no limit.")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"

@@ -114,7 +114,7 @@ class Services:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout_s=settings.database_pool_timeout_s,
-            statement_timeout_s=settings.database_statement_timeout_s,
+            lock_timeout_s=settings.database_lock_timeout_s,
         )
         keys = keyring(settings, engine)
         redis_keys: Keyring | None = None

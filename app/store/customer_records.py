@@ -29,7 +29,6 @@ from app.store.database import (
     lead_outcomes,
     lead_scores,
     scoring_models,
-    without_statement_timeout,
     workflow_runs,
 )
 
@@ -111,7 +110,6 @@ class CustomerRecords:
     async def erase_tenant(self, tenant_id: str) -> dict[str, int]:
         erased: dict[str, int] = {}
         async with self.engine.begin() as connection:
-            await without_statement_timeout(connection)
             for table in TENANT_TABLES:
                 erased[table.name] = (await connection.execute(delete(table).where(table.c.tenant_id == tenant_id))).rowcount
             # Bumped, not deleted: a revision that started again at 1 could match the one a
@@ -123,7 +121,6 @@ class CustomerRecords:
         """Deletes rows past their kind's retention (`older_than`: kind → cutoff), all tenants."""
         purged: dict[str, int] = {}
         async with self.engine.begin() as connection:
-            await without_statement_timeout(connection)
             for kind, cutoff in older_than.items():
                 table, column = RETAINED[kind]
                 purged[kind] = (await connection.execute(delete(table).where(table.c[column] < cutoff))).rowcount

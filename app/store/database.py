@@ -35,7 +35,7 @@ from sqlalchemy import (
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, inspect, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
 
@@ -287,15 +287,16 @@ def _rollback_if_open(connection: Any) -> None:
 
 def create_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0,
-    statement_timeout_s: float = 0.0,
+    lock_timeout_s: float = 0.0,
 ) -> AsyncEngine:
     """A caller that finds every connection busy waits `pool_timeout_s`, then gets
     `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503.
-    On PostgreSQL a statement running past `statement_timeout_s` (0: no limit) is
-    cancelled by the server, an `OperationalError`, answered the same way: a statement
-    waiting on a lock (a migration's, a stuck session's) held its request and its pooled
-    connection for as long as the lock lasted. SQLite's waits are bounded by its busy
-    timeout, and its readers never wait (WAL)."""
+    On PostgreSQL a statement that waits for a lock longer than `lock_timeout_s` (0: no
+    limit) is cancelled by the server, an `OperationalError`, answered the same way: one
+    waiting on a migration's or a stuck session's lock held its request and its pooled
+    connection for as long as the lock lasted. A statement slow for other reasons (a
+    large tenant's knowledge read) is not cut. SQLite's lock waits are bounded by its
+    busy timeout, and its readers never wait (WAL)."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
@@ -316,25 +317,17 @@ def create_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-    elif statement_timeout_s > 0:
+    elif lock_timeout_s > 0:
         @event.listens_for(engine.sync_engine, "connect")
-        def _statement_timeout(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _lock_timeout(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             # Once per pooled connection, committed: a SET in a transaction rolled back
             # (as the pool does on every return) would be undone.
             cursor = dbapi_connection.cursor()
-            cursor.execute(f"SET statement_timeout = {max(1, round(statement_timeout_s * 1000))}")
+            cursor.execute(f"SET lock_timeout = {max(1, round(lock_timeout_s * 1000))}")
             cursor.close()
             dbapi_connection.commit()
 
     return engine
-
-
-async def without_statement_timeout(connection: AsyncConnection) -> None:
-    """For the rest of this transaction, work that is long by nature (a migration, or
-    waiting for another replica's; deleting a tenant's or a retention period's rows) is
-    not cut by the engine's statement timeout."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SET LOCAL statement_timeout = 0"))
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -348,8 +341,10 @@ async def migrate(engine: AsyncEngine) -> None:
     if engine.dialect.name == "sqlite" and database:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     async with engine.begin() as connection:
-        await without_statement_timeout(connection)
         if engine.dialect.name == "postgresql":
+            # Waits as long as another replica's migration takes, and a migration's own
+            # lock waits are not cut by the engine's lock timeout either.
+            await connection.execute(text("SET LOCAL lock_timeout = 0"))
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await connection.run_sync(_upgrade)
 
