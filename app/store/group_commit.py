@@ -4,8 +4,10 @@ Each caller awaits its own row's commit, so an answer that says "stored" is stor
 but one writer task commits whatever has queued up in a single transaction, so a
 thousand concurrent scores (or a batch of a hundred) cost a handful of commits, not a
 thousand (`app.store.batch_queue`). A caller that is cancelled while waiting does not
-cancel the write: the writer task owns it. A failed batch is written again row by row,
-and a failed row is retried (`app.store.retries`) before its waiter is told.
+cancel the write: the writer task owns it. A batch the database refused is written again
+row by row, and a failed row is retried (`app.store.retries`) before its waiter is told;
+a batch the database could not take (away, locked, every connection busy) is retried
+whole, as each of its rows would fail alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.store.batch_queue import BatchQueue
@@ -21,6 +25,9 @@ from app.store.retries import retried
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1_000
+# Failures of the database, not of a row: row by row, a batch of a thousand waiting on a
+# lock was retried a thousand times, each waiting out the lock timeout again.
+_UNAVAILABLE = (OperationalError, PoolTimeout)
 
 _Row = TypeVar("_Row")
 
@@ -45,6 +52,9 @@ class GroupCommitWriter(Generic[_Row]):
             try:
                 await self._transaction(rows)
                 return [None] * len(rows)
+            except _UNAVAILABLE as error:
+                log.warning("%s: a batch of %d rows failed (%r); retrying it whole", self._name, len(rows), error)
+                return [await self._commit_with_retries(rows)] * len(rows)
             except Exception as error:  # noqa: BLE001 - retried row by row
                 log.warning("%s: a batch of %d rows failed (%r); writing them one by one", self._name, len(rows), error)
         return [await self._commit_with_retries([row]) for row in rows]
