@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 from app.core.auth import TokenVerifier
 from app.server import create_app
 from tests.conftest import make_settings
-from tests.support.feeds import close_of
+from tests.support.feeds import RESUME_FROM, break_the_replay, close_of
 from tests.support.live_server import live_server
 from tests.support.servers import postgres_server
 from tests.support.workflows import follow_ws, start, wait_for_status
@@ -62,12 +62,9 @@ def test_a_fault_inside_a_session_closes_1011_and_counts_the_session_out(
     token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
     app = create_app(settings)
     with live_server(app) as base:
-        async def broken_replay(channel: str, after_id: str | None) -> list[object]:
-            raise RuntimeError("a bug in the replay")
-
-        monkeypatch.setattr(app.state.services.bus, "history", broken_replay)
+        break_the_replay(monkeypatch, app)
         sessions_before = REGISTRY.get_sample_value("ai_websocket_sessions")
-        code, reason = asyncio.run(close_of(base, token, "/ws/ai/insights/ff-cust?last_event_id=1700000000000-0"))
+        code, reason = asyncio.run(close_of(base, token, f"/ws/ai/insights/ff-cust?last_event_id={RESUME_FROM}"))
         assert (code, reason) == (1011, "internal_error: Internal Server Error"), "no detail of the fault leaves"
         assert REGISTRY.get_sample_value("ai_websocket_sessions") == sessions_before
 
@@ -84,13 +81,10 @@ def test_an_sse_feed_that_fails_midway_ends_with_an_error_event(
     app = create_app(settings)
     with live_server(app) as base, httpx.Client(base_url=base, timeout=30,
                                                 headers={"Authorization": f"Bearer {token}"}) as http:
-        async def broken_replay(channel: str, after_id: str | None) -> list[object]:
-            raise RuntimeError("a bug in the replay")
-
-        monkeypatch.setattr(app.state.services.bus, "history", broken_replay)
+        break_the_replay(monkeypatch, app)
         sessions_before = REGISTRY.get_sample_value("ai_sse_sessions")
         with connect_sse(http, "GET", f"/api/v1/ai/stream/insights/{customer_id}",
-                         headers={"Last-Event-ID": "1700000000000-0"}) as source:
+                         headers={"Last-Event-ID": RESUME_FROM}) as source:
             assert source.response.status_code == 200
             events = [(sse.event, sse.data, sse.retry) for sse in source.iter_sse()]  # raises on a cut connection
     fault = json.dumps({"code": "internal_error", "message": "Internal Server Error", "retryable": False})

@@ -22,7 +22,7 @@ from app.server import create_app
 from chains.spans import NO_TRACER
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.feeds import close_of
+from tests.support.feeds import RESUME_FROM, break_the_replay, close_of
 from tests.support.live_server import live_server
 from tests.support.payloads import INTERACTION, QUESTION
 
@@ -219,16 +219,13 @@ def test_a_failed_feed_marks_its_request_span_failed_by_the_errors_type(
 ) -> None:
     """A feed answers its own failure (close 1011, an SSE `error` event) instead of letting
     it reach the instrumentation, so it marks the span itself, by type: the message stays out."""
-    async def broken_replay(channel: str, after_id: str | None) -> list[object]:
-        raise RuntimeError("replay broke on acme:c-1's events")
-
-    monkeypatch.setattr(service.app.state.services.bus, "history", broken_replay)
+    break_the_replay(monkeypatch, service.app, "replay broke on acme:c-1's events")
     if transport == "websocket":
-        code, _ = asyncio.run(close_of(service.url, service.token(), "/ws/ai/insights/c-1?last_event_id=1700000000000-0"))
+        code, _ = asyncio.run(close_of(service.url, service.token(), f"/ws/ai/insights/c-1?last_event_id={RESUME_FROM}"))
         assert code == 1011
         route = "/ws/ai/insights/{customer_id}"
     else:
-        response = httpx.get(f"{service.url}/api/v1/ai/stream/insights/c-1?last_event_id=1700000000000-0",
+        response = httpx.get(f"{service.url}/api/v1/ai/stream/insights/c-1?last_event_id={RESUME_FROM}",
                              headers={"Authorization": f"Bearer {service.token()}"}, timeout=30)
         assert response.text.startswith("event: error"), response.text
         route = "/api/v1/ai/stream/insights/{customer_id}"
