@@ -58,6 +58,10 @@ class Settings(BaseSettings, ProviderSettings):
         description="PostgreSQL cancels a statement that waits longer for a lock (a migration's, a stuck "
                     "session's): a retryable 503, not a request and a pooled connection held for as long as "
                     "the lock lasts. A statement slow for other reasons is not cut. 0: no limit.")
+    database_connect_timeout_s: float = Field(
+        default=5.0, ge=2,
+        description="A new PostgreSQL connection not ready by then (a hung server, a host gone) fails: a "
+                    "retryable 503, not a request held for psycopg's 130 s. libpq's floor is 2 s.")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"

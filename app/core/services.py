@@ -115,6 +115,7 @@ class Services:
             max_overflow=settings.database_max_overflow,
             pool_timeout_s=settings.database_pool_timeout_s,
             lock_timeout_s=settings.database_lock_timeout_s,
+            connect_timeout_s=settings.database_connect_timeout_s,
         )
         keys = keyring(settings, engine)
         redis_keys: Keyring | None = None

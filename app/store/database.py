@@ -285,9 +285,21 @@ def _rollback_if_open(connection: Any) -> None:
         connection.rollback()
 
 
+# How a PostgreSQL connection notices a host that stopped answering (powered off, cut
+# off by the network) while it is open: the kernel gives up on data the server has not
+# acknowledged after TCP_USER_TIMEOUT_MS, and probes a connection that waits in silence
+# (for a slow answer, or idle in the pool) after KEEPALIVE_IDLE_S, every
+# KEEPALIVE_INTERVAL_S. A live server's kernel answers the probes even while a long
+# query runs, so a slow statement is not cut. Without them such a connection waited for
+# the kernel's own limits: hours for keepalives, about 15 minutes of retransmissions.
+TCP_USER_TIMEOUT_MS = 20_000
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+
+
 def create_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0,
-    lock_timeout_s: float = 0.0,
+    lock_timeout_s: float = 0.0, connect_timeout_s: float = 5.0,
 ) -> AsyncEngine:
     """A caller that finds every connection busy waits `pool_timeout_s`, then gets
     `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503.
@@ -296,13 +308,24 @@ def create_engine(
     waiting on a migration's or a stuck session's lock held its request and its pooled
     connection for as long as the lock lasted. A statement slow for other reasons (a
     large tenant's knowledge read) is not cut. SQLite's lock waits are bounded by its
-    busy timeout, and its readers never wait (WAL)."""
+    busy timeout, and its readers never wait (WAL).
+
+    A new PostgreSQL connection that is not ready within `connect_timeout_s` (at least
+    2 s, libpq's floor) fails the same way: a server whose process hangs accepts the
+    connection and never answers it, and one whose host is gone never accepts it; the
+    request waited 130 s (psycopg's default) or, for the hung process, for ever."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
     sqlite = make_url(url).get_backend_name() == "sqlite"
+    connect_args: dict[str, Any] = {} if sqlite else {
+        "connect_timeout": max(2, round(connect_timeout_s)),
+        "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_S, "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
     engine = create_async_engine(
         url, pool_pre_ping=not sqlite, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s,
+        connect_args=connect_args,
     )
     if sqlite:
         engine.dialect.do_rollback = _rollback_if_open  # type: ignore[method-assign]

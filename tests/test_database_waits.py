@@ -1,12 +1,16 @@
-"""A statement that waits on a lock PostgreSQL will not grant soon (one a migration or a
-stuck session holds) fails its request with a retryable 503 after DATABASE_LOCK_TIMEOUT_S,
-instead of holding the request, and a pooled connection, for as long as the lock lasts.
-A replica starting while another migrates still waits for it, and a batch of inserts
-waiting on a lock is retried whole, not row by row. Real PostgreSQL, real locks."""
+"""Waits on PostgreSQL are bounded. A statement that waits on a lock PostgreSQL will not
+grant soon (one a migration or a stuck session holds) fails its request with a retryable
+503 after DATABASE_LOCK_TIMEOUT_S, instead of holding the request, and a pooled
+connection, for as long as the lock lasts. A replica starting while another migrates
+still waits for it, and a batch of inserts waiting on a lock is retried whole, not row by
+row. A server that hangs fails new connections after DATABASE_CONNECT_TIMEOUT_S. Real
+PostgreSQL, real locks, a really stopped server process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -47,6 +51,43 @@ def test_a_request_waiting_on_a_lock_answers_a_retryable_503_after_the_lock_time
             assert (blocked.json()["code"], blocked.json()["retryable"]) == ("database_unavailable", True)
             assert waited < 15, f"answered after {waited:.1f} s"
             assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the lock is gone"
+
+
+def _postmaster_pid(url: str) -> int:
+    """The server process that accepts connections: every session's parent."""
+    with psycopg.connect(url) as probe:
+        backend = probe.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    status = Path(f"/proc/{backend}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path: Path) -> None:
+    """A stopped postmaster is what a hung server looks like to a client: the kernel still
+    accepts the connection, and nobody ever answers it. Without a connect timeout the
+    request waits psycopg's 130 s; the pooled connections are gone first (terminated, as
+    by a restart or a proxy), so the request must connect anew."""
+    with postgres_server() as url:
+        settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=2)
+        token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
+        with live_server(create_app(settings)) as base, \
+                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
+            wait_for_status(http, run_id, {"succeeded"})
+            postmaster = _postmaster_pid(url)
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'crm' AND pid <> pg_backend_pid()")
+            os.kill(postmaster, signal.SIGSTOP)
+            try:
+                asked = time.monotonic()
+                hung = http.get(f"/api/v1/ai/workflows/{run_id}")
+                waited = time.monotonic() - asked
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+            assert hung.status_code == 503, hung.text
+            assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
+            assert waited < 25, f"answered after {waited:.1f} s"
+            assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the server is back"
 
 
 def test_a_replica_starting_while_another_migrates_waits_past_the_lock_timeout(tmp_path: Path) -> None:
