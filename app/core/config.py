@@ -61,7 +61,7 @@ class Settings(BaseSettings, ProviderSettings):
     database_connect_timeout_s: float = Field(
         default=5.0, ge=2,
         description="A new PostgreSQL connection not ready by then (a hung server, a host gone) fails: a "
-                    "retryable 503, not a request held for psycopg's 130 s. libpq's floor is 2 s.")
+                    "retryable 503, not a request held for psycopg's 130 s. Whole seconds, at least 2 (libpq's rule).")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"

@@ -289,9 +289,11 @@ def _rollback_if_open(connection: Any) -> None:
 # off by the network) while it is open: the kernel gives up on data the server has not
 # acknowledged after TCP_USER_TIMEOUT_MS, and probes a connection that waits in silence
 # (for a slow answer, or idle in the pool) after KEEPALIVE_IDLE_S, every
-# KEEPALIVE_INTERVAL_S. A live server's kernel answers the probes even while a long
-# query runs, so a slow statement is not cut. Without them such a connection waited for
-# the kernel's own limits: hours for keepalives, about 15 minutes of retransmissions.
+# KEEPALIVE_INTERVAL_S. A live server's kernel acknowledges data and answers the probes
+# even while a long query runs, so a slow statement is not cut (since Linux 5.11 a
+# server that advertises a zero receive window for that long is given up too: one not
+# reading a large batch of ours for 20 s). With the kernel's defaults a connection waited
+# about 2 hours for the probes to start and about 15 minutes of retransmissions.
 TCP_USER_TIMEOUT_MS = 20_000
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
@@ -310,18 +312,20 @@ def create_engine(
     large tenant's knowledge read) is not cut. SQLite's lock waits are bounded by its
     busy timeout, and its readers never wait (WAL).
 
-    A new PostgreSQL connection that is not ready within `connect_timeout_s` (at least
-    2 s, libpq's floor) fails the same way: a server whose process hangs accepts the
-    connection and never answers it, and one whose host is gone never accepts it; the
-    request waited 130 s (psycopg's default) or, for the hung process, for ever."""
+    A new PostgreSQL connection that is not ready within `connect_timeout_s` (whole
+    seconds, at least 2, as psycopg and libpq read it) fails the same way: a server whose
+    process hangs accepts the connection and never answers it, and one whose host is gone
+    never accepts it; the request waited psycopg's default, 130 s. Any of these settings
+    written in the URL's query wins over the engine's."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
     sqlite = make_url(url).get_backend_name() == "sqlite"
     connect_args: dict[str, Any] = {} if sqlite else {
-        "connect_timeout": max(2, round(connect_timeout_s)),
-        "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_S, "keepalives_interval": KEEPALIVE_INTERVAL_S,
-        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        key: value for key, value in {
+            "connect_timeout": max(2, round(connect_timeout_s)), "keepalives_idle": KEEPALIVE_IDLE_S,
+            "keepalives_interval": KEEPALIVE_INTERVAL_S, "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        }.items() if key not in make_url(url).query
     }
     engine = create_async_engine(
         url, pool_pre_ping=not sqlite, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s,
