@@ -3,7 +3,8 @@ grant soon (one a migration or a stuck session holds) fails its request with a r
 503 after DATABASE_LOCK_TIMEOUT_S, instead of holding the request, and a pooled
 connection, for as long as the lock lasts. A replica starting while another migrates
 still waits for it, and a batch of inserts waiting on a lock is retried whole, not row by
-row. A server that hangs fails new connections after DATABASE_CONNECT_TIMEOUT_S. Real
+row; a process's sweep at start-up that meets a lock is left to its next heartbeat. A
+server that hangs fails new connections after DATABASE_CONNECT_TIMEOUT_S. Real
 PostgreSQL, real locks, a really stopped server process."""
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from app.core.auth import TokenVerifier
 from app.server import create_app
+from app.store.audit import AuditLog, ai_runs
 from app.store.database import MIGRATION_LOCK, create_engine, database_url, migrate
 from app.store.interactions import InteractionLog
+from app.store.liveness import ProcessLiveness
 from app.store.retries import PAUSES_S
 from tests.conftest import make_settings
 from tests.support.live_server import live_server
@@ -64,8 +67,8 @@ def _postmaster_pid(url: str) -> int:
 def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path: Path) -> None:
     """A stopped postmaster is what a hung server looks like to a client: the kernel still
     accepts the connection, and nobody ever answers it. Without a connect timeout the
-    request waits psycopg's 130 s; the pooled connections are gone first (terminated, as
-    by a restart or a proxy), so the request must connect anew."""
+    request waits psycopg's 130 s. The service's connections are then terminated (as by a
+    restart or a proxy), so the request must connect anew."""
     with postgres_server() as url:
         settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=2)
         token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
@@ -75,15 +78,21 @@ def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path:
             wait_for_status(http, run_id, {"succeeded"})
             postmaster = _postmaster_pid(url)
             with psycopg.connect(url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                              "WHERE datname = 'crm' AND pid <> pg_backend_pid()")
-            os.kill(postmaster, signal.SIGSTOP)
-            try:
-                asked = time.monotonic()
-                hung = http.get(f"/api/v1/ai/workflows/{run_id}")
-                waited = time.monotonic() - asked
-            finally:
-                os.kill(postmaster, signal.SIGCONT)
+                # Stopped first: the service's background tasks reconnect as soon as their
+                # connections go, and a connection made in between would serve the request.
+                os.kill(postmaster, signal.SIGSTOP)
+                try:
+                    for _ in range(50):  # one forked just before the stop shows up a moment later
+                        others = admin.execute("SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                                               "WHERE datname = 'crm' AND pid <> pg_backend_pid()").fetchone()
+                        if others == (0,):
+                            break
+                        time.sleep(0.1)
+                    asked = time.monotonic()
+                    hung = http.get(f"/api/v1/ai/workflows/{run_id}")
+                    waited = time.monotonic() - asked
+                finally:
+                    os.kill(postmaster, signal.SIGCONT)
             assert hung.status_code == 503, hung.text
             assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
             assert 1.5 < waited < 25, f"answered after {waited:.1f} s, not after the 2 s connect timeout"
@@ -124,4 +133,35 @@ async def test_a_batch_of_inserts_waiting_on_a_lock_is_retried_whole_not_row_by_
             assert [p.intent for p in await interactions.recent("acme", "c-after")] == ["complaint"]
         finally:
             await interactions.close()
+            await engine.dispose()
+
+
+async def test_a_sweep_at_start_up_that_meets_a_lock_is_left_to_the_next_beat() -> None:
+    """At start-up a process marks the runs of stopped processes `interrupted`. A stuck
+    session holding the runs past the lock timeout failed the start-up, and a restart met
+    the same lock; now the process starts, and its beats sweep once the lock is gone."""
+    with postgres_server() as url:
+        engine = create_engine(database_url(url, None), lock_timeout_s=0.3)
+        await migrate(engine)
+        audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="stopped-process")
+        await audit.begin_run(run_id="orphan", tenant_id="acme", user_id="u", chain="scoring", endpoint="invoke")
+        await audit.close()
+        liveness = ProcessLiveness(engine, heartbeat_s=0.2, dead_after_s=30, interrupted_after_s=900)
+
+        async def status() -> str:
+            async with engine.connect() as connection:
+                return str((await connection.execute(select(ai_runs.c.status))).scalar_one())
+
+        try:
+            with psycopg.connect(url) as locker:  # reads go on; the sweep's UPDATE waits
+                locker.execute("LOCK TABLE ai_runs IN SHARE MODE")
+                assert await liveness.start() == 0
+                assert await status() == "running"
+            for _ in range(100):  # the lock is gone with its transaction
+                if await status() == "interrupted":
+                    break
+                await asyncio.sleep(0.1)
+            assert await status() == "interrupted", "no beat swept after the lock went"
+        finally:
+            await liveness.stop()
             await engine.dispose()
