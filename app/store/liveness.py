@@ -19,6 +19,7 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import Select, and_, delete, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.audit import CHAINED_RUNS, ai_runs, utcnow
@@ -41,12 +42,20 @@ class ProcessLiveness:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Registers this process, marks runs of dead ones, starts beating."""
+        """Registers this process, marks runs of dead ones, starts beating.
+
+        A sweep that fails (a run's row or a chain head locked past the database's lock
+        timeout by a stuck session) does not fail the start: every beat sweeps again.
+        It failed the replica's start-up, and the orchestrator's restart met the same lock."""
         now = utcnow()
         async with self.engine.begin() as connection:
             await connection.execute(insert(service_processes).values(
                 process_id=self.process_id, host=socket.gethostname()[:256], started_at=now, last_seen=now))
-        interrupted = await self.sweep()
+        try:
+            interrupted = await self.sweep()
+        except OperationalError as error:
+            log.warning("sweeping runs of stopped processes failed at start-up, retried at the next beat: %r", error)
+            interrupted = 0
         self._task = asyncio.create_task(self._beat_forever(), name="process-heartbeat")
         return interrupted
 
