@@ -4,8 +4,8 @@ grant soon (one a migration or a stuck session holds) fails its request with a r
 connection, for as long as the lock lasts. A replica starting while another migrates
 still waits for it, and a batch of inserts waiting on a lock is retried whole, not row by
 row; a process's sweep at start-up that meets a lock is left to its next heartbeat. A
-server that hangs fails new connections after DATABASE_CONNECT_TIMEOUT_S. Real
-PostgreSQL, real locks, a really stopped server process."""
+server that hangs fails new connections, and the pool's check of open ones, after
+DATABASE_CONNECT_TIMEOUT_S. Real PostgreSQL, real locks, really stopped server processes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -96,6 +97,50 @@ def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path:
             assert hung.status_code == 503, hung.text
             assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
             assert 1.5 < waited < 25, f"answered after {waited:.1f} s, not after the 2 s connect timeout"
+            assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the server is back"
+
+
+def _cluster_pids(postmaster: int) -> list[int]:
+    """The postmaster and every process it forked (sessions, checkpointer, ...)."""
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        if any(line.split() == ["PPid:", str(postmaster)] for line in lines):
+            children.append(int(status.parent.name))
+    return [postmaster, *children]
+
+
+def test_a_server_that_hangs_under_open_connections_fails_the_pools_check(tmp_path: Path) -> None:
+    """Every process of the server stopped (a frozen VM, a storage stall): the kernel
+    still acknowledges what the pool's check sends, so no TCP setting ends the wait, and
+    every request drawing a pooled connection waited for as long as the server hung. The
+    check is bounded now; psycopg then gives its cancel up to 10 s and closes the
+    connection, the pool's new one meets the connect timeout, and the request is answered."""
+    with postgres_server() as url:
+        settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=2)
+        token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
+        with live_server(create_app(settings)) as base, \
+                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
+            wait_for_status(http, run_id, {"succeeded"})
+            cluster = _cluster_pids(_postmaster_pid(url))
+            for pid in cluster:
+                with suppress(ProcessLookupError):  # one that ended since
+                    os.kill(pid, signal.SIGSTOP)
+            try:
+                asked = time.monotonic()
+                hung = http.get(f"/api/v1/ai/workflows/{run_id}")
+                waited = time.monotonic() - asked
+            finally:
+                for pid in cluster:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+            assert hung.status_code == 503, hung.text
+            assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
+            assert waited < 40, f"answered after {waited:.1f} s"
             assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the server is back"
 
 

@@ -60,8 +60,9 @@ class Settings(BaseSettings, ProviderSettings):
                     "the lock lasts. A statement slow for other reasons is not cut. 0: no limit.")
     database_connect_timeout_s: float = Field(
         default=5.0, ge=2,
-        description="A new PostgreSQL connection not ready by then (a hung server, a host gone) fails: a "
-                    "retryable 503, not a request held for psycopg's 130 s. Whole seconds, at least 2 (libpq's rule).")
+        description="A new PostgreSQL connection not ready by then (a hung server, a host gone), or a pooled "
+                    "one not answering the pool's check on checkout, fails: a retryable 503, not a request held "
+                    "for psycopg's 130 s or for as long as the server hangs. Whole seconds, at least 2 (libpq's rule).")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"

@@ -299,6 +299,28 @@ KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 
 
+def _ping_within(timeout_s: float, unavailable: type[Exception]) -> Callable[[Any], bool]:
+    """The pool's check of a PostgreSQL connection on checkout, bounded. A server whose
+    processes hang (stopped, a frozen VM, a storage stall) still has a kernel that
+    acknowledges the check, so neither keepalives nor `tcp_user_timeout` end the wait,
+    and every request drawing a pooled connection waited for as long as the server
+    hung. Cut short, psycopg cancels the check (it gives a cancel that is not answered
+    up to 10 s, then closes the connection, which the pool then replaces), and the
+    caller gets `unavailable`, a retryable 503."""
+    async def ping(connection: Any) -> None:
+        async with asyncio.timeout(timeout_s):
+            await connection.execute(";")  # what SQLAlchemy's own check sends
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        try:
+            dbapi_connection.run_async(ping)
+        except TimeoutError:
+            raise unavailable(f"the database did not answer the pool's check within {timeout_s:g} s") from None
+        return True
+
+    return do_ping
+
+
 def create_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0,
     lock_timeout_s: float = 0.0, connect_timeout_s: float = 5.0,
@@ -316,7 +338,8 @@ def create_engine(
     seconds, at least 2, as psycopg and libpq read it) fails the same way: a server whose
     process hangs accepts the connection and never answers it, and one whose host is gone
     never accepts it; the request waited psycopg's default, 130 s. Any of these settings
-    written in the URL's query wins over the engine's."""
+    written in the URL's query wins over the engine's. So does a pooled connection that
+    does not answer the pool's check on checkout in as long (`_ping_within`)."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
@@ -344,7 +367,11 @@ def create_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-    elif lock_timeout_s > 0:
+        return engine
+
+    engine.dialect.do_ping = _ping_within(  # type: ignore[method-assign]
+        max(2, round(connect_timeout_s)), engine.dialect.loaded_dbapi.OperationalError)
+    if lock_timeout_s > 0:
         @event.listens_for(engine.sync_engine, "connect")
         def _lock_timeout(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             # Once per pooled connection, committed: a SET in a transaction rolled back
