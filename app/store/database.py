@@ -304,12 +304,23 @@ def _ping_within(timeout_s: float, unavailable: type[Exception]) -> Callable[[An
     processes hang (stopped, a frozen VM, a storage stall) still has a kernel that
     acknowledges the check, so neither keepalives nor `tcp_user_timeout` end the wait,
     and every request drawing a pooled connection waited for as long as the server
-    hung. Cut short, psycopg cancels the check (it gives a cancel that is not answered
-    up to 10 s, then closes the connection, which the pool then replaces), and the
-    caller gets `unavailable`, a retryable 503."""
+    hung. Cut short, psycopg cancels the check. A server that answers the cancel keeps
+    the connection, and the caller gets `unavailable` (a retryable 503; the pool
+    discards the connection). A hung one does not: psycopg gives up on it after up to
+    10 s (with libpq 17 or later, as the binary package ships) and closes the
+    connection, and the pool replaces it with a new one, which meets the connect timeout
+    while the server still hangs. As SQLAlchemy's own check does, it runs in autocommit,
+    so it opens no transaction."""
     async def ping(connection: Any) -> None:
-        async with asyncio.timeout(timeout_s):
-            await connection.execute(";")  # what SQLAlchemy's own check sends
+        autocommit = connection.autocommit
+        if not autocommit:
+            await connection.set_autocommit(True)  # no round trip: the connection is idle
+        try:
+            async with asyncio.timeout(timeout_s):
+                await connection.execute(";")  # what SQLAlchemy's own check sends
+        finally:
+            if not autocommit and not connection.closed:
+                await connection.set_autocommit(False)
 
     def do_ping(dbapi_connection: Any) -> bool:
         try:
@@ -338,17 +349,19 @@ def create_engine(
     seconds, at least 2, as psycopg and libpq read it) fails the same way: a server whose
     process hangs accepts the connection and never answers it, and one whose host is gone
     never accepts it; the request waited psycopg's default, 130 s. Any of these settings
-    written in the URL's query wins over the engine's. So does a pooled connection that
-    does not answer the pool's check on checkout in as long (`_ping_within`)."""
+    written in the URL's query wins over the engine's. A pooled connection that does not
+    answer the pool's check on checkout in as long fails the same way (`_ping_within`)."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
-    sqlite = make_url(url).get_backend_name() == "sqlite"
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    connect_timeout = max(2, round(float(parsed.query.get("connect_timeout", connect_timeout_s))))  # type: ignore[arg-type]
     connect_args: dict[str, Any] = {} if sqlite else {
         key: value for key, value in {
-            "connect_timeout": max(2, round(connect_timeout_s)), "keepalives_idle": KEEPALIVE_IDLE_S,
+            "connect_timeout": connect_timeout, "keepalives_idle": KEEPALIVE_IDLE_S,
             "keepalives_interval": KEEPALIVE_INTERVAL_S, "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
-        }.items() if key not in make_url(url).query
+        }.items() if key not in parsed.query
     }
     engine = create_async_engine(
         url, pool_pre_ping=not sqlite, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s,
@@ -370,7 +383,7 @@ def create_engine(
         return engine
 
     engine.dialect.do_ping = _ping_within(  # type: ignore[method-assign]
-        max(2, round(connect_timeout_s)), engine.dialect.loaded_dbapi.OperationalError)
+        connect_timeout, engine.dialect.loaded_dbapi.OperationalError)
     if lock_timeout_s > 0:
         @event.listens_for(engine.sync_engine, "connect")
         def _lock_timeout(dbapi_connection, _record):  # type: ignore[no-untyped-def]
