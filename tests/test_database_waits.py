@@ -14,8 +14,10 @@ import os
 import signal
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -38,23 +40,41 @@ from tests.support.workflows import start, wait_for_status
 ANALYSIS = {"customer_id": "lt-cust", "channel": "email", "text": "The invoice is wrong again, please fix it today."}
 
 
+@contextmanager
+def service_with_a_run(tmp_path: Path, url: str, *, http_timeout_s: float, **settings: Any
+                       ) -> Iterator[tuple[httpx.Client, str]]:
+    """The service on this PostgreSQL, its pooled connections in use, and one finished
+    run to read back: a client and the run's id."""
+    configured = make_settings(tmp_path, database_url=url, **settings)
+    token = TokenVerifier(configured).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
+    with live_server(create_app(configured)) as base, httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=http_timeout_s) as http:
+        run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
+        wait_for_status(http, run_id, {"succeeded"})
+        yield http, run_id
+
+
+def read_run(http: httpx.Client, run_id: str) -> tuple[httpx.Response, float]:
+    """The run read back, and how long that took."""
+    asked = time.monotonic()
+    response = http.get(f"/api/v1/ai/workflows/{run_id}")
+    return response, time.monotonic() - asked
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert (response.json()["code"], response.json()["retryable"]) == ("database_unavailable", True)
+
+
 def test_a_request_waiting_on_a_lock_answers_a_retryable_503_after_the_lock_timeout(tmp_path: Path) -> None:
-    with postgres_server() as url:
-        settings = make_settings(tmp_path, database_url=url, database_lock_timeout_s=1)
-        token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
-        with live_server(create_app(settings)) as base, \
-                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=20) as http:
-            run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
-            wait_for_status(http, run_id, {"succeeded"})
-            with psycopg.connect(url) as locker:  # one transaction, holding the runs' table
-                locker.execute("LOCK TABLE workflow_runs IN ACCESS EXCLUSIVE MODE")
-                asked = time.monotonic()
-                blocked = http.get(f"/api/v1/ai/workflows/{run_id}")  # without the limit: waits for the lock
-                waited = time.monotonic() - asked
-            assert blocked.status_code == 503, blocked.text
-            assert (blocked.json()["code"], blocked.json()["retryable"]) == ("database_unavailable", True)
-            assert waited < 15, f"answered after {waited:.1f} s"
-            assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the lock is gone"
+    with postgres_server() as url, \
+            service_with_a_run(tmp_path, url, http_timeout_s=20, database_lock_timeout_s=1) as (http, run_id):
+        with psycopg.connect(url) as locker:  # one transaction, holding the runs' table
+            locker.execute("LOCK TABLE workflow_runs IN ACCESS EXCLUSIVE MODE")
+            blocked, waited = read_run(http, run_id)  # without the limit: waits for the lock
+        assert_unavailable(blocked)
+        assert waited < 15, f"answered after {waited:.1f} s"
+        assert read_run(http, run_id)[0].json()["status"] == "succeeded", "the lock is gone"
 
 
 def _postmaster_pid(url: str) -> int:
@@ -70,41 +90,33 @@ def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path:
     accepts the connection, and nobody ever answers it. Without a connect timeout the
     request waits psycopg's 130 s. The service's connections are then terminated (as by a
     restart or a proxy), so the request must connect anew."""
-    with postgres_server() as url:
-        settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=2)
-        token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
-        with live_server(create_app(settings)) as base, \
-                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-            run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
-            wait_for_status(http, run_id, {"succeeded"})
-            postmaster = _postmaster_pid(url)
-            with psycopg.connect(url, autocommit=True) as admin:
-                # Stopped first: the service's background tasks reconnect as soon as their
-                # connections go, and a connection made in between would serve the request.
-                os.kill(postmaster, signal.SIGSTOP)
-                try:
-                    # A session forked just before the stop shows up a moment later (without
-                    # a database while it authenticates): terminated until twice none is left.
-                    none_left = 0
-                    for _ in range(50):
-                        others = admin.execute(
-                            "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
-                            "WHERE backend_type = 'client backend' AND (datname = 'crm' OR datname IS NULL) "
-                            "AND pid <> pg_backend_pid()").fetchone()
-                        none_left = none_left + 1 if others == (0,) else 0
-                        if none_left == 2:
-                            break
-                        time.sleep(0.1)
-                    assert none_left == 2, "the service's sessions did not end"
-                    asked = time.monotonic()
-                    hung = http.get(f"/api/v1/ai/workflows/{run_id}")
-                    waited = time.monotonic() - asked
-                finally:
-                    os.kill(postmaster, signal.SIGCONT)
-            assert hung.status_code == 503, hung.text
-            assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
-            assert 1.5 < waited < 25, f"answered after {waited:.1f} s, not after the 2 s connect timeout"
-            assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the server is back"
+    with postgres_server() as url, \
+            service_with_a_run(tmp_path, url, http_timeout_s=30, database_connect_timeout_s=2) as (http, run_id):
+        postmaster = _postmaster_pid(url)
+        with psycopg.connect(url, autocommit=True) as admin:
+            # Stopped first: the service's background tasks reconnect as soon as their
+            # connections go, and a connection made in between would serve the request.
+            os.kill(postmaster, signal.SIGSTOP)
+            try:
+                # A session forked just before the stop shows up a moment later (without
+                # a database while it authenticates): terminated until twice none is left.
+                none_left = 0
+                for _ in range(50):
+                    others = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend' AND (datname = 'crm' OR datname IS NULL) "
+                        "AND pid <> pg_backend_pid()").fetchone()
+                    none_left = none_left + 1 if others == (0,) else 0
+                    if none_left == 2:
+                        break
+                    time.sleep(0.1)
+                assert none_left == 2, "the service's sessions did not end"
+                hung, waited = read_run(http, run_id)
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+        assert_unavailable(hung)
+        assert 1.5 < waited < 25, f"answered after {waited:.1f} s, not after the 2 s connect timeout"
+        assert read_run(http, run_id)[0].json()["status"] == "succeeded", "the server is back"
 
 
 def _cluster_pids(postmaster: int) -> list[int]:
@@ -126,34 +138,26 @@ def test_a_server_that_hangs_under_open_connections_fails_the_pools_check(tmp_pa
     every request drawing a pooled connection waited for as long as the server hung. The
     check is bounded now; psycopg then gives its cancel up to 10 s and closes the
     connection, the pool's new one meets the connect timeout, and the request is answered."""
-    with postgres_server() as url:
-        settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=2)
-        token = TokenVerifier(settings).mint(tenant_id="acme", user_id="alice", roles=("rep",), ttl_s=600)
-        with live_server(create_app(settings)) as base, \
-                httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            run_id = start(http, "realtime/interactions", ANALYSIS)["id"]
-            wait_for_status(http, run_id, {"succeeded"})
-            postmaster = _postmaster_pid(url)
-            cluster = [postmaster]
-            try:
-                os.kill(postmaster, signal.SIGSTOP)  # first: it forks no one after the scan
-                cluster = _cluster_pids(postmaster)
-                for pid in cluster[1:]:
-                    with suppress(ProcessLookupError):  # one that ended since
-                        os.kill(pid, signal.SIGSTOP)
-                asked = time.monotonic()
-                hung = http.get(f"/api/v1/ai/workflows/{run_id}")
-                waited = time.monotonic() - asked
-            finally:
-                for pid in cluster:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
-            assert hung.status_code == 503, hung.text
-            assert (hung.json()["code"], hung.json()["retryable"]) == ("database_unavailable", True)
-            # The check (2 s), then psycopg's cancel (5 s) at least: a request that only
-            # met the connect timeout, on a connection of its own, came back in 2 s.
-            assert 6 < waited < 40, f"answered after {waited:.1f} s"
-            assert http.get(f"/api/v1/ai/workflows/{run_id}").json()["status"] == "succeeded", "the server is back"
+    with postgres_server() as url, \
+            service_with_a_run(tmp_path, url, http_timeout_s=60, database_connect_timeout_s=2) as (http, run_id):
+        postmaster = _postmaster_pid(url)
+        cluster = [postmaster]
+        try:
+            os.kill(postmaster, signal.SIGSTOP)  # first: it forks no one after the scan
+            cluster = _cluster_pids(postmaster)
+            for pid in cluster[1:]:
+                with suppress(ProcessLookupError):  # one that ended since
+                    os.kill(pid, signal.SIGSTOP)
+            hung, waited = read_run(http, run_id)
+        finally:
+            for pid in cluster:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        assert_unavailable(hung)
+        # The check (2 s), then psycopg's cancel (5 s) at least: a request that only
+        # met the connect timeout, on a connection of its own, came back in 2 s.
+        assert 6 < waited < 40, f"answered after {waited:.1f} s"
+        assert read_run(http, run_id)[0].json()["status"] == "succeeded", "the server is back"
 
 
 async def test_the_pools_check_opens_no_transaction() -> None:
