@@ -77,12 +77,22 @@ def test_a_request_waiting_on_a_lock_answers_a_retryable_503_after_the_lock_time
         assert read_run(http, run_id)[0].json()["status"] == "succeeded", "the lock is gone"
 
 
+def _parent_of(pid: int) -> int | None:
+    """None for a process gone meanwhile."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def _postmaster_pid(url: str) -> int:
     """The server process that accepts connections: every session's parent."""
     with psycopg.connect(url) as probe:  # read while the session lives
         backend = probe.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-        status = Path(f"/proc/{backend}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        postmaster = _parent_of(backend)
+    assert postmaster is not None
+    return postmaster
 
 
 def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path: Path) -> None:
@@ -121,15 +131,8 @@ def test_a_hung_server_fails_new_connections_after_the_connect_timeout(tmp_path:
 
 def _cluster_pids(postmaster: int) -> list[int]:
     """The postmaster and every process it forked (sessions, checkpointer, ...)."""
-    children = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            lines = status.read_text().splitlines()
-        except OSError:  # gone meanwhile
-            continue
-        if any(line.split() == ["PPid:", str(postmaster)] for line in lines):
-            children.append(int(status.parent.name))
-    return [postmaster, *children]
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [postmaster, *(pid for pid in pids if _parent_of(pid) == postmaster)]
 
 
 def test_a_server_that_hangs_under_open_connections_fails_the_pools_check(tmp_path: Path) -> None:
