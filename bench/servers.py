@@ -1,11 +1,18 @@
-"""The four servers the streaming benchmark compares, each in its own process.
+"""The servers the streaming benchmark compares, each in its own process.
 
-    python -m bench.servers raw|raw-coalesced|langserve|full --port PORT [--data-dir DIR] [--workers N]
+    python -m bench.servers KIND --port PORT [--data-dir DIR] [--workers N]
 
-- raw: an sse-starlette endpoint sending the 400 chunks (the transport's floor).
+- raw: an sse-starlette endpoint sending the 400 chunks, made before the first request
+  (the transport's floor).
 - raw-coalesced: the same endpoint behind this service's `CoalescedStreamWrites`, so
   the baseline gets the generic write coalescing the service has (events ready
   together go out in one write).
+- raw-model, raw-model-coalesced: the same two, with each chunk read from the same fake
+  model the other servers stream, as #15 measured its raw baseline ("the same answer
+  from the same async fake model in every server"). The model is read as this service's
+  router reads one that no callback listens to (its `_astream`: LangChain's per-token
+  callback machinery skipped), so the baseline gets that generic tuning too and pays
+  only for what any LangChain chat model costs: a message chunk object per token.
 - langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
   metrics) with the interaction chain's provider replaced by the same fixed model,
@@ -26,6 +33,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from langchain_core.messages import HumanMessage
 from sse_starlette.sse import EventSourceResponse
 
 from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel, analysis_chunks
@@ -48,10 +56,25 @@ def raw_app() -> FastAPI:
     return app
 
 
-def raw_coalesced_app() -> FastAPI:
+def raw_model_app() -> FastAPI:
+    app = FastAPI()
+    model, prompt = FixedAnswerChatModel(), [HumanMessage("hello")]
+
+    @app.post("/stream")
+    async def stream() -> EventSourceResponse:
+        async def events():  # type: ignore[no-untyped-def]
+            async for chunk in model._astream(prompt):
+                yield {"event": "data", "data": json.dumps(chunk.message.content)}
+            yield {"event": "end"}
+
+        return EventSourceResponse(events())
+
+    return app
+
+
+def coalesced(app: FastAPI) -> FastAPI:
     from app.api.stream_writes import CoalescedStreamWrites
 
-    app = raw_app()
     app.add_middleware(CoalescedStreamWrites)
     return app
 
@@ -125,7 +148,8 @@ def log_gc_pauses(who: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["raw", "raw-coalesced", "langserve", "full"])
+    parser.add_argument("kind", choices=["raw", "raw-coalesced", "raw-model", "raw-model-coalesced", "langserve",
+                                         "full"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
     parser.add_argument("--workers", type=int, default=1, help="full only: uvicorn worker processes")
@@ -141,7 +165,8 @@ def main() -> None:
         os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)
         return
-    app = {"raw": raw_app, "raw-coalesced": raw_coalesced_app, "langserve": langserve_app}.get(args.kind)
+    app = {"raw": raw_app, "raw-coalesced": lambda: coalesced(raw_app()), "raw-model": raw_model_app,
+           "raw-model-coalesced": lambda: coalesced(raw_model_app()), "langserve": langserve_app}.get(args.kind)
     if os.environ.get("BENCH_GC_LOG"):
         log_gc_pauses("server")
     uvicorn.run(app() if app else full_app(args.data_dir), **options)

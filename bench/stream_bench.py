@@ -1,5 +1,6 @@
-"""Streaming throughput and latency: raw SSE (as is, and with this service's write
-coalescing) vs plain LangServe vs this service.
+"""Streaming throughput and latency: raw SSE (from pre-made strings and from the fake
+model, each as is and with this service's write coalescing) vs plain LangServe vs this
+service.
 
     .venv/bin/python -m bench.stream_bench [--levels 1,10,100,500,1000] [--out bench/results]
 
@@ -30,7 +31,8 @@ from bench.fake_model import CHUNKS
 from bench.load import LevelResult, count_text_chunk, run_level
 from bench.servers import BENCH_SECRET
 
-SERVERS = ("raw", "raw-coalesced", "langserve", "full")
+SERVERS = ("raw", "raw-coalesced", "raw-model", "raw-model-coalesced", "langserve", "full")
+RAW = ("raw", "raw-coalesced", "raw-model", "raw-model-coalesced")
 
 
 def free_port() -> int:
@@ -61,7 +63,7 @@ def server(kind: str, data_dir: Path, *, workers: int = 1, env: dict[str, str] |
 
 
 def request_for(kind: str, url: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    if kind in ("raw", "raw-coalesced"):
+    if kind in RAW:
         return f"{url}/stream", {}, {}
     if kind == "langserve":
         return f"{url}/chain/stream", {"input": {"text": "hello"}}, {}
@@ -89,14 +91,14 @@ def streams_for(concurrency: int) -> int:
 
 def print_level(results: list[LevelResult]) -> None:
     print(f"\nconcurrency {results[0].concurrency}")
-    header = (f"{'server':<13} {'streams':>7} {'streams/s':>9} {'tokens/s':>9} {'ttft p50':>9} "
+    header = (f"{'server':<19} {'streams':>7} {'streams/s':>9} {'tokens/s':>9} {'ttft p50':>9} "
               f"{'p95':>8} {'p99':>8} {'e2e p50':>8} {'p95':>8} {'errors':>6} {'cpu s':>6} "
               f"{'µs/token':>8} {'peak MB':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         tokens = r.tokens
-        print(f"{r.server:<13} {r.streams:>7} {len(r.completed) / r.wall_s:>9.1f} {tokens / r.wall_s:>9.0f} "
+        print(f"{r.server:<19} {r.streams:>7} {len(r.completed) / r.wall_s:>9.1f} {tokens / r.wall_s:>9.0f} "
               f"{r.percentile('ttft_s', .5) * 1e3:>7.1f}ms {r.percentile('ttft_s', .95) * 1e3:>6.1f}ms "
               f"{r.percentile('ttft_s', .99) * 1e3:>6.1f}ms {r.percentile('e2e_s', .5) * 1e3:>6.0f}ms "
               f"{r.percentile('e2e_s', .95) * 1e3:>6.0f}ms {r.errors:>6} {r.cpu_s:>6.1f} "
@@ -163,14 +165,15 @@ def main() -> None:
               f"{(full.tokens / full.wall_s) / (plain.tokens / plain.wall_s):.2f}x (target >= 3x)")
         print(f"  server CPU per token at 100: full {full.cpu_s / full.tokens * 1e6:.0f} µs, "
               f"LangServe {plain.cpu_s / plain.tokens * 1e6:.0f} µs")
-    for baseline, target in (("raw", "0.5x"), ("raw-coalesced", "0.5x"), ("langserve", "10x")):
+    for baseline, target in [*((raw, "0.5x") for raw in RAW), ("langserve", "10x")]:
         if "full" in by and baseline in by and 100 in by["full"]:
             ours, other = by["full"][100], by[baseline][100]
             ratio = (len(ours.completed) / ours.wall_s) / (len(other.completed) / other.wall_s)
             print(f"  streams/s at concurrency 100, full / {baseline}: {ratio:.2f}x (target >= {target})")
-    if "full" in by and "raw" in by and 10 in by["full"]:
-        overhead = (by["full"][10].percentile("ttft_s", .5) - by["raw"][10].percentile("ttft_s", .5)) * 1e3
-        print(f"  TTFT p50 overhead over raw SSE at concurrency 10: {overhead:.1f} ms (target < 5 ms)")
+    for raw in ("raw", "raw-model"):
+        if "full" in by and raw in by and 10 in by["full"]:
+            overhead = (by["full"][10].percentile("ttft_s", .5) - by[raw][10].percentile("ttft_s", .5)) * 1e3
+            print(f"  TTFT p50 overhead over {raw} at concurrency 10: {overhead:.1f} ms (target < 5 ms)")
     if "full" in by and 1000 in by["full"]:
         print(f"  errors at 1,000 concurrent streams (full): {by['full'][1000].errors} (target 0)")
     png = args.out / "stream_latency.png"
