@@ -2,22 +2,30 @@
 
     python -m bench.servers KIND --port PORT [--data-dir DIR] [--workers N]
 
-- raw: an sse-starlette endpoint sending the 400 chunks, made before the first request
-  (the transport's floor).
-- raw-coalesced: the same endpoint behind this service's `CoalescedStreamWrites`, so
-  the baseline gets the generic write coalescing the service has (events ready
-  together go out in one write).
-- raw-model, raw-model-coalesced: the same two, with each chunk read from the same fake
-  model the other servers stream, as #15 measured its raw baseline ("the same answer
-  from the same async fake model in every server"). The model is read as this service's
-  router reads one that no callback listens to (its `_astream`: LangChain's per-token
-  callback machinery skipped), so the baseline gets that generic tuning too and pays
-  only for what any LangChain chat model costs: a message chunk object per token.
-- langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth.
+- raw: an sse-starlette endpoint sending 400 plain-text chunks made before the first
+  request (the transport's floor).
+- raw-model: the same endpoint streaming the fake model's answer, as #15 measured its
+  raw baseline ("the same answer from the same async fake model in every server"): the
+  same JSON analysis in the same pieces as the full server's provider, read as this
+  service's router reads a model no callback listens to (`model_stream`: the model's own
+  `_astream`, LangChain's per-token callback machinery skipped), with the router's loop
+  turn every `TOKENS_PER_TURN` pieces. It sends one event per piece (400); the full
+  server sends about 227 for the same answer (the summary word by word).
+- raw-coalesced, raw-model-coalesced: the same two behind this service's
+  `CoalescedStreamWrites` (events ready together go out in one write).
+
+  Every raw server also gets the service's collector tuning (`tune_gc_once`). The GIL's
+  switch interval is left alone: these servers have no helper threads for it to serve.
+  So each raw baseline has every generic tuning the service has; `raw-model-coalesced` is
+  #15's baseline.
+- langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth,
+  none of our tuning (what #15 compares against).
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
   metrics) with the interaction chain's provider replaced by the same fixed model,
   answering in the chain's format: the JSON analysis cut into as many pieces.
 
+`BENCH_CHUNKS` (pieces, default 400) and `BENCH_TOKEN_DELAY_S` (a pause before each)
+shape the model's answer in the full and raw-model servers alike.
 `BENCH_GC_LOG=1` prints every garbage-collector pause over 20 ms to stderr, and the
 collector's running totals (the fan-out bench client logs its own too).
 """
@@ -25,9 +33,12 @@ collector's running totals (the fan-out bench client logs its own too).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +52,20 @@ from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel, analysis_chunk
 BENCH_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
 
 
+def tuned_app() -> FastAPI:
+    """A FastAPI app with the service's process-wide collector tuning at start-up."""
+    from app.core.runtime import tune_gc_once
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_gc_once()
+        yield
+
+    return FastAPI(lifespan=lifespan)
+
+
 def raw_app() -> FastAPI:
-    app = FastAPI()
+    app = tuned_app()
 
     @app.post("/stream")
     async def stream() -> EventSourceResponse:
@@ -57,14 +80,20 @@ def raw_app() -> FastAPI:
 
 
 def raw_model_app() -> FastAPI:
-    app = FastAPI()
-    model, prompt = FixedAnswerChatModel(), [HumanMessage("hello")]
+    from chains.providers.router import TOKENS_PER_TURN, model_stream
+
+    app, model, prompt = tuned_app(), fixed_model(), [HumanMessage("hello")]
 
     @app.post("/stream")
     async def stream() -> EventSourceResponse:
         async def events():  # type: ignore[no-untyped-def]
-            async for chunk in model._astream(prompt):
-                yield {"event": "data", "data": json.dumps(chunk.message.content)}
+            async with aclosing(model_stream(model, prompt, {"callbacks": []})) as chunks:
+                read = 0
+                async for chunk in chunks:
+                    read += 1
+                    if read % TOKENS_PER_TURN == 0:
+                        await asyncio.sleep(0)
+                    yield {"event": "data", "data": json.dumps(chunk.content)}
             yield {"event": "end"}
 
         return EventSourceResponse(events())
@@ -77,6 +106,20 @@ def coalesced(app: FastAPI) -> FastAPI:
 
     app.add_middleware(CoalescedStreamWrites)
     return app
+
+
+def fixed_model() -> FixedAnswerChatModel:
+    """The model answering the full and raw-model servers: an LLM's JSON analysis of the
+    interaction chain, in `BENCH_CHUNKS` pieces."""
+    return FixedAnswerChatModel(answer=analysis_chunks(int(os.environ.get("BENCH_CHUNKS", "400"))),
+                                delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
+
+
+RAW_APPS: dict[str, Callable[[], FastAPI]] = {
+    "raw": raw_app, "raw-coalesced": lambda: coalesced(raw_app()), "raw-model": raw_model_app,
+    "raw-model-coalesced": lambda: coalesced(raw_model_app()),
+}
+KINDS = (*RAW_APPS, "langserve", "full")
 
 
 def langserve_app() -> FastAPI:
@@ -103,9 +146,7 @@ def full_app(data_dir: Path) -> FastAPI:
     app = create_app()
     services = app.state.services
     # An LLM serving the interaction chain answers with its JSON analysis.
-    pieces = analysis_chunks(int(os.environ.get("BENCH_CHUNKS", "400")))
-    model = FixedAnswerChatModel(answer=pieces, delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
-    services.router.providers[:] = [Provider("local", model, "bench-fixed")]
+    services.router.providers[:] = [Provider("local", fixed_model(), "bench-fixed")]
     return app
 
 
@@ -148,8 +189,7 @@ def log_gc_pauses(who: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["raw", "raw-coalesced", "raw-model", "raw-model-coalesced", "langserve",
-                                         "full"])
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
     parser.add_argument("--workers", type=int, default=1, help="full only: uvicorn worker processes")
@@ -165,8 +205,7 @@ def main() -> None:
         os.environ["BENCH_DATA_DIR"] = str(args.data_dir)
         uvicorn.run("bench.servers:full_app_from_env", factory=True, workers=args.workers, **options)
         return
-    app = {"raw": raw_app, "raw-coalesced": lambda: coalesced(raw_app()), "raw-model": raw_model_app,
-           "raw-model-coalesced": lambda: coalesced(raw_model_app()), "langserve": langserve_app}.get(args.kind)
+    app = {**RAW_APPS, "langserve": langserve_app}.get(args.kind)
     if os.environ.get("BENCH_GC_LOG"):
         log_gc_pauses("server")
     uvicorn.run(app() if app else full_app(args.data_dir), **options)

@@ -38,7 +38,8 @@ def test_the_collector_is_tuned_once_per_process_not_per_app(
 ) -> None:
     import gc
 
-    from app.server import GC_THRESHOLDS, create_app
+    from app.core.runtime import GC_THRESHOLDS
+    from app.server import create_app
     from tests.conftest import make_settings
     from tests.support.live_server import live_server
 

@@ -213,7 +213,7 @@ class ProviderRouter:
         ):
             with attempt:
                 model = provider.json_model if json_mode and provider.json_model is not None else provider.model
-                iterator = aiter(_model_stream(model, messages, config))
+                iterator = aiter(model_stream(model, messages, config))
                 try:
                     async with asyncio.timeout(self.settings.llm_first_token_timeout_s):
                         first = await anext(iterator, None)
@@ -322,7 +322,7 @@ class ProviderRouter:
         raise ProviderError("every configured provider failed: " + "; ".join(report.failures))
 
 
-def _model_stream(
+def model_stream(
     model: Runnable[Any, Any], messages: list[BaseMessage], config: RunnableConfig | None
 ) -> AsyncIterator[AIMessageChunk]:
     """The provider's stream of chunks.
