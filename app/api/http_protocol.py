@@ -31,6 +31,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_header_bytes = settings.http_max_header_bytes
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._header_tail = b""  # the last bytes read while in the headers: an end split across reads
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -38,13 +39,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._header_timer is not None:  # still reading a request line and headers
             # httptools hands a header over only once it is complete, so its size is
-            # counted here, as it arrives.
-            self._header_bytes += len(data)
+            # counted here, as it arrives: up to the blank line that ends the headers,
+            # not the body read along with them (a client that writes both at once).
+            self._header_bytes += self._header_part(data)
             if self._header_bytes > self._max_header_bytes:
                 self._refuse(b"431 Request Header Fields Too Large")
                 return
         super().data_received(data)
 
+    def _header_part(self, data: bytes) -> int:
+        """How many bytes of `data` belong to the request line and headers."""
+        seen = self._header_tail + data
+        ends = [at + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (at := seen.find(blank)) >= 0]
+        self._header_tail = seen[-3:]
+        if not ends:
+            return len(data)
+        return max(0, min(ends) - len(seen) + len(data))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,6 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._header_bytes = 0
+        self._header_tail = b""
         super().on_headers_complete()
 
     def _arm(self) -> None:

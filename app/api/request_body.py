@@ -3,8 +3,8 @@
 - Size: at once from Content-Length, and while reading for chunked bodies. FastAPI's
   built-in `max_body_size` answers in plain text; these answer `{"detail": ...}` JSON
   like every refusal.
-- Time: the whole body must arrive within `REQUEST_BODY_TIMEOUT_S` of its first byte,
-  so a client trickling a body cannot hold a request open (slow headers are the
+- Time: the whole body must arrive within `REQUEST_BODY_TIMEOUT_S` of the end of the
+  headers, so a client trickling a body, or never sending it, cannot hold a request open (slow headers are the
   proxy's and uvicorn's job, see the README).
 - JSON (POST/PUT/PATCH): checked once by `app.api.json_body.parse_json` before any
   route or LangServe parses it, because FastAPI parses bodies before dependencies run
@@ -63,17 +63,15 @@ class RequestBodyMiddleware(SelectiveMiddleware):
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         received = 0
-        deadline: float | None = None
+        # From the end of the headers, not the body's first byte: a client that declares a
+        # body and never starts it would otherwise hold the request open for ever.
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
-            if deadline is None:
-                message = await receive()
-                deadline = asyncio.get_running_loop().time() + self.body_timeout_s
-            else:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        message = await receive()
-                except TimeoutError:
-                    raise RequestTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
             if message["type"] != "http.request":
                 raise RequestTimeout("client went away before sending its body")
             chunk = message.get("body", b"")

@@ -132,6 +132,32 @@ def test_slow_bodies_get_408(server: str) -> None:
     assert time.monotonic() - started < 4
 
 
+def test_a_body_that_never_comes_gets_408(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(f"POST {INTERACTIONS_PATH}/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode())
+        raw.settimeout(5)
+        reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+
+
+def test_a_large_body_written_with_its_headers_is_not_taken_for_headers(server: str) -> None:
+    """Headers and a 120 KB body in one write, as many clients send them: the server's
+    first read holds both, and only the headers count against the 64 KB header limit."""
+    text = "系统宕机今天必须修复" * 2_000  # the schema's 20,000 characters, 120 KB as escaped JSON
+    body = json.dumps({"input": {"customer_id": "c-big", "channel": "chat", "text": text}}).encode()
+    assert 100_000 < len(body) < 256 * 1024
+    head = (f"POST {INTERACTIONS_PATH}/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(head + body)
+        raw.settimeout(30)
+        reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+
+
 def close_code_after(raw: socket.socket, timeout_s: float) -> int | None:
     """Reads server frames off a raw socket until a close frame; returns its code."""
     raw.settimeout(timeout_s)
