@@ -4,8 +4,9 @@ Python's `json` accepts `NaN`, `Infinity` and `1e400` (as infinity) and lone UTF
 surrogates, and recurses once per nesting level. Any of these reached LangServe or
 FastAPI and surfaced as a 500 (a `RecursionError`, a response that cannot encode a
 non-finite float, a 422 body that echoed an unencodable string). So every JSON body
-is parsed here first (by `app.api.request_body`): finite numbers only, valid Unicode
-only, at most `MAX_JSON_DEPTH` levels.
+is parsed here first (by `app.api.request_body`), and so is every message a WebSocket
+client sends (`app.api.ws_session`): finite numbers only, valid Unicode only, at most
+`MAX_JSON_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _check_structure(value: Any) -> None:
             stack.append((child, depth + 1))
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | str) -> Any:
+    """A request body, or a WebSocket client's text message, checked as above."""
     try:
         value = json.loads(body, parse_float=_finite_float, parse_constant=_refuse_constant)
     except _Refused as refused:

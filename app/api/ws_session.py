@@ -25,7 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import WebSocket
+from fastapi.exceptions import RequestValidationError
 
+from app.api.json_body import parse_json
 from app.core.auth import Principal
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.services import Services
@@ -103,8 +105,8 @@ async def authenticate_websocket(websocket: WebSocket, services: Services) -> tu
         return await services.verifier.verify(cookie), None
     try:
         async with asyncio.timeout(settings.ws_auth_timeout_s):
-            message = await websocket.receive_json()
-    except (TimeoutError, ValueError, KeyError) as error:
+            message = parse_json(await websocket.receive_text() or "")
+    except (TimeoutError, KeyError, RequestValidationError) as error:  # KeyError: a binary frame
         raise Unauthenticated("no auth message") from error
     if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(message.get("token"), str):
         raise Unauthenticated("first message must be {type: auth, token}")
@@ -202,9 +204,9 @@ class WebSocketFeed:
         """Handles `resume`, `auth` (a fresh token) and `ping`; anything else is answered
         with an error and the socket stays open."""
         try:
-            message = json.loads(raw.get("text") or "")
-        except ValueError:
-            await self.error("invalid_message", "messages are JSON text")
+            message = parse_json(raw.get("text") or "")
+        except RequestValidationError as invalid:
+            await self.error("invalid_message", f"messages are JSON text: {invalid.errors()[0]['msg']}")
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "resume":

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
@@ -98,6 +99,8 @@ BAD_MESSAGES = [
     {"type": "auth", "token": ["x"]},
     {"type": "auth", "token": "forged"},
 ]
+# Sent as they are: Python's own json module could not write them.
+DEEP_TEXTS = ["[" * 5_000 + "]" * 5_000, '{"type":' * 3_000 + "1" + "}" * 3_000, '{"type": "ping", "n": NaN}']
 
 
 async def test_bad_resume_ids_and_messages_get_an_error_and_keep_the_socket(
@@ -118,6 +121,10 @@ async def test_bad_resume_ids_and_messages_get_an_error_and_keep_the_socket(
             await ws.send(json.dumps(message))
             reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert reply["type"] == "error", (message, reply)
+        for text in DEEP_TEXTS:
+            await ws.send(text)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "error" and reply["code"] == "invalid_message", (text[:20], reply)
         await ws.send(b"\x00binary frame")
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "error"
         await ws.send(json.dumps({"type": "ping"}))
@@ -127,6 +134,16 @@ async def test_bad_resume_ids_and_messages_get_an_error_and_keep_the_socket(
                      headers={"Last-Event-ID": BAD_RESUME_IDS[1]}) as response:
         assert response.status_code == 200
     http.close()
+
+
+@pytest.mark.parametrize("text", DEEP_TEXTS)
+async def test_a_hostile_first_message_is_refused_4401(service_url: str, text: str) -> None:
+    ws_url = service_url.replace("http://", "ws://") + "/ws/ai/insights/cust-hostile"
+    async with connect(ws_url) as ws:
+        await ws.send(text)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
 def test_interaction_body_check_keeps_good_requests_working(client: httpx.Client) -> None:
