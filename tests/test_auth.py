@@ -38,6 +38,9 @@ BAD_TOKENS: dict[str, str | None] = {
     "no_exp": jwt.encode(_claims(exp=None), TEST_SECRET, algorithm="HS256"),
     "garbage": "not-a-jwt",
     "bad_tenant_chars": jwt.encode(_claims(tenant_id="acme:other"), TEST_SECRET, algorithm="HS256"),
+    # Signed, but no float holds the expiry: an OverflowError once answered it 500.
+    "exp_beyond_floats": jwt.encode(_claims(exp=10**400), TEST_SECRET, algorithm="HS256"),
+    "exp_infinite": jwt.encode(_claims(exp=float("inf")), TEST_SECRET, algorithm="HS256"),  # PyJWT refuses it
 }
 
 

@@ -54,12 +54,11 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise Unauthenticated("roles claim must be a list of strings", reason="claims")
-    return Principal(
-        user_id=user_id,
-        tenant_id=tenant_id,
-        roles=frozenset(roles),
-        expires_at=float(claims["exp"]),
-    )
+    try:
+        expires_at = float(claims["exp"])  # PyJWT checked it is an integer in the future
+    except OverflowError:
+        raise Unauthenticated("token has no valid exp claim", reason="claims") from None
+    return Principal(user_id=user_id, tenant_id=tenant_id, roles=frozenset(roles), expires_at=expires_at)
 
 
 class TokenVerifier:

@@ -88,6 +88,17 @@ def test_malformed_tokens_get_a_generic_401(anonymous: httpx.Client, token: str)
     assert detail in {"malformed token", "invalid token", "token algorithm is not accepted"}, detail
 
 
+@pytest.mark.parametrize("query", [
+    "until=0001-01-01T00:00:00Z",  # no 30 days before it
+    "since=0001-01-01T00:00:00%2B14:00",  # no UTC form
+    "since=9999-12-31T23:59:59-14:00",
+])
+def test_usage_at_the_ends_of_the_calendar_is_422(service_url: str, mint: Callable[..., str], query: str) -> None:
+    response = httpx.get(f"{service_url}/api/v1/ai/usage?{query}",
+                         headers={"Authorization": f"Bearer {mint(roles=('admin',))}"}, timeout=10)
+    assert response.status_code == 422, response.text
+
+
 BAD_RESUME_IDS = ["99999999999999999999-0", "9" * 4000 + "-0", "abc", "-1-0", "1-", "18446744073709551616-0"]
 BAD_MESSAGES = [
     {"type": "resume", "last_event_id": {"nested": ["x"]}},

@@ -3,11 +3,11 @@ view of every tenant's security events and the tenant-less ones (refused tokens)
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from app.api.deps import CurrentPrincipal, ServicesDep
 from app.core.auth import TENANT_ID_PATTERN
@@ -76,14 +76,27 @@ class OperatorSecurityEventRecord(SecurityEventRecord):
 
 
 EventKind = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+REPORTABLE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
+def _reportable(value: datetime) -> datetime:
+    """A time the report can be asked about, in UTC. Near the ends of the calendar a
+    time has no UTC form (0001-01-01 at +14:00) or no 30 days before it: refused, not
+    an OverflowError answered 500."""
+    if not REPORTABLE[0] <= value <= REPORTABLE[1]:
+        raise ValueError(f"must lie between {REPORTABLE[0]:%Y-%m-%d} and {REPORTABLE[1]:%Y-%m-%d}")
+    return value.astimezone(UTC)
+
+
+ReportTime = Annotated[AwareDatetime, AfterValidator(_reportable)]
 
 
 @router.get("/usage")
 async def read_usage(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ReportTime | None = None,
+    until: ReportTime | None = None,
 ) -> UsageReport:
     """The caller's tenant usage by feature, model and outcome (default: last 30 days)."""
     until = until or utcnow() + timedelta(seconds=1)
