@@ -159,3 +159,18 @@ def test_batch_spends_one_unit_per_input(limited_pair: tuple[str, str, TokenVeri
     over = httpx.post(f"{a}{LEAD_SCORING_PATH}/batch", json={"inputs": [{"lead_id": "3"}, {"lead_id": "4"}]},
                       headers=headers, timeout=30)
     assert over.status_code == 429
+
+
+def test_a_batch_larger_than_a_whole_budget_is_413_and_spends_nothing(
+    limited_pair: tuple[str, str, TokenVerifier]
+) -> None:
+    """4 inputs against 3 a minute could never pass: a 429 would invite retries for ever."""
+    a, _, verifier = limited_pair
+    headers = {"Authorization": f"Bearer {verifier.mint(tenant_id='bigbatch', user_id='b', roles=('rep',))}"}
+    refused = httpx.post(f"{a}{LEAD_SCORING_PATH}/batch", json={"inputs": [{"lead_id": str(n)} for n in range(4)]},
+                         headers=headers, timeout=30)
+    assert refused.status_code == 413 and "retry-after" not in refused.headers
+    assert refused.json()["detail"] == "4 inputs exceed the user rate limit of 3 per 1 minute: send them in parts"
+    fits = httpx.post(f"{a}{LEAD_SCORING_PATH}/batch", json={"inputs": [{"lead_id": str(n)} for n in range(3)]},
+                      headers=headers, timeout=30)
+    assert fits.status_code == 200, "the refused batch spent nothing"

@@ -52,6 +52,12 @@ class PayloadTooLarge(AppError):
     status_code = 413
 
 
+class BatchTooLarge(AppError):
+    """More inputs in one batch than a rate limit allows in a whole window."""
+
+    status_code = 413
+
+
 class RateLimited(AppError):
     status_code = 429
     retryable = True

@@ -35,7 +35,7 @@ from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
 from app.core.auth import Principal
-from app.core.errors import RateLimited
+from app.core.errors import BatchTooLarge, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,18 @@ class RequestRateLimiter:
         return await self._local.hit(limit, *keys, cost=cost), self._local
 
     async def check(self, principal: Principal, cost: int = 1) -> None:
-        """Spends `cost` from the user's budget, then the tenant's, or raises `RateLimited`."""
+        """Spends `cost` from the user's budget, then the tenant's, or raises `RateLimited`.
+
+        A cost larger than a whole window of either budget (a batch of more inputs than
+        the limit allows a minute) could never be spent: it is refused with
+        `BatchTooLarge`, spending nothing, not with a 429 inviting retries for ever."""
         buckets = (
             (self._user, ("user", principal.tenant_id, principal.user_id), "user"),
             (self._tenant, ("tenant", principal.tenant_id), "tenant"),
         )
+        for limit, _, scope in buckets:
+            if cost > limit.amount:
+                raise BatchTooLarge(f"{cost} inputs exceed the {scope} rate limit of {limit}: send them in parts")
         for limit, keys, scope in buckets:
             allowed, limiter = await self._hit(limit, keys, cost)
             if not allowed:
