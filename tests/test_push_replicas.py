@@ -175,6 +175,36 @@ def test_sse_feed_resumes_with_last_event_id(replicas: tuple[str, str]) -> None:
                     break
 
 
+async def test_an_sse_feed_resumed_from_an_id_ahead_of_the_channel_still_gets_live_events(
+    replicas: tuple[str, str]
+) -> None:
+    """A Last-Event-ID no event of the channel will pass (made up, another system's)
+    replays nothing; it must not silence the feed for good."""
+    a, b = replicas
+    customer = "cust-sse-ahead"
+    async with httpx.AsyncClient(base_url=a, timeout=30, headers={"Authorization": f"Bearer {token('acme')}"}) as http:
+        async with http.stream("GET", f"/api/v1/ai/stream/insights/{customer}",
+                               headers={"Last-Event-ID": "18446744073709551615-0"}) as response:
+            assert response.status_code == 200
+
+            async def first_insight() -> None:
+                async for line in response.aiter_lines():
+                    if line == "event: insight":
+                        return
+
+            reading = asyncio.ensure_future(first_insight())
+            try:
+                for n in range(10):  # the feed subscribes once its body starts: publish until one arrives
+                    await analyse(b, "acme", customer, f"Any update on order {n}?")
+                    done, _ = await asyncio.wait({reading}, timeout=1.0)
+                    if done:
+                        break
+                assert reading.done(), "no live event reached the feed"
+                reading.result()
+            finally:
+                reading.cancel()
+
+
 async def test_websocket_auth_failures_close_with_4401_and_4403(replicas: tuple[str, str]) -> None:
     a, _ = replicas
     async with connect(ws_url(a, "/ws/ai/scoring")) as ws:

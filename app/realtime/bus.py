@@ -91,18 +91,24 @@ class Subscription:
         self._unregister(self)
 
     async def events(self, history: list[Event], last_event_id: str | None) -> AsyncIterator[Event]:
-        """History after `last_event_id`, then live events, each exactly once, in order."""
-        cursor = last_event_id
+        """History after `last_event_id`, then live events, each exactly once, in order.
+
+        A live event was published after this subscription began, so the only events it
+        can repeat are the history read after that: live events are compared with the
+        last one replayed, not with the client's id. A client's id can lie ahead of every
+        event the channel will have (made up, another system's), and compared with it
+        every live event would be dropped: a feed silent for good."""
+        replayed: str | None = None
         try:
             for event in history:
-                if event.after(cursor):
-                    cursor = event.id
+                if event.after(last_event_id) and event.after(replayed):
+                    replayed = event.id
                     yield event
             while True:
                 await self.arrival()
                 while (event := self.next_event()) is not None:
-                    if event.after(cursor):
-                        cursor = event.id
+                    if event.after(replayed):
+                        replayed = event.id
                         yield event
         finally:
             self.close()
