@@ -4,8 +4,8 @@
   built-in `max_body_size` answers in plain text; these answer `{"detail": ...}` JSON
   like every refusal.
 - Time: the whole body must arrive within `REQUEST_BODY_TIMEOUT_S` of the end of the
-  headers, so a client trickling a body, or never sending it, cannot hold a request open (slow headers are the
-  proxy's and uvicorn's job, see the README).
+  headers, so a client trickling a body, or never sending it, cannot hold a request
+  open (slow headers are the proxy's and uvicorn's job, see the README).
 - JSON (POST/PUT/PATCH): checked once by `app.api.json_body.parse_json` before any
   route or LangServe parses it, because FastAPI parses bodies before dependencies run
   and answers its own RecursionError with a 400. The checked bytes are replayed to the
