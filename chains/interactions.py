@@ -100,7 +100,7 @@ def build_interaction_chain(
         tenant_id = run_context(config).identity.tenant_id  # fail closed before any work
         text, channel, customer_id = payload["text"], payload["channel"], payload["customer_id"]
         time_sensitive = bool(payload.get("time_sensitive"))
-        reading: MessageReading = await cpu.run(tenant_id, read_message, text, channel)
+        reading: MessageReading = await cpu.run_sized(tenant_id, len(text), read_message, text, channel)
         use_llm = router.has_llm and not reading.automated
         past_task = asyncio.ensure_future(history.recent(tenant_id, customer_id, limit=HISTORY_LIMIT))
         no_context = CustomerContext(tier=payload.get("customer_tier", "standard"))

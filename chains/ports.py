@@ -53,6 +53,11 @@ class CpuRunner(Protocol):
 
     async def run(self, tenant_id: str, fn: Callable[..., _T], /, *args: Any) -> _T: ...
 
+    async def run_sized(self, tenant_id: str, size: int, fn: Callable[..., _T], /, *args: Any) -> _T:
+        """As `run`, for a job whose cost grows with `size` (the characters of the text
+        it reads): a small one may run in place."""
+        ...
+
 
 class InteractionHistory(Protocol):
     """A customer's earlier analysed interactions, newest first, within one tenant."""

@@ -162,6 +162,30 @@ async def test_the_analysis_hops_to_the_cpu_pool_once_per_message(stores: Stores
     assert len(hops) == 1, "one hop: labels, substance and guard in one job"
 
 
+@pytest.mark.parametrize(("text", "hops"), [
+    ("Checkout is down for all our customers, fix it today.", 0),  # read in place: no queue behind a burst
+    ("Checkout is down for all our customers, fix it today. " * 12, 1),  # 660 characters: the pool's
+])
+async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, text: str, hops: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    handed: list[Any] = []
+    original = loop.run_in_executor
+
+    def counting(*args: Any) -> Any:
+        handed.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counting)
+    pool = FairCpuPool(1, jobs_per_worker=4, model_cache_dir=MODEL_CACHE, inline_max_size=500)
+    payload = {"customer_id": "c", "text": text, "channel": "chat", "customer_tier": "standard",
+               "time_sensitive": False}
+    chunks = [c async for c in chain(stores, pool).astream(payload, run_config("t", "u"))]
+    assert chunks[0]["provisional"] is True and chunks[-1]["degraded"] is False
+    assert len(handed) == hops
+
+
 def test_extraction_finds_asks_pains_deadlines_and_amounts() -> None:
     found = extract("Hello team. The export has been broken for three days and we are furious. "
                     "Please fix it by Friday, we have 40 seats on the $1,250.50 plan. I'd rather talk by phone.")

@@ -105,6 +105,12 @@ class Settings(BaseSettings, ProviderSettings):
         "picks the next; another tenant's job waits behind at most this many per worker.",
     )
 
+    cpu_inline_max_chars: int = Field(
+        default=500, ge=0,
+        description="A message analysed (or described for the cache) on the event loop when this short: "
+        "cheaper there than a round trip through the pool, and no queue behind a burst. 0: always the pool.",
+    )
+
     thread_switch_interval_ms: float = Field(
         default=1.0, gt=0, le=100,
         description="How soon a helper thread (analysis pool, SQLite) gets the GIL from a busy event loop (sys.setswitchinterval).",

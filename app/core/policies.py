@@ -39,7 +39,7 @@ class InteractionPolicy:
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
     ) -> AsyncIterator[Any]:
-        query = await self.cpu.run(identity.tenant_id, describe, payload)
+        query = await self.cpu.run_sized(identity.tenant_id, len(str(payload["text"])), describe, payload)
         hit = await self.processor.cache.get(identity.tenant_id, query)
         CACHE_LOOKUPS.labels(hit.kind if hit else "miss").inc()
         if hit is not None:
@@ -57,7 +57,7 @@ class InteractionPolicy:
         await self.processor.publish_interaction(identity, payload, dict(output))
         await self.history.record(identity.tenant_id, payload["customer_id"], payload["channel"], dict(output))
         if not degraded:
-            query = await self.cpu.run(identity.tenant_id, describe, payload)
+            query = await self.cpu.run_sized(identity.tenant_id, len(str(payload["text"])), describe, payload)
             await self.processor.cache.put(identity.tenant_id, query, dict(output))
 
 
