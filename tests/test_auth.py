@@ -41,6 +41,7 @@ BAD_TOKENS: dict[str, str | None] = {
     # Signed, but no float holds the expiry: an OverflowError once answered it 500.
     "exp_beyond_floats": jwt.encode(_claims(exp=10**400), TEST_SECRET, algorithm="HS256"),
     "exp_infinite": jwt.encode(_claims(exp=float("inf")), TEST_SECRET, algorithm="HS256"),  # PyJWT refuses it
+    "exp_as_digits": jwt.encode(_claims(exp="9" * 400), TEST_SECRET, algorithm="HS256"),  # PyJWT's int() takes it
 }
 
 

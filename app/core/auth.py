@@ -10,6 +10,7 @@ fixed per key type, so `alg: none` and algorithm-confusion tokens never verify.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -54,10 +55,15 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise Unauthenticated("roles claim must be a list of strings", reason="claims")
+    # PyJWT checked that int(exp) is in the future, which a digit string passes too; a
+    # NumericDate is a JSON number, and one no float holds is no time at all.
+    exp = claims.get("exp")
     try:
-        expires_at = float(claims["exp"])  # PyJWT checked it is an integer in the future
+        expires_at = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else math.nan
     except OverflowError:
-        raise Unauthenticated("token has no valid exp claim", reason="claims") from None
+        expires_at = math.nan
+    if not math.isfinite(expires_at):
+        raise Unauthenticated("token has no valid exp claim", reason="claims")
     return Principal(user_id=user_id, tenant_id=tenant_id, roles=frozenset(roles), expires_at=expires_at)
 
 
