@@ -30,31 +30,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timeout_s = settings.http_header_timeout_s
         self._max_header_bytes = settings.http_max_header_bytes
         self._header_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # reading a request line and headers (or waiting for the next)
         self._header_bytes = 0
-        self._header_tail = b""  # the last bytes read while in the headers: an end split across reads
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._header_timer is not None:  # still reading a request line and headers
-            # httptools hands a header over only once it is complete, so its size is
-            # counted here, as it arrives: up to the blank line that ends the headers,
-            # not the body read along with them (a client that writes both at once).
-            self._header_bytes += self._header_part(data)
-            if self._header_bytes > self._max_header_bytes:
+        # httptools buffers a header until it is complete, so a head's size is bounded
+        # here: while one is read, the parser is fed at most what is left of its budget at
+        # a time. What follows the head in the same read (the body, which many clients
+        # write with the headers; the next pipelined request) is not counted against it.
+        while self._in_head and data:
+            self._arm()  # any byte of a head starts its clock, the blank lines before it too
+            room = self._max_header_bytes - self._header_bytes
+            if room <= 0:
                 self._refuse(b"431 Request Header Fields Too Large")
                 return
-        super().data_received(data)
-
-    def _header_part(self, data: bytes) -> int:
-        """How many bytes of `data` belong to the request line and headers."""
-        seen = self._header_tail + data
-        ends = [at + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (at := seen.find(blank)) >= 0]
-        self._header_tail = seen[-3:]
-        if not ends:
-            return len(data)
-        return max(0, min(ends) - len(seen) + len(data))
+            piece, data = data[:room], data[room:]
+            self._header_bytes += len(piece)
+            super().data_received(piece)
+            if self._refused or self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # refused, answered 400, or handed to a WebSocket protocol
+        if data:
+            super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -70,9 +69,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._in_head = False
         self._header_bytes = 0
-        self._header_tail = b""
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # the next request's head, on a kept-alive or pipelined connection
 
     def _arm(self) -> None:
         if self._header_timer is None:
