@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from app.realtime.events import Event, IdClock, tenant_prefix
+from app.realtime.events import Event, IdClock, parse_event_id, tenant_prefix
 
 SUBSCRIPTION_QUEUE_SIZE = 256
 REPLAY_MIN_EVENTS = 1_000
@@ -30,6 +30,15 @@ CHANNEL_IDLE_EXPIRY_S = 24 * 3600.0  # as the Redis streams expire
 
 class SlowConsumer(Exception):
     """The subscriber fell more than its buffer behind; it must resume from its last id."""
+
+
+# How far ahead of this process's clock an event id may be and still be one a channel
+# could have issued (Redis stamps ids with its own clock).
+FUTURE_ID_TOLERANCE_MS = 60_000
+
+
+def _from_the_future(event_id: str) -> bool:
+    return parse_event_id(event_id)[0] > time.time() * 1000 + FUTURE_ID_TOLERANCE_MS
 
 
 class Subscription:
@@ -93,22 +102,21 @@ class Subscription:
     async def events(self, history: list[Event], last_event_id: str | None) -> AsyncIterator[Event]:
         """History after `last_event_id`, then live events, each exactly once, in order.
 
-        A live event was published after this subscription began, so the only events it
-        can repeat are the history read after that: live events are compared with the
-        last one replayed, not with the client's id. A client's id can lie ahead of every
-        event the channel will have (made up, another system's), and compared with it
-        every live event would be dropped: a feed silent for good."""
-        replayed: str | None = None
+        Live events are compared with the client's id too: Redis's shared reader can be
+        behind the stream when a subscription joins it, and hand it events the client
+        already had. An id from the future (made up, another system's) is no such floor:
+        every live event would fall below it, a feed silent for good."""
+        cursor = None if last_event_id is None or _from_the_future(last_event_id) else last_event_id
         try:
             for event in history:
-                if event.after(last_event_id) and event.after(replayed):
-                    replayed = event.id
+                if event.after(cursor):
+                    cursor = event.id
                     yield event
             while True:
                 await self.arrival()
                 while (event := self.next_event()) is not None:
-                    if event.after(replayed):
-                        replayed = event.id
+                    if event.after(cursor):
+                        cursor = event.id
                         yield event
         finally:
             self.close()
