@@ -128,6 +128,12 @@ def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
         Settings(_env_file=None, app_env="production", auth_jwt_secret="short", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("limit", ["0/minute", "many", "120 per fortnight"])
+def test_a_rate_limit_that_lets_nothing_through_or_does_not_parse_refuses_to_start(tmp_path: Path, limit: str) -> None:
+    with pytest.raises(ValidationError, match="rate_limit_user"):
+        Settings(_env_file=None, data_dir=tmp_path, rate_limit_user=limit)
+
+
 def test_dev_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, auth_jwt_secret=None, app_env="development")
     first = TokenVerifier(settings)

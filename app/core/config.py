@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse as parse_limit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -202,6 +203,15 @@ class Settings(BaseSettings, ProviderSettings):
         for key in value if isinstance(value, list) else [value] if value is not None else []:
             if len(key.get_secret_value()) < MIN_MASTER_KEY_CHARS:
                 raise ValueError(f"data encryption keys must be at least {MIN_MASTER_KEY_CHARS} characters")
+        return value
+
+    @field_validator("rate_limit_tenant", "rate_limit_user")
+    @classmethod
+    def _a_limit_of_at_least_one(cls, value: str) -> str:
+        """A limit `limits` reads, that lets something through: `0/minute` would refuse
+        every request, each as a batch too large."""
+        if parse_limit(value).amount < 1:
+            raise ValueError("a rate limit must allow at least 1 request per window")
         return value
 
     @field_validator("scoring_tenant_models", mode="before")
