@@ -283,3 +283,25 @@ async def test_events_with_and_without_a_route_committed_in_one_batch(url: str) 
     await engine.dispose()
     assert sorted(tuple(row) for row in rows) == [
         ("u1", "/api/v1/ai/usage", "10.0.0.9"), ("u2", None, None), ("u3", "/api/v1/ai/usage", None)]
+
+
+async def test_a_new_tenants_first_event_in_a_batch_with_other_records_loses_nothing(url: str) -> None:
+    """One batch: another tenant's run and the first security event of a tenant with no
+    data key yet. On SQLite the key, made inside the batch's transaction, waited for that
+    transaction's own write lock, failed at the busy timeout at every retry, and the whole
+    batch was lost."""
+    engine = create_engine(url)
+    await migrate(engine)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    try:
+        started = audit.begin_run(run_id="r1", tenant_id="acme", user_id="u", chain="scoring", endpoint="invoke")
+        audit.enqueue_security_event(tenant_id="brand-new", user_id="v", run_id=None, kind="forbidden_role",
+                                     detail={"required": ["rep"]})  # queued now: the same batch
+        await asyncio.wait_for(started, 60)
+        await audit.close()
+        runs = await audit.recent_runs("acme", 10)
+        events = await audit.recent_security_events("brand-new", 10)
+    finally:
+        await engine.dispose()
+    assert [run["run_id"] for run in runs] == ["r1"]
+    assert [(event["kind"], event["detail"]) for event in events] == [("forbidden_role", {"required": ["rep"]})]

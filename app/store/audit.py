@@ -181,6 +181,11 @@ class AuditLog:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in batch:
             by_kind.setdefault(item.kind, []).append(item.values)
+        # Sealed before the transaction opens: a tenant's first data key is made on a
+        # connection of its own, which on SQLite waits for the write lock this transaction
+        # holds. Inside it, a new tenant's first security event failed the whole batch at
+        # the busy timeout, again at every retry, and the batch's records were lost.
+        events = await self._sealed(by_kind.get("security_event", []))
         now = utcnow()
         async with self.engine.begin() as connection:
             if rows := by_kind.get("run_started"):
@@ -198,9 +203,9 @@ class AuditLog:
                     update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), rows_alike
                 )
             event_ids: list[str] = []
-            if rows := await self._sealed(by_kind.get("security_event", [])):
+            if events:
                 inserted = await connection.execute(
-                    insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), rows
+                    insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), events
                 )
                 event_ids = [str(event_id) for event_id in inserted.scalars()]
             run_ids = [row["b_run_id"] for row in finished]
