@@ -334,6 +334,16 @@ def test_a_tenants_own_model_takes_over_at_the_minimum_on_every_replica(replicas
         versus_prior = a.post(MODEL_TEST, headers=manager, json={"a": "logreg-v2", "b": "tenant-v2"}).json()
         assert versus_prior["a"]["predicted"] == MIN_OUTCOMES + RETRAIN_EVERY
 
+        # Each version keeps the out-of-fold probability of every lead it learned from: a
+        # lead's export shows them, and its erasure takes them out of every version.
+        gone, admin = data.leads[0]["lead_id"], replicas.headers(tenant, ("admin",))
+        export = f"/api/v1/ai/privacy/customers/{gone}/export"
+        held = a.get(export, headers=admin).json()["scoring_model_predictions"]
+        assert [p["model_version"] for p in held] == [1, 2], held
+        erased = b.delete(f"/api/v1/ai/privacy/customers/{gone}", headers=admin).json()["erased"]
+        assert erased["scoring_model_predictions"] == 2 and erased["lead_outcomes"] == 1
+        assert a.get(export, headers=admin).json()["scoring_model_predictions"] == []
+
 
 # -- the trigger, deterministically ------------------------------------------------------------
 

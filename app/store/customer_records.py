@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.crypto.envelope import TenantCipher
 from app.crypto.keyring import Keyring
@@ -51,6 +51,20 @@ RETAINED: dict[str, tuple[Table, str]] = {
     "lead_scores": (lead_scores, "scored_at"),
     "workflows": (workflow_runs, "created_at"),
 }
+
+
+# A tenant's model versions keep, per lead they were trained on, the probability a fit
+# that never saw the lead gave it (for comparing versions): the customer's too.
+MODEL_PREDICTIONS = "scoring_model_predictions"
+
+
+async def _models_trained_on(
+    connection: AsyncConnection, tenant_id: str, customer_id: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """(version, its out-of-fold map) of each of the tenant's versions trained on the customer."""
+    rows = (await connection.execute(select(scoring_models.c.version, scoring_models.c.out_of_fold).where(
+        scoring_models.c.tenant_id == tenant_id).order_by(scoring_models.c.version))).all()
+    return [(row.version, row.out_of_fold) for row in rows if customer_id in row.out_of_fold]
 
 
 def _where(table: Table, column: str, tenant_id: str, customer_id: str) -> Any:
@@ -94,6 +108,10 @@ class CustomerRecords:
                     select(table).where(_where(table, column, tenant_id, customer_id))
                 )).mappings().all()
                 found[name] = [_opened(cipher, name, dict(row)) for row in rows]
+            found[MODEL_PREDICTIONS] = [
+                {"model_version": version, "out_of_fold_probability": out_of_fold[customer_id]}
+                for version, out_of_fold in await _models_trained_on(connection, tenant_id, customer_id)
+            ]
         return found
 
     async def erase(self, tenant_id: str, customer_id: str) -> dict[str, int]:
@@ -105,6 +123,12 @@ class CustomerRecords:
                 erased[name] = result.rowcount
             if erased["documents"] or erased["document_chunks"]:
                 await knowledge.bump_revision(connection, tenant_id)  # every replica drops them from its index
+            trained_on = await _models_trained_on(connection, tenant_id, customer_id)
+            for version, out_of_fold in trained_on:
+                await connection.execute(update(scoring_models).where(
+                    (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == version)
+                ).values(out_of_fold={lead: p for lead, p in out_of_fold.items() if lead != customer_id}))
+            erased[MODEL_PREDICTIONS] = len(trained_on)
         return erased
 
     async def erase_tenant(self, tenant_id: str) -> dict[str, int]:
