@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def test_console_shows_insights_as_they_happen_and_streams_answers(
     (tmp_path / "console.png").write_bytes(after)
     card_png = card.screenshot_as_png
     assert after != before and len(card_png) > 2_000, "the streamed content is rendered on screen"
+
+    # Another tenant's rep asks from the console too: each tab has a chat session of its
+    # own, so nobody is reported as using another tenant's session.
+    browser.get(f"{service_url}/console?token={mint('globex', 'gus', roles=('rep',))}")
+    browser.find_element(By.ID, "question").send_keys("Any open issues?")
+    browser.find_element(By.ID, "ask").click()
+    wait.until(lambda driver: driver.find_element(By.ID, "answer").get_attribute("data-done") == "true")
+    admin = {"Authorization": f"Bearer {mint('globex', 'gina', roles=('admin',))}"}
+    deadline = time.monotonic() + 5  # the cross-tenant check runs after the answer
+    while time.monotonic() < deadline:
+        kinds = [e["kind"] for e in httpx.get(f"{service_url}/api/v1/ai/security/events", headers=admin,
+                                               timeout=10).json()]
+        assert "foreign_session" not in kinds, kinds
+        time.sleep(0.5)
 
 
 def test_console_refuses_a_browser_that_is_not_signed_in(browser: webdriver.Chrome, service_url: str) -> None:
