@@ -16,6 +16,13 @@ _CITATION = re.compile(r"(\s*)\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _OPEN_TAIL = re.compile(r"\s*(?:\[[\d,\s]{0,12})?$")
 
 
+def quoted_markers(text: str) -> str:
+    """A passage's own bracketed numbers, written `(n)`. In an answer `[n]` cites passage
+    n: a document's "see [2]" copied into one (the local answer quotes sentences, a model
+    may too) would cite another passage, or be removed and blamed on the model."""
+    return _CITATION.sub(lambda match: f"{match.group(1)}({match.group(2)})", text)
+
+
 class CitationCheck:
     def __init__(self, passages: int) -> None:
         self.passages = passages

@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from chains.censor import censored
-from chains.citations import CitationCheck
+from chains.citations import CitationCheck, quoted_markers
 from chains.context import run_context
 from chains.local.composer import compose_answer
 from chains.ports import Conversation, CpuRunner, KnowledgeSearch, Memory, Passage
@@ -70,17 +70,18 @@ def build_insights_chain(
              guarded(p.text, source=f"document:{p.document_id}", config=config))
             for p in passages
         ]
+        texts = [quoted_markers(text.text) for _, text in sources]  # only the answer's [n] cite
         labelled = [
-            (f"{title.text} ({'this customer' if p.customer_id else 'tenant-wide'})", text.text)
-            for p, (title, text) in zip(passages, sources, strict=True)
+            (f"{title.text} ({'this customer' if p.customer_id else 'tenant-wide'})", text)
+            for p, (title, _), text in zip(passages, sources, texts, strict=True)
         ]
         flagged = asked.flagged or any(g.flagged for pair in sources for g in pair) or any(
             g.flagged for _, g in history
         )
 
         async def local() -> str:
-            own = [(title.text, text.text, p.customer_id is not None)
-                   for p, (title, text) in zip(passages, sources, strict=True)]
+            own = [(title.text, text, p.customer_id is not None)
+                   for p, (title, _), text in zip(passages, sources, texts, strict=True)]
             return await cpu.run(identity.tenant_id, compose_answer, asked.text, own, earlier)
 
         # Even without passages the model is asked: the conversation so far may answer.

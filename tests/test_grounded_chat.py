@@ -83,6 +83,23 @@ def test_local_answers_cite_only_what_they_use_and_prefer_the_customers_own_term
     assert "15%" not in other["answer"], "another customer's incident never answers"
 
 
+def test_bracketed_numbers_inside_a_document_cite_nothing(tmp_path: Path) -> None:
+    """A document's own "[2]" is not a citation: quoted in an answer it would name another
+    passage as a source, or be removed as the model's invented one."""
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        assert http.post("/api/v1/ai/insights/documents", headers=rep, json={
+            "customer_id": "c-bakery", "title": "Renewal terms",
+            "text": "The renewal fee for Bright Bakery is $500 per year [2]. Discounts are in clause [3]."},
+        ).status_code == 201
+        output = ask(http, rep, "c-bakery", "What is the renewal fee?")
+    assert "$500 per year (2)" in output["answer"], output["answer"]
+    assert titles(output) == ["Renewal terms"] and output["removed_citations"] == []
+    assert [s["citation"] for s in output["sources"]] == cited(output["answer"])
+
+
 TICKET = {"customer_id": "c-bakery", "title": "Ticket NL-2040",
           "text": "Ticket #NL-2040 - [P2] Landing page down - Bright Bakery Co\n"
                   "Opened: May 2, 2024, 8:05 a.m. by Maria Lopez\n"
