@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from sqlalchemy.exc import TimeoutError as DatabaseTimeout
 
-from app.core.errors import AppError, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated, Unprocessable
+from app.core.errors import AppError, RateLimited, Unauthenticated, Unprocessable
 from app.core.security_log import security_log_of
 from app.store.audit import AuditUnavailable
 from app.store.knowledge import DocumentNotFound
@@ -83,10 +83,6 @@ def error_headers(error: AppError) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
     if isinstance(error, RateLimited):
         return {"Retry-After": str(error.retry_after_s)}
-    if isinstance(error, (RequestTimeout, PayloadTooLarge)):
-        # The body was not read (in full): left open, the connection would wait on it, with
-        # no timer, since uvicorn's keep-alive clock stops at the client's next byte.
-        return {"Connection": "close"}
     return {}
 
 

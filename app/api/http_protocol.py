@@ -1,11 +1,15 @@
-"""uvicorn's httptools protocol with the two limits it lacks: slow headers, huge headers.
+"""uvicorn's httptools protocol with the limits it lacks: slow headers, huge headers, bodies
+that never end.
 
 uvicorn times out idle keep-alive connections but not a client that opens a connection
 and trickles its request line and headers (slowloris: 12 such connections were still
 open after 60 s), and httptools reads headers of any size (an 8 MB `Authorization`
 header was read in full before its 401). This protocol closes a connection whose
 headers do not complete within `HTTP_HEADER_TIMEOUT_S` and answers 431 once they pass
-`HTTP_MAX_HEADER_BYTES`. Use it with
+`HTTP_MAX_HEADER_BYTES`. And a body the app does not read to its end (a GET's, one
+after a 408 or 413) is discarded by uvicorn as it comes, with its keep-alive clock
+stopped at each byte: a body still unfinished at twice `REQUEST_BODY_TIMEOUT_S` after
+its headers closes the connection (the app's own 408 comes first). Use it with
 
     uvicorn app.server:app --http app.api.http_protocol:GuardedHttpToolsProtocol
 
@@ -28,8 +32,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         settings = get_settings()
         self._header_timeout_s = settings.http_header_timeout_s
+        self._body_deadline_s = 2 * settings.request_body_timeout_s
         self._max_header_bytes = settings.http_max_header_bytes
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the head's clock, then the body's
         self._in_head = True  # reading a request line and headers (or waiting for the next)
         self._header_bytes = 0
         self._refused = False
@@ -72,21 +77,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._header_bytes = 0
         super().on_headers_complete()
+        self._timer = self.loop.call_later(self._body_deadline_s, self._body_overdue)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._disarm()
         self._in_head = True  # the next request's head, on a kept-alive or pipelined connection
 
     def _arm(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(
-                self._header_timeout_s, self._refuse, b"408 Request Timeout"
-            )
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._header_timeout_s, self._head_overdue)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_overdue(self) -> None:
+        self._timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a response is still going out (a blank line came after its request)
+            return
+        self._refuse(b"408 Request Timeout")
+
+    def _body_overdue(self) -> None:
+        self._timer = None
+        self._refused = True
+        self.transport.close()
 
     def _refuse(self, status: bytes) -> None:
         self._disarm()

@@ -120,13 +120,14 @@ def test_huge_headers_are_refused_before_they_are_read(server: str) -> None:
     assert reply.startswith(b"HTTP/1.1 431"), reply
 
 
-def refusal_of_a_body(server: str, declared: int, sent: bytes = b"") -> bytes:
-    """The answer to a request whose body is not sent (in full), which must then close the
-    connection: one more byte from the client stops uvicorn's keep-alive clock, and a
-    connection left open would wait on the body for ever."""
+def answer_to_an_unfinished_body(server: str, declared: int, sent: bytes = b"", *, method: str = "POST",
+                                 path: str = f"{INTERACTIONS_PATH}/invoke") -> bytes:
+    """The answer to a request whose body never ends, and then the connection closed: one
+    more byte from the client stops uvicorn's keep-alive clock, and a connection left open
+    would wait on the body for ever."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as raw:
-        raw.sendall(f"POST {INTERACTIONS_PATH}/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+        raw.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n".encode() + sent)
         raw.settimeout(5)
         reply = raw.recv(4096)
@@ -141,17 +142,22 @@ def refusal_of_a_body(server: str, declared: int, sent: bytes = b"") -> bytes:
 
 def test_slow_bodies_get_408(server: str) -> None:
     started = time.monotonic()
-    reply = refusal_of_a_body(server, 100, b'{"input"')
+    reply = answer_to_an_unfinished_body(server, 100, b'{"input"')
     assert reply.startswith(b"HTTP/1.1 408"), reply
     assert time.monotonic() - started < 4
 
 
 def test_a_body_that_never_comes_gets_408(server: str) -> None:
-    assert refusal_of_a_body(server, 100).startswith(b"HTTP/1.1 408")
+    assert answer_to_an_unfinished_body(server, 100).startswith(b"HTTP/1.1 408")
 
 
 def test_a_body_declared_too_large_gets_413(server: str) -> None:
-    assert refusal_of_a_body(server, 10_000_000).startswith(b"HTTP/1.1 413")
+    assert answer_to_an_unfinished_body(server, 10_000_000).startswith(b"HTTP/1.1 413")
+
+
+def test_a_body_nobody_reads_does_not_hold_the_connection(server: str) -> None:
+    """A GET's body is not read by the app: answered, the connection still ends."""
+    assert answer_to_an_unfinished_body(server, 100, method="GET", path="/health").startswith(b"HTTP/1.1 200")
 
 
 def invoke_request(text: str, *, keep_alive: bool = False) -> tuple[bytes, bytes]:
