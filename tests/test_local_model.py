@@ -181,7 +181,10 @@ async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
     pool = FairCpuPool(1, jobs_per_worker=4, model_cache_dir=MODEL_CACHE, inline_max_size=500)
     payload = {"customer_id": "c", "text": text, "channel": "chat", "customer_tier": "standard",
                "time_sensitive": False}
-    chunks = [c async for c in chain(stores, pool).astream(payload, run_config("t", "u"))]
+    try:
+        chunks = [c async for c in chain(stores, pool).astream(payload, run_config("t", "u"))]
+    finally:
+        pool.close()
     assert chunks[0]["provisional"] is True and chunks[-1]["degraded"] is False
     assert len(handed) == hops
 

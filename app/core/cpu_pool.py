@@ -1,7 +1,9 @@
 """CPU-bound work of the chains, off the event loop and shared fairly between tenants.
 
 The embedded analysis is pure CPU (a 20 KB message took half a second of VADER on the
-event loop, and 40 of them stalled every tenant for 16 s). Jobs run in worker
+event loop, and 40 of them stalled every tenant for 16 s). A short message is the
+exception: `run_sized` reads it in place, where it costs less than a round trip here
+(see there). Jobs run in worker
 *processes*, one per core: threads were tried first and measured worse, because pure
 Python analysis in two threads starved the event loop of the GIL (victim p50 1.2 s
 under the bench/cpu_fairness_bench attack, 0.1 s with processes). Workers are spawned

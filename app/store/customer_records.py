@@ -59,11 +59,14 @@ MODEL_PREDICTIONS = "scoring_model_predictions"
 
 
 async def _models_trained_on(
-    connection: AsyncConnection, tenant_id: str, customer_id: str
+    connection: AsyncConnection, tenant_id: str, customer_id: str, *, to_change: bool = False
 ) -> list[tuple[int, dict[str, Any]]]:
-    """(version, its out-of-fold map) of each of the tenant's versions trained on the customer."""
-    rows = (await connection.execute(select(scoring_models.c.version, scoring_models.c.out_of_fold).where(
-        scoring_models.c.tenant_id == tenant_id).order_by(scoring_models.c.version))).all()
+    """(version, its out-of-fold map) of each of the tenant's versions trained on the
+    customer; `to_change` locks the rows, so two erasures at once cannot each write back
+    a map that still holds the other's customer."""
+    statement = select(scoring_models.c.version, scoring_models.c.out_of_fold).where(
+        scoring_models.c.tenant_id == tenant_id).order_by(scoring_models.c.version)
+    rows = (await connection.execute(statement.with_for_update() if to_change else statement)).all()
     return [(row.version, row.out_of_fold) for row in rows if customer_id in row.out_of_fold]
 
 
@@ -123,7 +126,7 @@ class CustomerRecords:
                 erased[name] = result.rowcount
             if erased["documents"] or erased["document_chunks"]:
                 await knowledge.bump_revision(connection, tenant_id)  # every replica drops them from its index
-            trained_on = await _models_trained_on(connection, tenant_id, customer_id)
+            trained_on = await _models_trained_on(connection, tenant_id, customer_id, to_change=True)
             for version, out_of_fold in trained_on:
                 await connection.execute(update(scoring_models).where(
                     (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == version)

@@ -1,7 +1,8 @@
 """The embedded analysis of one message: learned labels, substance, guard, then the
 fields of the result with the customer's context applied.
 
-`read_message` is the CPU work (run off the event loop, `chains.ports.CpuRunner`);
+`read_message` is the CPU work (`chains.ports.CpuRunner.run_sized`: in place for a short
+message, off the event loop for a long one);
 `local_fields` turns its reading and the customer's context into the public fields:
 the same shape whether the local analysis is the answer or the provisional one that an
 LLM's replaces.
