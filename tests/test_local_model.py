@@ -145,30 +145,9 @@ async def test_other_tenants_history_is_never_read(stores: Stores) -> None:
     assert result["customer_context"]["recent_interactions"] == 0
 
 
-async def test_the_analysis_hops_to_the_cpu_pool_once_per_message(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-    hops: list[Any] = []
-    original = loop.run_in_executor
-
-    def counting(*args: Any) -> Any:
-        hops.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(loop, "run_in_executor", counting)
-    payload = {"customer_id": "c", "text": "We love it, but the price is too high. Any discount?",
-               "channel": "chat", "customer_tier": "standard", "time_sensitive": False}
-    chunks = [c async for c in chain(stores).astream(payload, run_config("t", "u"))]
-    assert sum(1 for c in chunks if "summary" in c) > 5, "the summary streams in pieces"
-    assert len(hops) == 1, "one hop: labels, substance and guard in one job"
-
-
-@pytest.mark.parametrize(("text", "hops"), [
-    ("Checkout is down for all our customers, fix it today.", 0),  # read in place: no queue behind a burst
-    ("Checkout is down for all our customers, fix it today. " * 12, 1),  # 660 characters: the pool's
-])
-async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
-    stores: Stores, monkeypatch: pytest.MonkeyPatch, text: str, hops: int
-) -> None:
+@pytest.fixture
+async def hops(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every job handed to an executor (the analysis pool's) while the test runs."""
     loop = asyncio.get_running_loop()
     handed: list[Any] = []
     original = loop.run_in_executor
@@ -178,6 +157,24 @@ async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
         return original(*args)
 
     monkeypatch.setattr(loop, "run_in_executor", counting)
+    return handed
+
+
+async def test_the_analysis_hops_to_the_cpu_pool_once_per_message(stores: Stores, hops: list[Any]) -> None:
+    payload = {"customer_id": "c", "text": "We love it, but the price is too high. Any discount?",
+               "channel": "chat", "customer_tier": "standard", "time_sensitive": False}
+    chunks = [c async for c in chain(stores).astream(payload, run_config("t", "u"))]
+    assert sum(1 for c in chunks if "summary" in c) > 5, "the summary streams in pieces"
+    assert len(hops) == 1, "one hop: labels, substance and guard in one job"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Checkout is down for all our customers, fix it today.", 0),  # read in place: no queue behind a burst
+    ("Checkout is down for all our customers, fix it today. " * 12, 1),  # 660 characters: the pool's
+])
+async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
+    stores: Stores, hops: list[Any], text: str, expected: int
+) -> None:
     pool = FairCpuPool(1, jobs_per_worker=4, model_cache_dir=MODEL_CACHE, inline_max_size=500)
     payload = {"customer_id": "c", "text": text, "channel": "chat", "customer_tier": "standard",
                "time_sensitive": False}
@@ -186,7 +183,7 @@ async def test_short_messages_are_read_in_place_and_long_ones_in_the_pool(
     finally:
         pool.close()
     assert chunks[0]["provisional"] is True and chunks[-1]["degraded"] is False
-    assert len(handed) == hops
+    assert len(hops) == expected
 
 
 def test_extraction_finds_asks_pains_deadlines_and_amounts() -> None:
