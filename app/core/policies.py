@@ -9,7 +9,7 @@ from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from app.core.analysis_cache import describe
+from app.core.analysis_cache import CacheQuery, describe
 from app.core.cpu_pool import FairCpuPool
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.processor import RealtimeProcessor
@@ -36,10 +36,14 @@ class InteractionPolicy:
     cpu: FairCpuPool
     history: InteractionLog
 
+    async def _described(self, identity: RunIdentity, payload: dict[str, Any]) -> CacheQuery:
+        """The message as the cache looks it up and stores it (in place when short)."""
+        return await self.cpu.run_sized(identity.tenant_id, len(str(payload["text"])), describe, payload)
+
     async def degraded(
         self, payload: dict[str, Any], config: RunnableConfig, identity: RunIdentity, cause: str
     ) -> AsyncIterator[Any]:
-        query = await self.cpu.run_sized(identity.tenant_id, len(str(payload["text"])), describe, payload)
+        query = await self._described(identity, payload)
         hit = await self.processor.cache.get(identity.tenant_id, query)
         CACHE_LOOKUPS.labels(hit.kind if hit else "miss").inc()
         if hit is not None:
@@ -57,7 +61,7 @@ class InteractionPolicy:
         await self.processor.publish_interaction(identity, payload, dict(output))
         await self.history.record(identity.tenant_id, payload["customer_id"], payload["channel"], dict(output))
         if not degraded:
-            query = await self.cpu.run_sized(identity.tenant_id, len(str(payload["text"])), describe, payload)
+            query = await self._described(identity, payload)
             await self.processor.cache.put(identity.tenant_id, query, dict(output))
 
 
