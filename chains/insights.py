@@ -70,19 +70,17 @@ def build_insights_chain(
              guarded(p.text, source=f"document:{p.document_id}", config=config))
             for p in passages
         ]
-        texts = [quoted_markers(text.text) for _, text in sources]  # only the answer's [n] cite
-        labelled = [
-            (f"{title.text} ({'this customer' if p.customer_id else 'tenant-wide'})", text)
-            for p, (title, _), text in zip(passages, sources, texts, strict=True)
-        ]
+        # (title, text, the customer's own): a document's own "[2]" reads "(2)", since in the
+        # answer only a citation may be written [n].
+        shown = [(title.text, quoted_markers(text.text), p.customer_id is not None)
+                 for p, (title, text) in zip(passages, sources, strict=True)]
+        labelled = [(f"{title} ({'this customer' if own else 'tenant-wide'})", text) for title, text, own in shown]
         flagged = asked.flagged or any(g.flagged for pair in sources for g in pair) or any(
             g.flagged for _, g in history
         )
 
         async def local() -> str:
-            own = [(title.text, text, p.customer_id is not None)
-                   for p, (title, _), text in zip(passages, sources, texts, strict=True)]
-            return await cpu.run(identity.tenant_id, compose_answer, asked.text, own, earlier)
+            return await cpu.run(identity.tenant_id, compose_answer, asked.text, shown, earlier)
 
         # Even without passages the model is asked: the conversation so far may answer.
         prompt = answer_messages(asked.text, labelled, [(role, g.text) for role, g in history], flagged=flagged)
