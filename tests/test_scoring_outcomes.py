@@ -26,6 +26,7 @@ from app.core.scoring_models import TenantScoringModels
 from app.core.scoring_training import TenantModelTrainer
 from app.server import create_app
 from app.store.audit import AuditLog
+from app.store.customer_records import MODEL_PREDICTIONS, CustomerRecords
 from app.store.database import create_engine, database_url as to_async_url, migrate
 from app.store.lead_outcomes import OutcomeLog
 from app.store.scoring_models import ModelRegistry
@@ -391,6 +392,51 @@ async def test_training_is_due_at_the_minimum_with_both_kinds_then_every_n(tmp_p
         assert [info.name for info in await registry.list("t")] == ["tenant-v3", "tenant-v2"], "keeps the newest 2"
         assert (await models.for_tenant("t")).version == "tenant-v3"
         assert await registry.newest("other") is None and (await models.for_tenant("other")).version == "logreg-v2"
+    finally:
+        await audit.close()
+        await engine.dispose()
+
+
+class ErasingWhileTraining:
+    """Runs the training job in this process and, while it runs, erases a lead through
+    the erasure the privacy route calls: the moment between reading the outcomes and
+    storing the model."""
+
+    def __init__(self, records: CustomerRecords, tenant_id: str, lead_id: str) -> None:
+        self.records, self.tenant_id, self.lead_id = records, tenant_id, lead_id
+        self.erased: dict[str, int] = {}
+
+    async def run(self, tenant_id: str, fn: Callable[..., Any], /, *args: Any) -> Any:
+        trained = fn(*args)
+        self.erased = await self.records.erase(self.tenant_id, self.lead_id)
+        return trained
+
+
+async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database_url: str | None, tmp_path: Path) -> None:
+    """The new version's out-of-fold map held a prediction for a lead erased meanwhile:
+    its export showed it again, and nothing would ever erase it."""
+    engine = create_engine(to_async_url(database_url, tmp_path / "erased.sqlite3"))
+    await migrate(engine)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    outcomes, registry = OutcomeLog(engine, keyring_for(engine)), ModelRegistry(engine, keep=2)
+    records = CustomerRecords(engine, keyring_for(engine))
+    models = TenantScoringModels(ModelRouting(train_models(), "logreg-v2", {}), registry, check_every_s=60)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="test")
+    data = generate_leads(40, seed=5, funnel=TENANT_FUNNEL)
+    gone = data.leads[0]["lead_id"]
+    cpu = ErasingWhileTraining(records, tenant, gone)
+    trainer = TenantModelTrainer(outcomes=outcomes, registry=registry, models=models, cpu=cpu, audit=audit,
+                                 min_outcomes=30, retrain_every=10, max_outcomes=1_000)
+    try:
+        for index, lead in enumerate(data.leads[:30]):
+            await outcomes.record(tenant_id=tenant, lead_id=lead["lead_id"], outcome="won" if index % 3 == 0 else "lost",
+                                  features=lead, features_from="request", user_id="u")
+        stored = await trainer.train_if_due(tenant)
+        assert stored is not None and stored.training_size == 30, "trained on the lead, before its erasure"
+        assert cpu.erased["lead_outcomes"] == 1
+        model = await registry.by_name(tenant, stored.name)
+        assert model is not None and gone not in model.out_of_fold and len(model.out_of_fold) == 29
+        assert (await records.export(tenant, gone))[MODEL_PREDICTIONS] == []
     finally:
         await audit.close()
         await engine.dispose()

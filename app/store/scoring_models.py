@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.store.audit import utcnow
-from app.store.database import finishes_once_started, scoring_models
+from app.store.database import finishes_once_started, lead_outcomes, scoring_models
 
 VERSION_PREFIX = "tenant-v"
 
@@ -109,8 +109,27 @@ class ModelRegistry:
                     out_of_fold=out_of_fold, training_size=training_size, outcomes_total=outcomes_total, metrics=metrics,
                     created_at=created_at,
                 ))
+                await _without_erased_leads(connection, tenant_id, number, out_of_fold)
                 await connection.execute(delete(scoring_models).where(
                     (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version <= number - self.keep)))
         except IntegrityError:
             return None
         return StoredModelInfo(number, version_name(number), prior, training_size, metrics, created_at)
+
+
+async def _without_erased_leads(
+    connection: AsyncConnection, tenant_id: str, number: int, out_of_fold: dict[str, float | None]
+) -> None:
+    """A lead erased while the model trained (`app.store.customer_records`) has no
+    outcome left, and a prediction for it here would be its data stored again. Read after the
+    insert: on SQLite the insert holds the write lock, so no erasure commits in between;
+    on PostgreSQL the outcomes are locked for share, so an erasure under way is waited
+    for and one that comes after finds this version to take the lead out of."""
+    held = set((await connection.execute(
+        select(lead_outcomes.c.lead_id).where(lead_outcomes.c.tenant_id == tenant_id).with_for_update(read=True)
+    )).scalars())
+    kept = {lead: p for lead, p in out_of_fold.items() if lead in held}
+    if len(kept) < len(out_of_fold):
+        await connection.execute(update(scoring_models).where(
+            (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == number)
+        ).values(out_of_fold=kept))
