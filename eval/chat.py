@@ -73,7 +73,7 @@ async def evaluate_chat(split: str) -> ChatReport:
         await migrate(engine)
         settings = Settings(data_dir=Path(tmp))
         keys = keyring(settings, engine)
-        knowledge, memory, cpu = KnowledgeBase(engine, keys), ConversationMemory(engine, keys), FairCpuPool(1)
+        knowledge, memory, cpu = KnowledgeBase(engine, keys), ConversationMemory(engine, keys), FairCpuPool.configured(settings, workers=1)
         try:
             chain = build_insights_chain(ProviderRouter.local_only(settings), knowledge, memory, cpu)
             ids: dict[str, str] = {}

@@ -42,7 +42,10 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 _T = TypeVar("_T")
 USAGE_HALF_LIFE_S = 10.0
@@ -173,6 +176,13 @@ class FairCpuPool:
         self._tenants: dict[str, _Tenant] = {}
         self._running = 0
         self._sequence = itertools.count()
+
+    @classmethod
+    def configured(cls, settings: Settings, workers: int | None = None) -> FairCpuPool:
+        """The pool as the service runs it (`workers`: the setting's unless given): the
+        evaluations measure the chains with the same one."""
+        return cls(workers or settings.cpu_workers, jobs_per_worker=settings.cpu_jobs_per_worker,
+                   model_cache_dir=settings.model_cache_path, inline_max_size=settings.cpu_inline_max_chars)
 
     @property
     def executor(self) -> Executor:

@@ -152,8 +152,7 @@ class Services:
         )
         audit = AuditLog(engine, keys, interrupted_after_s=settings.audit_interrupted_after_s,
                          process_id=liveness.process_id)
-        cpu = FairCpuPool(settings.cpu_workers, jobs_per_worker=settings.cpu_jobs_per_worker,
-                          model_cache_dir=settings.model_cache_path, inline_max_size=settings.cpu_inline_max_chars)
+        cpu = FairCpuPool.configured(settings)
         scoring = TenantScoringModels(
             ModelRouting(TrainedModels(), settings.scoring_default_model, settings.scoring_tenant_models),
             ModelRegistry(engine, keep=settings.scoring_keep_versions),
