@@ -83,6 +83,38 @@ def test_local_answers_cite_only_what_they_use_and_prefer_the_customers_own_term
     assert "15%" not in other["answer"], "another customer's incident never answers"
 
 
+def test_when_the_customers_own_document_answers_first_a_differing_policy_is_not_shown_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The own document's sentence ranked first, and the tenant policy's, giving an answer
+    of the same kind (another number of days, of sessions), came along as a second answer."""
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        for customer, title, text in [
+            (None, "Onboarding checklist", "Step 3 - Setup: we import the contact lists and build the templates. "
+             "Step 4 - Training: 2 live MailCrest training sessions of 60 minutes each, recorded."),
+            ("c-olsen", "Kickoff notes - Olsen Reyes", "Kickoff with Dana on May 2. Per the signed SOW the firm "
+             "gets 5 MailCrest training sessions instead of the usual 2, because four paralegals will run the "
+             "newsletter."),
+            (None, "Notice & Cancellation Policy", "Clients may end a retainer with 30 days' written notice before "
+             "the renewal date. Pausing: services may be paused once per term, for up to 60 days."),
+            ("c-olsen", "Olsen Reyes amendment", "Notwithstanding the standard policies, Olsen Reyes may prevent "
+             "renewal by written notice no less than ninety (90) days before the end of the term. Olsen Reyes may "
+             "pause the newsletter for up to 120 days each summer."),
+        ]:
+            body = {"title": title, "text": text} | ({"customer_id": customer} if customer else {})
+            assert http.post("/api/v1/ai/insights/documents", headers=rep, json=body).status_code == 201
+        asked = {question: ask(http, rep, "c-olsen", question, session=f"s{n}") for n, question in enumerate([
+            "how many mailcrest trainings do they get", "how many days notice to stop the renewal?",
+            "how long can they pause for?"])}
+    for question, expected in zip(asked, ["5 MailCrest training sessions", "ninety (90) days", "120 days"], strict=True):
+        output = asked[question]
+        assert expected in output["answer"], (question, output["answer"])
+        assert set(titles(output)) <= {"Kickoff notes - Olsen Reyes", "Olsen Reyes amendment"}, (question, output["answer"])
+        assert [s["citation"] for s in output["sources"]] == cited(output["answer"])
+
+
 def test_bracketed_numbers_inside_a_document_cite_nothing(tmp_path: Path) -> None:
     """A document's own "[2]" is not a citation: quoted in an answer it would name another
     passage as a source, or be removed as the model's invented one."""

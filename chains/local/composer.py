@@ -45,6 +45,11 @@ def select_sentences(
         if own:
             best = own[0]
             kept = [best] + [i for i in kept if found[i].own_document and i != best]
+    elif found[best].own_document and rows[best, KIND_PRESENT]:
+        # The customer's own document answers first: a tenant policy giving an answer of
+        # the same kind disagrees with it, and shown next to it would read as a second
+        # answer. The customer's own wins (CONTRACT.md).
+        kept = [i for i in kept if found[i].own_document or not rows[i, KIND_PRESENT]]
     chosen = [found[i] for i in kept]
     following = best + 1
     if (rows[best, KIND_MISSING] and following < len(found) and found[following].passage == found[best].passage
