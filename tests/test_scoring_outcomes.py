@@ -7,6 +7,7 @@ database is shared by the module).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 
 from app.api.chains import LEAD_SCORING_PATH
@@ -36,6 +38,7 @@ from chains.scoring.synthetic import TENANT_FUNNEL, generate_leads
 from tests.conftest import make_settings
 from tests.support.live_server import live_server
 from tests.support.payloads import LEAD
+from tests.support.servers import postgres_server
 from tests.support.stores import keyring_for
 
 OUTCOMES = "/api/v1/ai/scoring/outcomes"
@@ -440,3 +443,41 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
     finally:
         await audit.close()
         await engine.dispose()
+
+
+async def test_on_postgresql_a_model_stored_while_an_erasure_is_under_way_waits_for_it() -> None:
+    """The erasure's transaction has deleted the lead's outcome but not committed when
+    the model is stored: a plain read of the outcomes still saw the lead then, and stored
+    its prediction after the erasure had finished with the models."""
+    with postgres_server() as url:
+        engine = create_engine(to_async_url(url, Path("/unused")))
+        await migrate(engine)
+        outcomes, registry = OutcomeLog(engine, keyring_for(engine)), ModelRegistry(engine, keep=2)
+        models = TenantScoringModels(ModelRouting(train_models(), "logreg-v2", {}), registry, check_every_s=60)
+        audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="test")
+        trainer = TenantModelTrainer(outcomes=outcomes, registry=registry, models=models, cpu=InlineCpu(),
+                                     audit=audit, min_outcomes=30, retrain_every=10, max_outcomes=1_000)
+        data = generate_leads(40, seed=5, funnel=TENANT_FUNNEL)
+        gone = data.leads[0]["lead_id"]
+        try:
+            for index, lead in enumerate(data.leads[:30]):
+                await outcomes.record(tenant_id="t", lead_id=lead["lead_id"], outcome="won" if index % 3 == 0 else "lost",
+                                      features=lead, features_from="request", user_id="u")
+            with psycopg.connect(url) as erasure, psycopg.connect(url, autocommit=True) as watcher:
+                erasure.execute("DELETE FROM lead_outcomes WHERE tenant_id = 't' AND lead_id = %s", (gone,))
+                training = asyncio.ensure_future(trainer.train_if_due("t"))
+                for _ in range(300):  # until the model's store waits for the erasure's lock
+                    waiting = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                              " AND datname = current_database()").fetchone()
+                    if training.done() or (waiting is not None and waiting[0] > 0):
+                        break
+                    await asyncio.sleep(0.05)
+                assert not training.done(), "stored while the erasure was under way"
+                erasure.commit()
+            stored = await training
+            assert stored is not None
+            model = await registry.by_name("t", stored.name)
+            assert model is not None and gone not in model.out_of_fold and len(model.out_of_fold) == 29
+        finally:
+            await audit.close()
+            await engine.dispose()
