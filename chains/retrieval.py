@@ -211,7 +211,18 @@ class RetrievalIndex:
                     strength[candidates] += weight * np.clip(scores, 0.0, None) / top
         own = (self.customers[candidates] != "") & (customer_id is not None)
         fused[candidates[own]] *= OWN_DOCUMENT_BOOST
-        best = candidates[np.lexsort((-strength[candidates], -fused[candidates]))[:k]]
+        ranked = candidates[np.lexsort((-strength[candidates], -fused[candidates]))]
+        best: list[int] = []
+        seen: set[str] = set()
+        for i in ranked:
+            # A document uploaded twice (or a passage quoted whole in another) would fill
+            # two of the k places with one text, and the answer would say it twice.
+            text = " ".join(self.chunks[i].text.lower().split())
+            if text not in seen:
+                seen.add(text)
+                best.append(int(i))
+                if len(best) == k:
+                    break
         return [
             Passage(
                 document_id=self.chunks[i].document_id,

@@ -115,6 +115,22 @@ def test_when_the_customers_own_document_answers_first_a_differing_policy_is_not
         assert [s["citation"] for s in output["sources"]] == cited(output["answer"])
 
 
+def test_a_document_uploaded_twice_is_one_passage(tmp_path: Path) -> None:
+    """Both copies were retrieved, took two of the places other documents could have
+    had, and the answer said the same sentence twice, cited [1] and [2]."""
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        add_documents(http, rep)
+        agreement = next(text for customer, title, text in DOCUMENTS if title == "Service agreement No. 42")
+        assert http.post("/api/v1/ai/insights/documents", headers=rep, json={
+            "customer_id": "c-bakery", "title": "Service agreement No. 42 (scan)", "text": agreement},
+        ).status_code == 201
+        output = ask(http, rep, "c-bakery", "how much notice to terminate their agreement?")
+    assert output["answer"].count("sixty (60)") == 1, output["answer"]
+    assert len(titles(output)) == 1 and titles(output)[0].startswith("Service agreement No. 42")
+
+
 def test_bracketed_numbers_inside_a_document_cite_nothing(tmp_path: Path) -> None:
     """A document's own "[2]" is not a citation: quoted in an answer it would name another
     passage as a source, or be removed as the model's invented one."""
