@@ -6,8 +6,10 @@ and trickles its request line and headers (slowloris: 12 such connections were s
 open after 60 s), and httptools reads headers of any size (an 8 MB `Authorization`
 header was read in full before its 401). This protocol closes a connection whose
 headers do not complete within `HTTP_HEADER_TIMEOUT_S` and answers 431 once they pass
-`HTTP_MAX_HEADER_BYTES`. And a body the app does not read to its end (a GET's, one
-after a 408 or 413) is discarded by uvicorn as it comes, with its keep-alive clock
+`HTTP_MAX_HEADER_BYTES`. The trailers of a chunked body are headers too (httptools
+buffers each whole, uvicorn keeps every one): they are held to the same size. And a
+body the app does not read to its end (a GET's, one after a 408 or 413) is discarded by
+uvicorn as it comes, with its keep-alive clock
 stopped at each byte: a body still unfinished at twice `REQUEST_BODY_TIMEOUT_S` after
 its headers closes the connection (the app's own 408 comes first). Use it with
 
@@ -36,6 +38,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_header_bytes = settings.http_max_header_bytes
         self._timer: asyncio.TimerHandle | None = None  # the head's clock, then the body's
         self._in_head = True  # reading a request line and headers (or waiting for the next)
+        # After a chunk's size line: its data, or (after the last one) the trailers. Counted
+        # as a head until the data shows up.
+        self._maybe_trailers = False
         self._header_bytes = 0
         self._refused = False
 
@@ -46,8 +51,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # here: while one is read, the parser is fed at most what is left of its budget at
         # a time. What follows the head in the same read (the body, which many clients
         # write with the headers; the next pipelined request) is not counted against it.
-        while self._in_head and data:
-            self._arm()  # any byte of a head starts its clock, the blank lines before it too
+        while (self._in_head or self._maybe_trailers) and data:
+            if self._in_head:
+                self._arm()  # any byte of a head starts its clock, the blank lines before it too
             room = self._max_header_bytes - self._header_bytes
             if room <= 0:
                 self._refuse(b"431 Request Header Fields Too Large")
@@ -79,9 +85,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._timer = self.loop.call_later(self._body_deadline_s, self._body_overdue)
 
+    def on_chunk_header(self) -> None:
+        self._maybe_trailers = True
+        self._header_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._maybe_trailers = False
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
+        self._maybe_trailers = False
+        self._header_bytes = 0
         self._in_head = True  # the next request's head, on a kept-alive or pipelined connection
 
     def _arm(self) -> None:
@@ -109,5 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._refused = True
         if not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 " + status + b"\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+            answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+            if not answering:  # else the status line would land inside an answer
+                self.transport.write(b"HTTP/1.1 " + status + b"\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
             self.transport.close()

@@ -209,6 +209,37 @@ def test_the_next_request_on_a_kept_alive_connection_is_held_to_the_same_limits(
         assert status_of(raw) == b"HTTP/1.1 431 Request Header Fields Too Large"
 
 
+def chunked_invoke() -> tuple[bytes, bytes]:
+    """An interaction's head for a chunked body, and the body (12 KB) in 1 KB chunks
+    without the last one."""
+    body = json.dumps({"input": {"customer_id": "c-big", "channel": "chat", "text": "系统宕机今天必须修复" * 200}}).encode()
+    head = (f"POST {INTERACTIONS_PATH}/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[n:n + 1024]), body[n:n + 1024]) for n in range(0, len(body), 1024))
+    return head, chunks
+
+
+def test_trailers_are_held_to_the_header_limit(server: str) -> None:
+    """A chunked body's trailers are headers: httptools buffered a trailer whole and
+    uvicorn kept every one, for as long as the body's deadline left a client to send
+    them. Trailers within the limit, and chunks larger than it, pass."""
+    host, port = server.removeprefix("http://").split(":")
+    head, chunks = chunked_invoke()
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(head + chunks + b"0\r\nX-Note: fine\r\n\r\n")
+        assert status_of(raw) == b"HTTP/1.1 200 OK"
+    for trailers in (b"X-Padding: " + b"a" * 16_384 for _ in range(64)), (b"X-%d: a\r\n" % n for n in range(100_000)):
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(head + chunks + b"0\r\n")
+            raw.settimeout(5)
+            try:
+                for piece in trailers:
+                    raw.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert raw.recv(1024).startswith(b"HTTP/1.1 431")
+
+
 def close_code_after(raw: socket.socket, timeout_s: float) -> int | None:
     """Reads server frames off a raw socket until a close frame; returns its code."""
     raw.settimeout(timeout_s)
