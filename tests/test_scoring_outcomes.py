@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,17 +401,17 @@ async def test_training_is_due_at_the_minimum_with_both_kinds_then_every_n(tmp_p
 
 
 class ErasingWhileTraining:
-    """Runs the training job in this process and, while it runs, erases a lead through
-    the erasure the privacy route calls: the moment between reading the outcomes and
-    storing the model."""
+    """Runs the training job in this process and, while it runs, erases through the
+    erasure the privacy routes call: the moment between reading the outcomes and storing
+    the model."""
 
-    def __init__(self, records: CustomerRecords, tenant_id: str, lead_id: str) -> None:
-        self.records, self.tenant_id, self.lead_id = records, tenant_id, lead_id
+    def __init__(self, erase: Callable[[], Awaitable[dict[str, int]]]) -> None:
+        self.erase = erase
         self.erased: dict[str, int] = {}
 
     async def run(self, tenant_id: str, fn: Callable[..., Any], /, *args: Any) -> Any:
         trained = fn(*args)
-        self.erased = await self.records.erase(self.tenant_id, self.lead_id)
+        self.erased = await self.erase()
         return trained
 
 
@@ -425,9 +425,9 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
     records = CustomerRecords(engine, keyring_for(engine))
     models = TenantScoringModels(ModelRouting(train_models(), "logreg-v2", {}), registry, check_every_s=60)
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="test")
-    data = generate_leads(40, seed=5, funnel=TENANT_FUNNEL)
+    data = generate_leads(41, seed=5, funnel=TENANT_FUNNEL)
     gone = data.leads[0]["lead_id"]
-    cpu = ErasingWhileTraining(records, tenant, gone)
+    cpu = ErasingWhileTraining(lambda: records.erase(tenant, gone))
     trainer = TenantModelTrainer(outcomes=outcomes, registry=registry, models=models, cpu=cpu, audit=audit,
                                  min_outcomes=30, retrain_every=10, max_outcomes=1_000)
     try:
@@ -440,6 +440,15 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
         model = await registry.by_name(tenant, stored.name)
         assert model is not None and gone not in model.out_of_fold and len(model.out_of_fold) == 29
         assert (await records.export(tenant, gone))[MODEL_PREDICTIONS] == []
+
+        # A whole tenant erased meanwhile: no version of its own outlives it.
+        for lead in data.leads[30:41]:  # 40 leads with outcomes now, 10 more than v1 learned from
+            await outcomes.record(tenant_id=tenant, lead_id=lead["lead_id"], outcome="won", features=lead,
+                                  features_from="request", user_id="u")
+        cpu.erase = lambda: records.erase_tenant(tenant)
+        assert await trainer.train_if_due(tenant) is None
+        assert cpu.erased["scoring_models"] == 1 and await registry.list(tenant) == []
+        assert (await models.for_tenant(tenant)).version == "tenant-v1", "served until the erasure's drop"
     finally:
         await audit.close()
         await engine.dispose()
@@ -466,13 +475,15 @@ async def test_on_postgresql_a_model_stored_while_an_erasure_is_under_way_waits_
             with psycopg.connect(url) as erasure, psycopg.connect(url, autocommit=True) as watcher:
                 erasure.execute("DELETE FROM lead_outcomes WHERE tenant_id = 't' AND lead_id = %s", (gone,))
                 training = asyncio.ensure_future(trainer.train_if_due("t"))
-                for _ in range(300):  # until the model's store waits for the erasure's lock
+                waited = False
+                for _ in range(600):  # until the model's store waits for the erasure's lock
                     waiting = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                               " AND datname = current_database()").fetchone()
-                    if training.done() or (waiting is not None and waiting[0] > 0):
+                    waited = waiting is not None and waiting[0] > 0
+                    if training.done() or waited:
                         break
                     await asyncio.sleep(0.05)
-                assert not training.done(), "stored while the erasure was under way"
+                assert waited and not training.done(), "stored while the erasure was under way"
                 erasure.commit()
             stored = await training
             assert stored is not None

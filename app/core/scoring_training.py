@@ -80,7 +80,7 @@ class TenantModelTrainer:
             training_size=len(labelled), outcomes_total=counts.leads, metrics=trained["params"]["metrics"],
         )
         if stored is None:
-            return None  # another replica stored this version first
+            return None  # another replica stored this version first, or the tenant was erased
         self.models.activate(tenant_id, number, LeadScoringModel.from_params(trained["params"]))
         metrics = stored.metrics
         await self.audit.security_event(

@@ -100,7 +100,8 @@ class ModelRegistry:
         training_size: int, outcomes_total: int, metrics: dict[str, Any],
     ) -> StoredModelInfo | None:
         """Stores version `number`; None if that number was taken meanwhile (another
-        replica trained at the same moment: its model serves, ours is dropped)."""
+        replica trained at the same moment: its model serves, ours is dropped) or the
+        tenant was erased meanwhile."""
         created_at = utcnow()
         try:
             async with self.engine.begin() as connection:
@@ -112,22 +113,37 @@ class ModelRegistry:
                 await _without_erased_leads(connection, tenant_id, number, out_of_fold)
                 await connection.execute(delete(scoring_models).where(
                     (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version <= number - self.keep)))
-        except IntegrityError:
+        except (IntegrityError, _TenantErased):
             return None
         return StoredModelInfo(number, version_name(number), prior, training_size, metrics, created_at)
+
+
+class _TenantErased(Exception):
+    """Every outcome the model learned from is gone: the tenant was erased meanwhile."""
 
 
 async def _without_erased_leads(
     connection: AsyncConnection, tenant_id: str, number: int, out_of_fold: dict[str, float | None]
 ) -> None:
     """A lead erased while the model trained (`app.store.customer_records`) has no
-    outcome left, and a prediction for it here would be its data stored again. Read after the
-    insert: on SQLite the insert holds the write lock, so no erasure commits in between;
-    on PostgreSQL the outcomes are locked for share, so an erasure under way is waited
-    for and one that comes after finds this version to take the lead out of."""
-    held = set((await connection.execute(
-        select(lead_outcomes.c.lead_id).where(lead_outcomes.c.tenant_id == tenant_id).with_for_update(read=True)
-    )).scalars())
+    outcome left, and a prediction for it here would be its data stored again; a tenant
+    erased meanwhile has none at all, and the version is not stored (`_TenantErased`).
+
+    Read after the insert. On SQLite the insert holds the write lock, so no erasure
+    commits in between. On PostgreSQL the leads' outcomes are locked for share: an
+    erasure that deleted one first is waited for, and one that comes after waits for
+    this commit, then (each statement seeing what was committed before it, as READ
+    COMMITTED, the engine's level, has it) finds this version and takes its lead out."""
+    leads = list(out_of_fold)
+    held: set[str] = set()
+    for start in range(0, len(leads), 1_000):
+        held.update((await connection.execute(
+            select(lead_outcomes.c.lead_id).where(
+                (lead_outcomes.c.tenant_id == tenant_id) & lead_outcomes.c.lead_id.in_(leads[start:start + 1_000])
+            ).with_for_update(read=True)
+        )).scalars())
+    if leads and not held:
+        raise _TenantErased(tenant_id)
     kept = {lead: p for lead, p in out_of_fold.items() if lead in held}
     if len(kept) < len(out_of_fold):
         await connection.execute(update(scoring_models).where(
