@@ -215,8 +215,8 @@ class RetrievalIndex:
         best: list[int] = []
         seen: set[str] = set()
         for i in ranked:
-            # A document uploaded twice (or a passage quoted whole in another) would fill
-            # two of the k places with one text, and the answer would say it twice.
+            # A document uploaded twice would fill two of the k places with one text, and
+            # the answer would say it twice. Only the same text (case and spacing aside).
             text = " ".join(self.chunks[i].text.lower().split())
             if text not in seen:
                 seen.add(text)

@@ -181,7 +181,7 @@ class FairCpuPool:
     def configured(cls, settings: Settings, workers: int | None = None) -> FairCpuPool:
         """The pool as the service runs it (`workers`: the setting's unless given): the
         evaluations measure the chains with the same one."""
-        return cls(workers or settings.cpu_workers, jobs_per_worker=settings.cpu_jobs_per_worker,
+        return cls(settings.cpu_workers if workers is None else workers, jobs_per_worker=settings.cpu_jobs_per_worker,
                    model_cache_dir=settings.model_cache_path, inline_max_size=settings.cpu_inline_max_chars)
 
     @property

@@ -37,19 +37,19 @@ def select_sentences(
         return []
     floor = max(model.answer_threshold, model.keep_ratio * likelihood[best])
     kept = [int(i) for i in order[:MAX_SENTENCES] if likelihood[i] >= floor]
-    if not found[best].own_document and rows[best, KIND_PRESENT]:
-        # A tenant policy gives the kind of answer asked for; if the customer's own
-        # documents give one too, they disagree and the customer's own wins.
-        own = [int(i) for i in order if found[int(i)].own_document and rows[int(i), KIND_PRESENT]
-               and likelihood[i] >= OWN_OVERRIDE_RATIO * likelihood[best]]
-        if own:
-            best = own[0]
-            kept = [best] + [i for i in kept if found[i].own_document and i != best]
-    elif found[best].own_document and rows[best, KIND_PRESENT]:
-        # The customer's own document answers first: a tenant policy giving an answer of
-        # the same kind disagrees with it, and shown next to it would read as a second
-        # answer. The customer's own wins (CONTRACT.md).
-        kept = [i for i in kept if found[i].own_document or not rows[i, KIND_PRESENT]]
+    if rows[best, KIND_PRESENT]:
+        # The customer's own documents and a tenant policy both giving the kind of answer
+        # asked for disagree, and the customer's own wins (CONTRACT.md): an own sentence
+        # not far behind a tenant one goes first, and no tenant sentence of that kind is
+        # shown beside it as a second answer.
+        if not found[best].own_document:
+            own = [int(i) for i in order if found[int(i)].own_document and rows[int(i), KIND_PRESENT]
+                   and likelihood[i] >= OWN_OVERRIDE_RATIO * likelihood[best]]
+            if own:
+                best = own[0]
+                kept = [best] + [i for i in kept if i != best]
+        if found[best].own_document:
+            kept = [i for i in kept if found[i].own_document or not rows[i, KIND_PRESENT]]
     chosen = [found[i] for i in kept]
     following = best + 1
     if (rows[best, KIND_MISSING] and following < len(found) and found[following].passage == found[best].passage
