@@ -73,7 +73,8 @@ async def evaluate_chat(split: str) -> ChatReport:
         await migrate(engine)
         settings = Settings(data_dir=Path(tmp))
         keys = keyring(settings, engine)
-        knowledge, memory, cpu = KnowledgeBase(engine, keys), ConversationMemory(engine, keys), FairCpuPool.configured(settings, workers=1)
+        knowledge, memory = KnowledgeBase(engine, keys), ConversationMemory(engine, keys)
+        cpu = FairCpuPool.configured(settings, workers=1)
         try:
             chain = build_insights_chain(ProviderRouter.local_only(settings), knowledge, memory, cpu)
             ids: dict[str, str] = {}

@@ -9,9 +9,9 @@ headers do not complete within `HTTP_HEADER_TIMEOUT_S` and answers 431 once they
 `HTTP_MAX_HEADER_BYTES`. The trailers of a chunked body are headers too (httptools
 buffers each whole, uvicorn keeps every one): they are held to the same size. And a
 body the app does not read to its end (a GET's, one after a 408 or 413) is discarded by
-uvicorn as it comes, with its keep-alive clock
-stopped at each byte: a body still unfinished at twice `REQUEST_BODY_TIMEOUT_S` after
-its headers closes the connection (the app's own 408 comes first). Use it with
+uvicorn as it comes, with its keep-alive clock stopped at each byte: a body still
+unfinished at twice `REQUEST_BODY_TIMEOUT_S` after its headers closes the connection
+(the app's own 408 comes first). Use it with
 
     uvicorn app.server:app --http app.api.http_protocol:GuardedHttpToolsProtocol
 
