@@ -417,7 +417,8 @@ class ErasingWhileTraining:
 
 async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database_url: str | None, tmp_path: Path) -> None:
     """The new version's out-of-fold map held a prediction for a lead erased meanwhile:
-    its export showed it again, and nothing would ever erase it."""
+    its export showed it again, and nothing would ever erase it. Recording the lead again
+    after its erasure does not bring the erased recording's prediction back."""
     engine = create_engine(to_async_url(database_url, tmp_path / "erased.sqlite3"))
     await migrate(engine)
     tenant = f"t-{uuid.uuid4().hex[:8]}"
@@ -427,7 +428,15 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="test")
     data = generate_leads(41, seed=5, funnel=TENANT_FUNNEL)
     gone = data.leads[0]["lead_id"]
-    cpu = ErasingWhileTraining(lambda: records.erase(tenant, gone))
+
+    async def erase_then_record_again() -> dict[str, int]:
+        """The lead erased, then recorded again: its new recording is not what the model learned from."""
+        erased = await records.erase(tenant, gone)
+        await outcomes.record(tenant_id=tenant, lead_id=gone, outcome="lost", features=data.leads[0],
+                              features_from="request", user_id="u")
+        return erased
+
+    cpu = ErasingWhileTraining(erase_then_record_again)
     trainer = TenantModelTrainer(outcomes=outcomes, registry=registry, models=models, cpu=cpu, audit=audit,
                                  min_outcomes=30, retrain_every=10, max_outcomes=1_000)
     try:
@@ -442,7 +451,7 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
         assert (await records.export(tenant, gone))[MODEL_PREDICTIONS] == []
 
         # A whole tenant erased meanwhile: no version of its own outlives it.
-        for lead in data.leads[30:41]:  # 40 leads with outcomes now, 10 more than v1 learned from
+        for lead in data.leads[30:41]:  # 41 leads with outcomes now, 11 more than when v1 trained
             await outcomes.record(tenant_id=tenant, lead_id=lead["lead_id"], outcome="won", features=lead,
                                   features_from="request", user_id="u")
         cpu.erase = lambda: records.erase_tenant(tenant)

@@ -77,6 +77,7 @@ class TenantModelTrainer:
         stored = await self.registry.add(
             tenant_id=tenant_id, number=number, prior=prior.version, params=trained["params"],
             out_of_fold={lead.lead_id: p for lead, p in zip(labelled, out_of_fold, strict=True)},
+            learned_from={lead.lead_id: lead.outcome_id for lead in labelled},
             training_size=len(labelled), outcomes_total=counts.leads, metrics=trained["params"]["metrics"],
         )
         if stored is None:

@@ -44,6 +44,7 @@ class LabelledLead:
     lead_id: str
     won: bool
     features: dict[str, Any]
+    outcome_id: int  # the recording learned from: a lead erased and recorded again is another
 
 
 def _latest_ids(tenant_id: str) -> Any:
@@ -89,7 +90,7 @@ class OutcomeLog:
     async def labelled_leads(self, tenant_id: str, *, limit: int) -> list[LabelledLead]:
         """Each lead's latest outcome with its features: the `limit` most recently recorded."""
         statement = (
-            select(lead_outcomes.c.lead_id, lead_outcomes.c.outcome, lead_outcomes.c.features)
+            select(lead_outcomes.c.lead_id, lead_outcomes.c.outcome, lead_outcomes.c.features, lead_outcomes.c.id)
             .where((lead_outcomes.c.tenant_id == tenant_id) & lead_outcomes.c.id.in_(_latest_ids(tenant_id)))
             .order_by(lead_outcomes.c.id.desc())
             .limit(limit)
@@ -97,8 +98,8 @@ class OutcomeLog:
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
         cipher = await self.keys.cipher(tenant_id)
-        return [LabelledLead(lead_id, outcome == "won", cipher.open_json(FEATURES, features))
-                for lead_id, outcome, features in rows]
+        return [LabelledLead(lead_id, outcome == "won", cipher.open_json(FEATURES, features), outcome_id)
+                for lead_id, outcome, features, outcome_id in rows]
 
     async def for_lead(self, tenant_id: str, lead_id: str, *, limit: int = 50) -> list[RecordedOutcome]:
         """The lead's recordings in this tenant, newest first."""

@@ -97,11 +97,12 @@ class ModelRegistry:
     @finishes_once_started
     async def add(
         self, *, tenant_id: str, number: int, prior: str, params: dict[str, Any], out_of_fold: dict[str, float | None],
-        training_size: int, outcomes_total: int, metrics: dict[str, Any],
+        learned_from: dict[str, int], training_size: int, outcomes_total: int, metrics: dict[str, Any],
     ) -> StoredModelInfo | None:
-        """Stores version `number`; None if that number was taken meanwhile (another
-        replica trained at the same moment: its model serves, ours is dropped) or the
-        tenant was erased meanwhile."""
+        """Stores version `number`, trained on the outcome recordings `learned_from` (lead
+        id → recording id); None if that number was taken meanwhile (another replica
+        trained at the same moment: its model serves, ours is dropped) or the tenant was
+        erased meanwhile."""
         created_at = utcnow()
         try:
             async with self.engine.begin() as connection:
@@ -110,7 +111,7 @@ class ModelRegistry:
                     out_of_fold=out_of_fold, training_size=training_size, outcomes_total=outcomes_total, metrics=metrics,
                     created_at=created_at,
                 ))
-                await _without_erased_leads(connection, tenant_id, number, out_of_fold)
+                await _without_erased_leads(connection, tenant_id, number, out_of_fold, learned_from)
                 await connection.execute(delete(scoring_models).where(
                     (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version <= number - self.keep)))
         except (IntegrityError, _TenantErased):
@@ -123,26 +124,28 @@ class _TenantErased(Exception):
 
 
 async def _without_erased_leads(
-    connection: AsyncConnection, tenant_id: str, number: int, out_of_fold: dict[str, float | None]
+    connection: AsyncConnection, tenant_id: str, number: int, out_of_fold: dict[str, float | None],
+    learned_from: dict[str, int],
 ) -> None:
-    """A lead erased while the model trained (`app.store.customer_records`) has no
-    outcome left, and a prediction for it here would be its data stored again; a tenant
-    erased meanwhile has none at all, and the version is not stored (`_TenantErased`).
+    """A lead erased while the model trained (`app.store.customer_records`) has lost the
+    recording the model learned from (even if the lead was recorded again since), and a
+    prediction for it here would be its data stored again; a tenant erased meanwhile has
+    none left, and the version is not stored (`_TenantErased`).
 
     Read after the insert. On SQLite the insert holds the write lock, so no erasure
     commits in between. On PostgreSQL the leads' outcomes are locked for share: an
     erasure that deleted one first is waited for, and one that comes after waits for
     this commit, then (each statement seeing what was committed before it, as READ
     COMMITTED, the engine's level, has it) finds this version and takes its lead out."""
-    leads = list(out_of_fold)
+    recordings = list(learned_from.values())
     held: set[str] = set()
-    for start in range(0, len(leads), 1_000):
+    for start in range(0, len(recordings), 1_000):
         held.update((await connection.execute(
             select(lead_outcomes.c.lead_id).where(
-                (lead_outcomes.c.tenant_id == tenant_id) & lead_outcomes.c.lead_id.in_(leads[start:start + 1_000])
+                (lead_outcomes.c.tenant_id == tenant_id) & lead_outcomes.c.id.in_(recordings[start:start + 1_000])
             ).with_for_update(read=True)
         )).scalars())
-    if leads and not held:
+    if recordings and not held:
         raise _TenantErased(tenant_id)
     kept = {lead: p for lead, p in out_of_fold.items() if lead in held}
     if len(kept) < len(out_of_fold):
