@@ -457,7 +457,7 @@ async def test_a_lead_erased_while_a_model_trains_is_not_stored_with_it(database
         cpu.erase = lambda: records.erase_tenant(tenant)
         assert await trainer.train_if_due(tenant) is None
         assert cpu.erased["scoring_models"] == 1 and await registry.list(tenant) == []
-        assert (await models.for_tenant(tenant)).version == "tenant-v1", "served until the erasure's drop"
+        assert (await models.for_tenant(tenant)).version == "tenant-v1", "no version of the erased tenant activated"
     finally:
         await audit.close()
         await engine.dispose()
