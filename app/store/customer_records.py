@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.crypto.envelope import TenantCipher
@@ -31,6 +31,7 @@ from app.store.database import (
     scoring_models,
     workflow_runs,
 )
+from app.store.scoring_models import replace_out_of_fold
 
 # Every table of customer content, with the column a customer is found by. Erasing a
 # tenant also clears the tables of what it derived (models, the index revision).
@@ -128,9 +129,8 @@ class CustomerRecords:
                 await knowledge.bump_revision(connection, tenant_id)  # every replica drops them from its index
             trained_on = await _models_trained_on(connection, tenant_id, customer_id, to_change=True)
             for version, out_of_fold in trained_on:
-                await connection.execute(update(scoring_models).where(
-                    (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == version)
-                ).values(out_of_fold={lead: p for lead, p in out_of_fold.items() if lead != customer_id}))
+                await replace_out_of_fold(connection, tenant_id, version,
+                                          {lead: p for lead, p in out_of_fold.items() if lead != customer_id})
             erased[MODEL_PREDICTIONS] = len(trained_on)
         return erased
 

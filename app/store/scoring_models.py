@@ -149,6 +149,13 @@ async def _without_erased_leads(
         raise _TenantErased(tenant_id)
     kept = {lead: p for lead, p in out_of_fold.items() if lead in held}
     if len(kept) < len(out_of_fold):
-        await connection.execute(update(scoring_models).where(
-            (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == number)
-        ).values(out_of_fold=kept))
+        await replace_out_of_fold(connection, tenant_id, number, kept)
+
+
+async def replace_out_of_fold(
+    connection: AsyncConnection, tenant_id: str, number: int, out_of_fold: dict[str, float | None]
+) -> None:
+    """Version `number`'s out-of-fold map, without the leads an erasure took out."""
+    await connection.execute(update(scoring_models).where(
+        (scoring_models.c.tenant_id == tenant_id) & (scoring_models.c.version == number)
+    ).values(out_of_fold=out_of_fold))
