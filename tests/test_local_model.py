@@ -18,10 +18,12 @@ from app.core.cpu_pool import FairCpuPool
 from chains.context import run_config
 from chains.interactions import build_interaction_chain
 from chains.local.classifier import (
+    CORPUS,
     TASKS,
     TaskModel,
     TextFeatures,
     _calibrated,
+    classifier,
     corpus_paths,
     read_examples,
     weighted_ngrams,
@@ -75,6 +77,20 @@ def test_features_are_what_scikit_learn_would_compute() -> None:
         assert ours.dtype == theirs.dtype
         assert (ours.indptr == theirs.indptr).all() and (ours.indices == theirs.indices).all()
         assert (ours.data == theirs.data).all(), "bit for bit: the models trained on them are the same"
+
+
+def test_one_message_is_labelled_as_the_evaluated_batch_path_labels_it() -> None:
+    """The analysis labels one message without building sparse matrices; the evaluation
+    (and the training) go through `predict_many`. Every message of every corpus file, and
+    texts with no known n-gram, get the same labels and rounded probabilities both ways."""
+    model = classifier()
+    rows = [e.row for e in read_examples(sorted(CORPUS.glob("*.csv")))]
+    rows += [("", "chat"), ("!!!", "sms"), ("zzzz qqqq", "email"), ("URGENT!!! site down, losing $500/hour", "call")]
+    assert len(rows) > 2_000
+    served = [model.predict(text, channel) for text, channel in rows]
+    assert served == model.predict_many(rows)
+    assert {prediction["intent"].label for prediction in served} == set(model.models["intent"].classes)
+    assert any(prediction["urgency"].label == "high" for prediction in served), "the cue block takes part"
 
 
 @pytest.mark.parametrize(
