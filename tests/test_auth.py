@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,6 +14,9 @@ import jwt
 import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.core.auth import TokenVerifier
+from app.core.config import Settings
+from app.core.errors import Unauthenticated
 from tests.conftest import TEST_SECRET
 from tests.support.payloads import CHAIN_INPUTS
 
@@ -76,6 +80,38 @@ def test_bad_tokens_get_401_on_every_chain_endpoint(
         assert response.status_code == 401, (token_kind, method, url, response.text[:200])
         assert response.headers["www-authenticate"].startswith("Bearer"), url
         assert "detail" in response.json()
+
+
+async def test_a_verified_token_is_checked_for_expiry_on_every_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified token is trusted for AUTH_VERIFIED_CACHE_S without its signature being
+    checked again; it is still refused the moment it expires, and a forged token (same
+    claims, another signature) is still checked, and refused, while the real one is kept."""
+    verifier = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=TEST_SECRET, app_env="test", auth_leeway_s=0))
+    decoded: list[str] = []
+    decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda token, *args, **kwargs: decoded.append(token) or decode(token, *args, **kwargs))
+    expires = int(time.time()) + 2
+    token = jwt.encode(_claims(exp=expires), TEST_SECRET, algorithm="HS256")
+    forged = jwt.encode(_claims(exp=expires), "another-secret-of-sufficient-length-000000", algorithm="HS256")
+
+    for _ in range(3):
+        assert (await verifier.verify(token)).tenant_id == "acme"
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(forged)
+    assert decoded.count(token) == 1 and decoded.count(forged) == 3
+
+    while time.time() < expires:
+        await asyncio.sleep(0.05)
+    with pytest.raises(Unauthenticated) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "expired" and decoded.count(token) == 1, "refused by the kept claims' exp"
+
+    uncached = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=TEST_SECRET, app_env="test",
+                                      auth_verified_cache_s=0))
+    fresh = jwt.encode(_claims(), TEST_SECRET, algorithm="HS256")
+    for _ in range(2):
+        await uncached.verify(fresh)
+    assert decoded.count(fresh) == 2, "AUTH_VERIFIED_CACHE_S=0 checks every time"
 
 
 def test_bad_cookie_is_refused_too(anonymous: httpx.Client) -> None:
