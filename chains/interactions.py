@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from chains.censor import StreamingCensor, censor_text
 from chains.context import run_context
 from chains.customer_context import CustomerContext, build_context, raise_urgency
-from chains.local.analysis import MessageReading, local_fields, read_message
+from chains.local.analysis import MessageReading, local_fields, local_labels, read_message
 from chains.local.classifier import MODEL_VERSION
 from chains.ports import CpuRunner, InteractionHistory, KnowledgeSearch
 from chains.providers.router import ProviderError, ProviderRouter, ProviderStreamInterrupted, stream_words
@@ -104,7 +104,7 @@ def build_interaction_chain(
         use_llm = router.has_llm and not reading.automated
         past_task = asyncio.ensure_future(history.recent(tenant_id, customer_id, limit=HISTORY_LIMIT))
         no_context = CustomerContext(tier=payload.get("customer_tier", "standard"))
-        yield _labels(local_fields(reading, no_context, channel=channel, time_sensitive=False), provisional=True)
+        yield _labels(local_labels(reading, no_context, time_sensitive=False)[0], provisional=True)
 
         context = build_context(
             await past_task, now=datetime.now(UTC), current_score=reading.sentiment_score,

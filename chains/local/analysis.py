@@ -57,33 +57,45 @@ def read_message(text: str, channel: str) -> MessageReading:
                           guard_untrusted(text), truncated, len(text.split()))
 
 
-def local_fields(
-    reading: MessageReading, context: CustomerContext, *, channel: str, time_sensitive: bool
-) -> dict[str, Any]:
+def local_labels(
+    reading: MessageReading, context: CustomerContext, *, time_sensitive: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The labels alone, and why the urgency is what it is: the provisional event needs
+    nothing else, and it is the first event of every stream."""
     predictions = reading.predictions
     intent = predictions["intent"].label
     urgency, urgency_reasons = contextual_urgency(
         _urgency(predictions["urgency"].label), intent, context, time_sensitive=time_sensitive
     )
-    feeling = predictions["sentiment"].label
     confidence = {task: predictions[task].confidence for task in UNCERTAIN_BELOW}
-    signals = Signals(
-        intents=predictions["intent"].probabilities, sentiments=predictions["sentiment"].probabilities,
-        urgency=urgency, automated=reading.automated, reasons=urgency_reasons,
-    )
     return {
-        "sentiment": {"label": feeling, "score": reading.sentiment_score},
+        "sentiment": {"label": predictions["sentiment"].label, "score": reading.sentiment_score},
         "intent": intent,
         "urgency": urgency,
         "confidence": confidence,
         "uncertain": [task for task, floor in UNCERTAIN_BELOW.items()
                       if confidence[task] < floor or reading.words < TOO_SHORT_WORDS],
         "automated": reading.automated,
+    }, urgency_reasons
+
+
+def local_fields(
+    reading: MessageReading, context: CustomerContext, *, channel: str, time_sensitive: bool
+) -> dict[str, Any]:
+    labels, urgency_reasons = local_labels(reading, context, time_sensitive=time_sensitive)
+    predictions = reading.predictions
+    intent, urgency = labels["intent"], labels["urgency"]
+    signals = Signals(
+        intents=predictions["intent"].probabilities, sentiments=predictions["sentiment"].probabilities,
+        urgency=urgency, automated=reading.automated, reasons=urgency_reasons,
+    )
+    return {
+        **labels,
         "pain_points": reading.substance.pain_points,
         "preferences": reading.substance.preferences,
         "customer_context": context.public(),
         "summary": compose_summary(
-            intent=intent, sentiment=feeling, urgency=urgency, channel=channel,
+            intent=intent, sentiment=labels["sentiment"]["label"], urgency=urgency, channel=channel,
             automated=reading.automated, substance=reading.substance, context=context,
         ),
         "recommendations": [r.model_dump() for r in recommend(signals, context)],
