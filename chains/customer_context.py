@@ -8,6 +8,7 @@ more urgent than a first; a worsening trend is a reason to call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from chains.schemas import Urgency
 
 ISSUE_INTENTS = frozenset({"complaint", "support_request", "cancellation_risk"})
 _LEVELS: tuple[Urgency, ...] = ("low", "medium", "high")
+PROMPT_HISTORY = 5  # past interactions an LLM is told about
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +63,16 @@ class CustomerContext:
             "lead_score": self.lead_score,
         }
 
-    def prompt_lines(self, limit: int = 5) -> str:
-        """What an LLM is told about the customer's recent history (summaries only)."""
+    def prompt_lines(self, limit: int = PROMPT_HISTORY, summaries: Sequence[str] | None = None) -> str:
+        """What an LLM is told about the customer's recent history (summaries only).
+        `summaries` replace those of `recent[:limit]`, in order: the guarded ones."""
         if not self.recent:
             return "No earlier interactions on record."
+        shown = self.recent[:limit]
         lines = [
             f"- {past.created_at:%Y-%m-%d} {past.channel}: {past.intent}, {past.sentiment_label}, "
-            f"{past.urgency} urgency. {past.summary}"
-            for past in self.recent[:limit]
+            f"{past.urgency} urgency. {summary}"
+            for past, summary in zip(shown, summaries or [past.summary for past in shown], strict=True)
         ]
         return (f"{self.issues_7d} issue(s) in the last 7 days; sentiment trend {self.trend}.\n"
                 + "\n".join(lines))

@@ -26,7 +26,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from chains.censor import StreamingCensor, censor_text
 from chains.context import run_context
-from chains.customer_context import CustomerContext, build_context, raise_urgency
+from chains.customer_context import PROMPT_HISTORY, CustomerContext, build_context, raise_urgency
 from chains.local.analysis import MessageReading, local_fields, local_labels, read_message
 from chains.local.classifier import MODEL_VERSION
 from chains.ports import CpuRunner, InteractionHistory, KnowledgeSearch
@@ -133,11 +133,15 @@ def build_interaction_chain(
              guarded(p.text, source=f"document:{p.document_id}", config=config))
             for p in passages
         ]
-        past_lines = guarded(context.prompt_lines(), source="memory:interactions", config=config)
+        # Each summary on its own: a customer's summaries come back in every analysis of
+        # theirs, and the guard knows a text it has read (`chains.safety`).
+        summaries = [guarded(past.summary, source="memory:interactions", config=config)
+                     for past in context.recent[:PROMPT_HISTORY]]
         prompt = analysis_messages(
-            guard.text, channel=channel, history=past_lines.text,
+            guard.text, channel=channel, history=context.prompt_lines(summaries=[s.text for s in summaries]),
             passages=[(title.text, body.text) for title, body in guarded_passages],
-            flagged=guard.flagged or past_lines.flagged or any(g.flagged for pair in guarded_passages for g in pair),
+            flagged=guard.flagged or any(s.flagged for s in summaries)
+            or any(g.flagged for pair in guarded_passages for g in pair),
         )
         stream, censor = AnalysisStream(), StreamingCensor()
         labels: dict[str, Any] | None = None
