@@ -25,8 +25,17 @@ _WORD = re.compile(r"[A-Za-z0-9@$*!]+(?:'[A-Za-z]+)?")
 _LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
 
 
+# `mask`'s normal form for a whole run of words at once (they are ASCII: lower case is
+# A-Z to a-z), which `_WORD` finds in the text itself: mapped first, a look-alike digit
+# after an apostrophe would become a letter and join the word.
+_NORMAL = {**{c: chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, **_LEET}
+
+
 def _censor_words(text: str) -> str:
     words = _wordlist()
+    found = " ".join(_WORD.findall(text)).translate(_NORMAL)
+    if "*" not in found and words.isdisjoint(found.split(" ")):
+        return text  # nothing listed, the common case: no Python call per word
 
     def mask(match: re.Match[str]) -> str:
         word = match.group(0)
