@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +14,7 @@ import jwt
 import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.core import auth
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
 from app.core.errors import Unauthenticated
@@ -84,13 +85,14 @@ def test_bad_tokens_get_401_on_every_chain_endpoint(
 
 async def test_a_verified_token_is_checked_for_expiry_on_every_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """A verified token is trusted for AUTH_VERIFIED_CACHE_S without its signature being
-    checked again; it is still refused the moment it expires, and a forged token (same
-    claims, another signature) is still checked, and refused, while the real one is kept."""
-    verifier = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=TEST_SECRET, app_env="test", auth_leeway_s=0))
+    checked again; it is still refused once past its expiry and the leeway, as PyJWT
+    would refuse it, and a forged token (same claims, another signature) is still checked,
+    and refused, while the real one is kept."""
+    verifier = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=TEST_SECRET, app_env="test", auth_leeway_s=30))
     decoded: list[str] = []
     decode = jwt.decode
     monkeypatch.setattr(jwt, "decode", lambda token, *args, **kwargs: decoded.append(token) or decode(token, *args, **kwargs))
-    expires = int(time.time()) + 2
+    expires = int(time.time()) + 600
     token = jwt.encode(_claims(exp=expires), TEST_SECRET, algorithm="HS256")
     forged = jwt.encode(_claims(exp=expires), "another-secret-of-sufficient-length-000000", algorithm="HS256")
 
@@ -100,15 +102,18 @@ async def test_a_verified_token_is_checked_for_expiry_on_every_use(monkeypatch: 
             await verifier.verify(forged)
     assert decoded.count(token) == 1 and decoded.count(forged) == 3
 
-    while time.time() < expires:
-        await asyncio.sleep(0.05)
+    # The kept claims' expiry, on the service's clock: within the leeway, then past it.
+    clock = types.SimpleNamespace(time=lambda: expires + 29.5)
+    monkeypatch.setattr(auth, "time", clock)
+    assert (await verifier.verify(token)).tenant_id == "acme"
+    clock.time = lambda: expires + 30.0
     with pytest.raises(Unauthenticated) as refused:
         await verifier.verify(token)
     assert refused.value.reason == "expired" and decoded.count(token) == 1, "refused by the kept claims' exp"
 
     uncached = TokenVerifier(Settings(_env_file=None, auth_jwt_secret=TEST_SECRET, app_env="test",
                                       auth_verified_cache_s=0))
-    fresh = jwt.encode(_claims(), TEST_SECRET, algorithm="HS256")
+    fresh = jwt.encode(_claims(sub="another-user"), TEST_SECRET, algorithm="HS256")
     for _ in range(2):
         await uncached.verify(fresh)
     assert decoded.count(fresh) == 2, "AUTH_VERIFIED_CACHE_S=0 checks every time"

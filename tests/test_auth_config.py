@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -29,6 +30,7 @@ from starlette.routing import Route
 from app.api.chains import LEAD_SCORING_PATH
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
+from app.core.errors import Unauthenticated
 from app.server import create_app
 from tests.conftest import make_settings
 from tests.support.live_server import live_server
@@ -76,6 +78,27 @@ def oidc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def score(url: str, token: str) -> httpx.Response:
     return httpx.post(f"{url}{LEAD_SCORING_PATH}/invoke", json={"input": LEAD},
                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+async def test_a_key_the_identity_provider_withdraws_stops_verifying_after_the_key_set_expires(
+    tmp_path: Path,
+) -> None:
+    """Keys were once cached for the life of the process (PyJWT's `cache_keys`): a key the
+    provider withdrew, say a leaked one, went on verifying tokens until a restart."""
+    served = {"keys": list(JWKS["keys"])}
+    jwks_app = Starlette(routes=[Route("/jwks.json", lambda request: JSONResponse(served))])
+    with live_server(jwks_app) as jwks_url:
+        verifier = TokenVerifier(Settings(
+            _env_file=None, app_env="test", data_dir=tmp_path, auth_jwks_url=f"{jwks_url}/jwks.json",
+            auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_cache_s=0.5, auth_verified_cache_s=0))
+        assert (await verifier.verify(oidc_token("RS256"))).tenant_id == "acme"
+        served["keys"] = [key for key in JWKS["keys"] if key["kid"] != "rsa-1"]
+        assert (await verifier.verify(oidc_token("RS256", sub="uid-2"))).user_id == "uid-2", "until the set expires"
+        await asyncio.sleep(0.6)
+        with pytest.raises(Unauthenticated) as refused:
+            await verifier.verify(oidc_token("RS256", sub="uid-3"))
+        assert refused.value.reason == "unknown_key"
+        assert (await verifier.verify(oidc_token("ES256"))).tenant_id == "acme", "the keys still served still verify"
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])

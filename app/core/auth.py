@@ -10,6 +10,7 @@ fixed per key type, so `alg: none` and algorithm-confusion tokens never verify.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import re
 import time
@@ -31,7 +32,7 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
 TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # use fullmatch: `$` matches before "\n"
 # A JWT with our claims is well under 2 KB; a bigger header is refused before parsing.
 MAX_TOKEN_BYTES = 8 * 1024
-VERIFIED_CACHE_SIZE = 10_000  # tokens, each well under 2 KB
+VERIFIED_CACHE_SIZE = 10_000  # tokens, kept by their SHA-256 (the token itself is a credential)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,9 @@ class TokenVerifier:
         self.audience = settings.auth_audience
         self.leeway_s = settings.auth_leeway_s
         self._jwks = (
-            jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            # Only the key set is cached (`cache_keys` would keep every key ever seen for
+            # the life of the process, so a withdrawn key verified tokens forever).
+            jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=False, lifespan=settings.auth_jwks_cache_s, timeout=5)
             if settings.auth_jwks_url
             else None
         )
@@ -95,7 +98,7 @@ class TokenVerifier:
         # 35-100 us of every request's path to its first event, more than the rest of
         # authentication together. Only verified tokens are kept (a forged one costs a
         # signature check every time, as before), and expiry is checked on every use.
-        self._verified: TTLCache[str, Principal] | None = (
+        self._verified: TTLCache[bytes, Principal] | None = (
             TTLCache(VERIFIED_CACHE_SIZE, ttl=settings.auth_verified_cache_s)
             if settings.auth_verified_cache_s > 0 else None
         )
@@ -117,11 +120,12 @@ class TokenVerifier:
         can echo attacker-chosen content); the detail goes to the security log."""
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large", reason="too_large")
-        verified = self._verified.get(token) if self._verified is not None else None
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        verified = self._verified.get(key) if self._verified is not None else None
         if verified is None:
             verified = await self._verify_signed(token)
             if self._verified is not None:
-                self._verified[token] = verified
+                self._verified[key] = verified
         # PyJWT's own test, for a token verified a while ago: its `exp`, as an integer,
         # must be after now less the leeway. (It leaves the cache at its time-to-live.)
         elif int(verified.expires_at) <= time.time() - self.leeway_s:

@@ -43,11 +43,14 @@ class Settings(BaseSettings, ProviderSettings):
     auth_audience: str | None = None
     auth_cookie_name: str = "crm_session"
     auth_leeway_s: float = 30.0
+    auth_jwks_cache_s: float = Field(
+        default=300.0, gt=0, le=3600,
+        description="How long the identity provider's key set is kept: a key it withdraws stops verifying "
+                    "tokens this much later (plus AUTH_VERIFIED_CACHE_S for a token verified just before).")
     auth_verified_cache_s: float = Field(
-        default=60.0, ge=0,
+        default=60.0, ge=0, le=300,
         description="How long a verified token is trusted without checking its signature again (its expiry is "
-                    "still checked on every request); 0 verifies every time. A revoked JWKS key stops being "
-                    "accepted this much later than the key cache's 300 s.")
+                    "still checked on every request); 0 verifies every time.")
     auth_dev_token_ttl_s: int = 12 * 3600
 
     # Shared state and durable data.
