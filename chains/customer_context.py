@@ -63,16 +63,20 @@ class CustomerContext:
             "lead_score": self.lead_score,
         }
 
-    def prompt_lines(self, limit: int = PROMPT_HISTORY, summaries: Sequence[str] | None = None) -> str:
-        """What an LLM is told about the customer's recent history (summaries only).
-        `summaries` replace those of `recent[:limit]`, in order: the guarded ones."""
+    @property
+    def prompt_history(self) -> list[PastInteraction]:
+        """The past interactions an LLM is told about."""
+        return self.recent[:PROMPT_HISTORY]
+
+    def prompt_lines(self, summaries: Sequence[str]) -> str:
+        """What an LLM is told about the customer's recent history: `prompt_history`
+        with `summaries`, theirs once guarded (`chains.safety`), in order."""
         if not self.recent:
             return "No earlier interactions on record."
-        shown = self.recent[:limit]
         lines = [
             f"- {past.created_at:%Y-%m-%d} {past.channel}: {past.intent}, {past.sentiment_label}, "
             f"{past.urgency} urgency. {summary}"
-            for past, summary in zip(shown, summaries or [past.summary for past in shown], strict=True)
+            for past, summary in zip(self.prompt_history, summaries, strict=True)
         ]
         return (f"{self.issues_7d} issue(s) in the last 7 days; sentiment trend {self.trend}.\n"
                 + "\n".join(lines))

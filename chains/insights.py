@@ -61,13 +61,14 @@ def build_insights_chain(
         yield FieldChunk(session_id=payload["session_id"],
                          sources=[_source(p, n) for n, p in enumerate(passages, start=1)])
         # Stored turns re-enter the prompt: they pass the same guard as fresh text.
-        history = [(role, guarded(content, source=f"memory:{role}", config=config)) for role, content in turns]
+        history = [(role, guarded(content, source=f"memory:{role}", config=config, replayed=True))
+                   for role, content in turns]
         asked = guarded(question, source="insights.question", config=config)
         # Titles reach the prompt too, so they pass the same guard as the text. The
         # label tells the model whose document it is: the customer's own one wins.
         sources = [
-            (guarded(p.title, source=f"document_title:{p.document_id}", config=config),
-             guarded(p.text, source=f"document:{p.document_id}", config=config))
+            (guarded(p.title, source=f"document_title:{p.document_id}", config=config, replayed=True),
+             guarded(p.text, source=f"document:{p.document_id}", config=config, replayed=True))
             for p in passages
         ]
         # (title, text, the customer's own): a document's own "[2]" reads "(2)", since in the

@@ -26,7 +26,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from chains.censor import StreamingCensor, censor_text
 from chains.context import run_context
-from chains.customer_context import PROMPT_HISTORY, CustomerContext, build_context, raise_urgency
+from chains.customer_context import CustomerContext, build_context, raise_urgency
 from chains.local.analysis import MessageReading, local_fields, local_labels, read_message
 from chains.local.classifier import MODEL_VERSION
 from chains.ports import CpuRunner, InteractionHistory, KnowledgeSearch
@@ -129,14 +129,14 @@ def build_interaction_chain(
             if passage.score >= MIN_PASSAGE_RELEVANCE
         ]
         guarded_passages = [
-            (guarded(p.title, source=f"document_title:{p.document_id}", config=config),
-             guarded(p.text, source=f"document:{p.document_id}", config=config))
+            (guarded(p.title, source=f"document_title:{p.document_id}", config=config, replayed=True),
+             guarded(p.text, source=f"document:{p.document_id}", config=config, replayed=True))
             for p in passages
         ]
         # Each summary on its own: a customer's summaries come back in every analysis of
-        # theirs, and the guard knows a text it has read (`chains.safety`).
-        summaries = [guarded(past.summary, source="memory:interactions", config=config)
-                     for past in context.recent[:PROMPT_HISTORY]]
+        # theirs, and the guard remembers what it found in a text it has read.
+        summaries = [guarded(past.summary, source="memory:interactions", config=config, replayed=True)
+                     for past in context.prompt_history]
         prompt = analysis_messages(
             guard.text, channel=channel, history=context.prompt_lines(summaries=[s.text for s in summaries]),
             passages=[(title.text, body.text) for title, body in guarded_passages],

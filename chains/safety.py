@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -117,21 +118,15 @@ class GuardResult:
         return bool(self.flags)
 
 
-def guard_untrusted(text: str) -> GuardResult:
-    """Flags instruction-like text; returns the text visible, NFKC and fence-defused."""
+def guard_untrusted(text: str, *, remembered_for: str | None = None) -> GuardResult:
+    """Flags instruction-like text; returns the text visible, NFKC and fence-defused.
+    `remembered_for` (a tenant id): the text comes back, and what the patterns found in
+    it is kept (`_remembered_flags`)."""
+    flags = _flags(text) if remembered_for is None else _remembered_flags(remembered_for, text)
     safe = unicodedata.normalize("NFKC", _invisible().sub("", text))
-    return GuardResult(_FENCE_BREAKERS.sub(lambda m: " ".join(m.group(0)), safe), _flags(text))
+    return GuardResult(_FENCE_BREAKERS.sub(lambda m: " ".join(m.group(0)), safe), flags)
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-# The patterns cost about 0.1 ms per KB of text, and much of what is guarded comes back:
-# a customer's past summaries in every analysis of theirs, a tenant's best passages,
-# a chat's earlier turns. Flags are kept by the text's digest, never the text, so the
-# cache holds nothing an erasure would have to reach.
-@cached(LRUCache(maxsize=16_384), key=_digest, lock=threading.Lock())
 def _flags(text: str) -> tuple[str, ...]:
     form = canonical(text)
     flags = [name for name, pattern in _COMPILED.items() if pattern.search(form)]
@@ -140,6 +135,23 @@ def _flags(text: str) -> tuple[str, ...]:
     if _FENCE_BREAKERS.search(form):
         flags.append("fence_break")
     return tuple(flags)
+
+
+_DIGEST_KEY = os.urandom(32)  # per process: a digest kept here cannot be checked against a guess elsewhere
+
+
+def _remembered_key(tenant_id: str, text: str) -> bytes:
+    """Per tenant, so a tenant cannot time whether another's text was guarded lately."""
+    data = f"{tenant_id}\0{text}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16, key=_DIGEST_KEY).digest()
+
+
+# The patterns cost about 0.1 ms per KB, and much of what is guarded comes back: a
+# customer's past summaries in each analysis of theirs, a tenant's best passages, a
+# chat's earlier turns. What they found is kept by a keyed digest, never the text.
+@cached(LRUCache(maxsize=16_384), key=_remembered_key, lock=threading.Lock())
+def _remembered_flags(tenant_id: str, text: str) -> tuple[str, ...]:
+    return _flags(text)
 
 
 def record_security_event(config: RunnableConfig | None, event: dict[str, Any]) -> None:
@@ -163,5 +175,13 @@ def reported(result: GuardResult, *, original: str, source: str, config: Runnabl
     return result
 
 
-def guarded(text: str, *, source: str, config: RunnableConfig | None) -> GuardResult:
-    return reported(guard_untrusted(text), original=text, source=source, config=config)
+def guarded(text: str, *, source: str, config: RunnableConfig | None, replayed: bool = False) -> GuardResult:
+    """`replayed`: the text comes back in later runs (memory, passages), so what the
+    guard found in it is remembered for the run's tenant."""
+    tenant_id: str | None = None
+    if replayed:
+        try:
+            tenant_id = run_context(config).identity.tenant_id
+        except MissingIdentity:
+            pass  # guarded all the same, only not remembered
+    return reported(guard_untrusted(text, remembered_for=tenant_id), original=text, source=source, config=config)
