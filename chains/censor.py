@@ -25,9 +25,9 @@ _WORD = re.compile(r"[A-Za-z0-9@$*!]+(?:'[A-Za-z]+)?")
 _LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
 
 
-# `mask`'s normal form for a whole run of words at once (they are ASCII: lower case is
-# A-Z to a-z), which `_WORD` finds in the text itself: mapped first, a look-alike digit
-# after an apostrophe would become a letter and join the word.
+# A word's normal form (`_WORD` matches ASCII only: lower case is A-Z to a-z), also taken
+# of a whole run of words at once, which `_WORD` finds in the text itself: mapped first, a
+# look-alike digit after an apostrophe would become a letter and join the word.
 _NORMAL = {**{c: chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, **_LEET}
 
 
@@ -39,7 +39,7 @@ def _censor_words(text: str) -> str:
 
     def mask(match: re.Match[str]) -> str:
         word = match.group(0)
-        normal = word.lower().translate(_LEET).strip("*")
+        normal = word.translate(_NORMAL).strip("*")
         return "****" if normal in words else word
 
     return _WORD.sub(mask, text)

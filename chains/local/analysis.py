@@ -3,9 +3,9 @@ fields of the result with the customer's context applied.
 
 `read_message` is the CPU work (`chains.ports.CpuRunner.run_sized`: in place for a short
 message, off the event loop for a long one);
-`local_fields` turns its reading and the customer's context into the public fields:
-the same shape whether the local analysis is the answer or the provisional one that an
-LLM's replaces.
+`local_labels` turns its reading into the labels of the provisional first event, and
+`local_fields` (with the customer's context) into all the public fields: the same shape
+whether the local analysis is the answer or what an LLM's answer replaces.
 """
 
 from __future__ import annotations

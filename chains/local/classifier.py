@@ -240,7 +240,7 @@ class TaskModel:
         )
 
     def probabilities(self, features: Features) -> np.ndarray:
-        return self._calibrated(np.asarray(features.for_text_model(self.spec) @ self.weights) + self.intercepts)
+        return self._calibrate(np.asarray(features.for_text_model(self.spec) @ self.weights) + self.intercepts)
 
     def message_probabilities(self, features: MessageFeatures) -> np.ndarray:
         """`probabilities` of one message, as a one-row array. The sum runs in another
@@ -248,9 +248,9 @@ class TaskModel:
         rounded ones served do not: tested over the corpus)."""
         columns, values = features.for_text_model(self.spec)
         scores = (values[:, np.newaxis] * self.weights[columns]).sum(axis=0) + self.intercepts
-        return self._calibrated(scores[np.newaxis, :])
+        return self._calibrate(scores[np.newaxis, :])
 
-    def _calibrated(self, scores: np.ndarray) -> np.ndarray:
+    def _calibrate(self, scores: np.ndarray) -> np.ndarray:
         calibrated = 1.0 / (1.0 + np.exp(self.slopes * scores + self.offsets))
         if len(self.classes) == 2:
             return np.hstack([1.0 - calibrated, calibrated])
