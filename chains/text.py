@@ -74,3 +74,32 @@ def excerpt(text: str, head: int = EXCERPT_HEAD_CHARS, tail: int = EXCERPT_TAIL_
     if len(text) <= head + tail:
         return text, False
     return f"{text[:head].rstrip()} … {text[-tail:].lstrip()}", True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class WholeCharacters:
+    """A stream of text pieces, with every character whole.
+
+    A provider (or a gateway that slices strings in UTF-16, as JavaScript does) can split
+    a character outside the BMP, an emoji, across two chunks, each half sent as its own
+    `\\ud83d` escape. Python keeps the halves as two lone surrogates, which neither
+    pydantic's JSON parser nor orjson accepts, so the analysis chain failed on a
+    summary with an emoji in it. Halves are joined, a first half waits for the next
+    piece, and a half without its pair becomes U+FFFD."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        if not self._held and _SURROGATE.search(piece) is None:
+            return piece  # nearly every piece
+        text, self._held = self._held + piece, ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self._held = text[:-1], text[-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "\ufffd" if held else ""

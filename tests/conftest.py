@@ -71,7 +71,7 @@ def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]
         fake.mode, fake.token_delay_s, fake.requests[:], fake.streams_abandoned = "ok", 0.0, [], 0
         fake.request_times[:] = []
         fake.reply, fake.retry_after, fake.rate_limited_requests = fresh.reply, fresh.retry_after, fresh.rate_limited_requests
-        fake.json_reply, fake.resume = fresh.json_reply, fresh.resume
+        fake.json_reply, fake.resume, fake.split_astral = fresh.json_reply, fresh.resume, fresh.split_astral
 
     reset()
     yield fake

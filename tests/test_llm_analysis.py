@@ -43,6 +43,18 @@ def test_llm_labels_replace_the_provisional_ones_before_its_summary_streams(
     assert merged["preferences"] == LLM_ANALYSIS["preferences"] and merged["degraded"] is False
 
 
+def test_an_emoji_split_between_two_chunks_arrives_whole(client: httpx.Client, openai_provider: FakeOpenAI) -> None:
+    """A gateway that slices text in UTF-16 (as JavaScript does) sends an emoji's two
+    halves in two chunks, each a lone surrogate: the summary once failed to parse, and
+    could not have been sent either."""
+    summary = "The customer loved the demo 😀 and wants a quote 👍🏽 before Friday."
+    openai_provider.json_reply = json.dumps({**LLM_ANALYSIS, "summary": summary}, ensure_ascii=False)
+    openai_provider.split_astral = True
+    assert any("\ud800" <= token[-1] <= "\udbff" for token in openai_provider.tokens(json_mode=True)), "halves apart"
+    merged = merge_chunks(stream(client, INTERACTION))
+    assert merged["degraded"] is False and merged["summary"] == summary
+
+
 def test_a_fenced_object_is_read_and_prose_falls_back_to_the_local_analysis(
     client: httpx.Client, openai_provider: FakeOpenAI
 ) -> None:

@@ -50,6 +50,7 @@ from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
 from chains.providers.settings import LOCAL, ProviderSettings
 from chains.streaming import nobody_listens
+from chains.text import WholeCharacters
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ class ProviderRouter:
             usage = [0, 0]
             deadline = loop.time() + self.settings.llm_timeout_s
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
+            whole = WholeCharacters()
             try:
                 chunk, read = first, 0
                 while chunk is not None:
@@ -271,15 +273,19 @@ class ProviderRouter:
                     if read % TOKENS_PER_TURN == 0:
                         await asyncio.sleep(0)
                     _add_usage(chunk, usage)
-                    text = chunk.text if isinstance(chunk.content, list) else chunk.content
+                    piece = chunk.text if isinstance(chunk.content, list) else chunk.content
+                    text = whole.feed(str(piece)) if piece else ""
                     if text:
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
                             first_token_s = loop.time() - started
                             span.add_event(spans.FIRST_MODEL_TOKEN)
                         emitted = True
-                        yield str(text)
+                        yield text
                     chunk = await watchdog.wait(anext(iterator, None))
+                if tail := whole.flush():
+                    emitted = True
+                    yield tail
                 report.input_tokens += usage[0]
                 report.output_tokens += usage[1]
                 span.set_attributes({"ai.tokens_in": usage[0], "ai.tokens_out": usage[1]})

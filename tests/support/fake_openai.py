@@ -50,6 +50,20 @@ def _words(text: str) -> list[str]:
     return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
 
 
+def _halves(piece: str) -> list[str]:
+    """The piece cut inside each character outside the BMP, each half a lone surrogate
+    (which `json.dumps` sends as its `\\udXXX` escape)."""
+    out, current = [], ""
+    for char in piece:
+        if ord(char) > 0xFFFF:
+            offset = ord(char) - 0x10000
+            out.append(current + chr(0xD800 + (offset >> 10)))
+            current = chr(0xDC00 + (offset & 0x3FF))
+        else:
+            current += char
+    return [*out, current] if current else out
+
+
 @dataclass
 class FakeOpenAI:
     """Streams `reply`, or `json_reply` to requests in JSON mode (the analysis)."""
@@ -65,6 +79,7 @@ class FakeOpenAI:
     retry_after: str = "1"  # the Retry-After header of a 429
     rate_limited_requests: int = 1  # "rate_limited": this many 429s, then answers normally
     resume: threading.Event = field(default_factory=threading.Event)  # "hold_after_first" waits for it
+    split_astral: bool = False  # each character outside the BMP sent as two halves, as UTF-16 slicing does
 
     def tokens(self, json_mode: bool = False) -> list[str]:
         """Word by word; in JSON mode the structure before and after the summary comes in
@@ -79,7 +94,7 @@ class FakeOpenAI:
         end = self.json_reply.find('"', start)
         end = len(self.json_reply) if end < 0 else end
         pieces = [self.json_reply[:start], *_words(self.json_reply[start:end]), self.json_reply[end:]]
-        return [piece for piece in pieces if piece]
+        return [half for piece in pieces if piece for half in (_halves(piece) if self.split_astral else [piece])]
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
