@@ -50,8 +50,9 @@ ANALYSIS_SYSTEM = (
 )
 CLASSIFICATION_KEYS = ("sentiment", "intent", "urgency", "confidence")
 # What ends a JSON string or changes how its characters read: a token without any of
-# them, inside a string, is that many characters of it. (A lone surrogate is neither,
-# but it cannot be parsed or sent: such a token takes the slow path, as before.)
+# them, inside a string, is that many characters of it. (A lone surrogate cannot be
+# parsed or sent at all: the router joins a split pair before text gets here,
+# `chains.text.WholeCharacters`, and one it could not pair is U+FFFD.)
 _STRING_SPECIAL = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
 LATER_KEYS = ("pain_points", "preferences", "summary", "next_best_actions")
 

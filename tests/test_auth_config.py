@@ -101,6 +101,37 @@ async def test_a_key_the_identity_provider_withdraws_stops_verifying_after_the_k
         assert (await verifier.verify(oidc_token("ES256"))).tenant_id == "acme", "the keys still served still verify"
 
 
+async def test_while_the_identity_provider_is_down_its_last_key_set_stands_in_for_a_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """Without `cache_keys`, a key set that expired during the provider's outage left
+    nothing to verify with: every new sign-in was refused, each after a fetch."""
+    fetches: list[bool] = []
+
+    def keys(request: Any) -> JSONResponse:
+        fetches.append(down)
+        return JSONResponse({"error": "unavailable"}, status_code=503) if down else JSONResponse(JWKS)
+
+    down = False
+    with live_server(Starlette(routes=[Route("/jwks.json", keys)])) as jwks_url:
+        verifier = TokenVerifier(Settings(
+            _env_file=None, app_env="test", data_dir=tmp_path, auth_jwks_url=f"{jwks_url}/jwks.json",
+            auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_cache_s=0.5, auth_jwks_stale_s=3.0,
+            auth_verified_cache_s=0))
+        assert (await verifier.verify(oidc_token("RS256"))).user_id == "uid-1"
+        down = True
+        await asyncio.sleep(0.6)
+        assert (await verifier.verify(oidc_token("RS256", sub="uid-2"))).user_id == "uid-2", "the last set stands in"
+        assert (await verifier.verify(oidc_token("ES256", sub="uid-3"))).user_id == "uid-3"
+        assert fetches == [False, True], "kept for a lifespan again: one failed fetch, not one per token"
+        await asyncio.sleep(2.5)
+        with pytest.raises(Unauthenticated) as refused:
+            await verifier.verify(oidc_token("RS256", sub="uid-4"))
+        assert refused.value.reason == "key_set_unavailable", "past the bound, and said as it is"
+        down = False
+        assert (await verifier.verify(oidc_token("RS256", sub="uid-5"))).user_id == "uid-5", "back when it is"
+
+
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
 def test_jwks_tokens_are_accepted(oidc_service: str, alg: str) -> None:
     assert score(oidc_service, oidc_token(alg)).status_code == 200

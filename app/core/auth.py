@@ -20,10 +20,12 @@ from typing import Any
 
 import jwt
 from cachetools import TTLCache
+from jwt.exceptions import PyJWKClientConnectionError
 from starlette.requests import HTTPConnection
 
 from app.core.config import Settings
 from app.core.errors import Unauthenticated
+from app.core.jwks import KeySetClient
 from app.crypto.secret_file import load_or_create_secret
 
 SYMMETRIC_ALGORITHMS = ("HS256",)
@@ -88,9 +90,8 @@ class TokenVerifier:
         self.audience = settings.auth_audience
         self.leeway_s = settings.auth_leeway_s
         self._jwks = (
-            # Only the key set is cached (`cache_keys` would keep every key ever seen for
-            # the life of the process, so a withdrawn key verified tokens forever).
-            jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=False, lifespan=settings.auth_jwks_cache_s, timeout=5)
+            KeySetClient(settings.auth_jwks_url, lifespan_s=settings.auth_jwks_cache_s,
+                         stale_s=settings.auth_jwks_stale_s, timeout_s=5)
             if settings.auth_jwks_url
             else None
         )
@@ -144,8 +145,11 @@ class TokenVerifier:
             key, allowed = secret, list(SYMMETRIC_ALGORITHMS)
         elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
             try:
-                # PyJWKClient fetches with blocking urllib; keys are cached after the first call.
+                # PyJWKClient fetches with blocking urllib; the set is kept (`app.core.jwks`).
                 signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except PyJWKClientConnectionError as exc:
+                raise Unauthenticated("the identity provider's keys cannot be read",
+                                      reason="key_set_unavailable") from exc
             except jwt.PyJWTError as exc:
                 raise Unauthenticated("no signing key for this token", reason="unknown_key") from exc
             key, allowed = signing_key.key, list(ASYMMETRIC_ALGORITHMS)

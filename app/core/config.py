@@ -47,6 +47,11 @@ class Settings(BaseSettings, ProviderSettings):
         default=300.0, gt=0, le=3600,
         description="How long the identity provider's key set is kept: a key it withdraws stops verifying "
                     "tokens this much later (plus AUTH_VERIFIED_CACHE_S for a token verified just before).")
+    auth_jwks_stale_s: float = Field(
+        default=3600.0, ge=0, le=86_400,
+        description="While the identity provider's key endpoint cannot be reached, how long after it was fetched "
+                    "the last key set it served is still used (a key withdrawn meanwhile verifies until then); "
+                    "0: not at all, every token not yet verified is refused.")
     auth_verified_cache_s: float = Field(
         default=60.0, ge=0, le=300,
         description="How long a verified token is trusted without checking its signature again (its expiry is "
