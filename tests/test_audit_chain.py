@@ -221,6 +221,27 @@ async def test_a_batch_of_finished_runs_is_one_statement_per_shape_each_run_its_
     assert "tenant acme: 20 links" in result.stdout and "tenant globex: 20 links" in result.stdout
 
 
+async def test_a_tenants_head_is_made_once_then_read_and_locked_in_one_statement(url: str) -> None:
+    """Each batch of finished runs holds the next runs' start records (their first
+    events) behind it: a head that exists is not inserted-if-missing again."""
+    engine = create_engine(url)
+    await migrate(engine)
+    head_statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: head_statements.append(statement.lstrip().split()[0].upper())
+                 if "audit_chain_heads" in statement else None)
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    for n in range(3):
+        await audit.begin_run(run_id=f"run-{n}", tenant_id="acme", user_id="u", chain="scoring", endpoint="invoke")
+        await audit.run_finished(f"run-{n}", status="ok", tokens_in=n, tokens_out=n, cost_usd=0.0,
+                                 latency_ms=1.0, degraded=False)
+    await audit.close()
+    await engine.dispose()
+    assert head_statements == ["SELECT", "INSERT", "SELECT", "UPDATE"] + ["SELECT", "UPDATE"] * 2, head_statements
+    result = verify(url)
+    assert result.returncode == 0 and "tenant acme: 3 links" in result.stdout, result.stdout
+
+
 async def test_records_written_before_the_chain_existed_are_chained_by_the_migration(url: str) -> None:
     def up_to_0005_with_records(connection: Connection) -> None:
         config = Config()

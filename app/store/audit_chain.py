@@ -16,7 +16,8 @@ digests pins the text forms (`pin_text_forms`) first.
 Why a head row locked `FOR UPDATE`: replicas append concurrently to one PostgreSQL; the
 lock serializes appends per tenant (gap-free, never forked) while other tenants'
 appends go ahead. The primary key (tenant, seq) would refuse a fork anyway. SQLite
-serializes writers by itself, and the head insert takes its write lock first.
+serializes writers by itself: the transaction's earlier writes (the records being made
+final) already hold its write lock when a head is read.
 All functions take a synchronous `Connection`: the async writer calls them through
 `run_sync`, and migration 0006 uses the same code to chain records written before it.
 """
@@ -148,12 +149,19 @@ def _insert_ignoring_existing(connection: Connection, table: Table, values: dict
 
 
 def _locked_head(connection: Connection, tenant_id: str) -> tuple[int, str]:
-    _insert_ignoring_existing(connection, audit_chain_heads, {"tenant_id": tenant_id, "seq": 0, "hash": GENESIS})
-    row = connection.execute(
+    """A head, once made, is never deleted: after a tenant's first link it is read and
+    locked in one statement. Every batch of finished runs waits for this (and every new
+    run's first event waits for that batch), and on SQLite a statement is three trips to
+    the driver's thread. A missing head is made first, by whichever writer gets there."""
+    statement = (
         select(audit_chain_heads.c.seq, audit_chain_heads.c.hash)
         .where(audit_chain_heads.c.tenant_id == tenant_id)
         .with_for_update()
-    ).one()
+    )
+    row = connection.execute(statement).one_or_none()
+    if row is None:
+        _insert_ignoring_existing(connection, audit_chain_heads, {"tenant_id": tenant_id, "seq": 0, "hash": GENESIS})
+        row = connection.execute(statement).one()
     return int(row.seq), str(row.hash)
 
 
