@@ -79,6 +79,12 @@ def excerpt(text: str, head: int = EXCERPT_HEAD_CHARS, tail: int = EXCERPT_TAIL_
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """A Python string can hold half of a UTF-16 pair (from a `\\ud83d` JSON escape), which
+    UTF-8, pydantic's JSON parser and orjson all refuse."""
+    return _SURROGATE.search(text) is not None
+
+
 class WholeCharacters:
     """A stream of text pieces, with every character whole.
 
@@ -93,7 +99,7 @@ class WholeCharacters:
         self._held = ""
 
     def feed(self, piece: str) -> str:
-        if not self._held and _SURROGATE.search(piece) is None:
+        if not self._held and not has_lone_surrogate(piece):
             return piece  # nearly every piece
         text, self._held = self._held + piece, ""
         if text and "\ud800" <= text[-1] <= "\udbff":

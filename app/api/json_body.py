@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+
+from chains.text import has_lone_surrogate
 
 MAX_JSON_DEPTH = 32
 
@@ -40,20 +41,13 @@ def _invalid(message: str, kind: str = "json_invalid") -> RequestValidationError
     return RequestValidationError([{"loc": ["body"], "msg": message, "type": kind}])
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _has_surrogate(text: str) -> bool:
-    return _SURROGATE.search(text) is not None
-
-
 def _check_structure(value: Any) -> None:
     """Depth and Unicode, iteratively (a recursive walk would fail like `json` did)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if _has_surrogate(item):
+            if has_lone_surrogate(item):
                 raise _invalid("strings must be valid Unicode (lone surrogate)", "string_unicode")
             continue
         if not isinstance(item, (dict, list)):
@@ -62,7 +56,7 @@ def _check_structure(value: Any) -> None:
             raise _invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "json_too_deep")
         children = list(item.items()) if isinstance(item, dict) else [(None, v) for v in item]
         for key, child in children:
-            if key is not None and _has_surrogate(key):
+            if key is not None and has_lone_surrogate(key):
                 raise _invalid("keys must be valid Unicode (lone surrogate)", "string_unicode")
             stack.append((child, depth + 1))
 
