@@ -72,6 +72,7 @@ def openai_provider(fake_openai: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]
         fake.request_times[:] = []
         fake.reply, fake.retry_after, fake.rate_limited_requests = fresh.reply, fresh.retry_after, fresh.rate_limited_requests
         fake.json_reply, fake.resume, fake.split_astral = fresh.json_reply, fresh.resume, fresh.split_astral
+        fake.burst = fresh.burst
 
     reset()
     yield fake

@@ -35,6 +35,11 @@ def build_provider(name: str, settings: ProviderSettings) -> Provider:
             max_retries=0,
             timeout=settings.llm_timeout_s,
             stream_usage=True,
+            # Its own gap timeout wraps every chunk in `asyncio.wait_for`: a task and a
+            # timer per token, and no two tokens that came in one network read are ever
+            # read without a loop turn between them. The router's idle and total
+            # deadlines (`LLM_IDLE_TIMEOUT_S`, `LLM_TIMEOUT_S`) time the same gaps.
+            stream_chunk_timeout=None,
         )
         # json_object, not json_schema: vLLM, Ollama and llama.cpp servers accept it too.
         return Provider(name, openai, settings.openai_model,

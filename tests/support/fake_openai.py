@@ -80,6 +80,7 @@ class FakeOpenAI:
     rate_limited_requests: int = 1  # "rate_limited": this many 429s, then answers normally
     resume: threading.Event = field(default_factory=threading.Event)  # "hold_after_first" waits for it
     split_astral: bool = False  # each character outside the BMP sent as two halves, as UTF-16 slicing does
+    burst: bool = False  # the whole answer in one network write, as it comes to a reader that is late
 
     def tokens(self, json_mode: bool = False) -> list[str]:
         """Word by word; in JSON mode the structure before and after the summary comes in
@@ -135,8 +136,14 @@ class FakeOpenAI:
                 "created": int(time.time()), "model": model}
         yield event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "finish_reason": None}]})
+        tokens = self.tokens(json_mode)
+        if self.burst:
+            yield b"".join([*(event({**base, "choices": [{"index": 0, "delta": {"content": token},
+                                                           "finish_reason": None}]}) for token in tokens),
+                            event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                            b"data: [DONE]\n\n"])
+            return
         try:
-            tokens = self.tokens(json_mode)
             for index, token in enumerate(tokens):
                 if self.mode == "fail_midstream" and index == self.fail_after_tokens:
                     raise ConnectionResetError("fake provider dropped the connection mid-stream")
