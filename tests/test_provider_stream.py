@@ -24,6 +24,7 @@ from chains.context import RunContext, RunIdentity, with_run_context
 from chains.providers.models import Provider
 from chains.providers.router import TOKENS_PER_TURN, ProviderRouter
 from tests.conftest import make_settings
+from tests.support.fake_openai import FakeOpenAI
 
 PIECES = 200
 handed_out: list[weakref.ref[AIMessageChunk]] = []
@@ -67,20 +68,21 @@ def router(tmp_path: Any) -> ProviderRouter:
 async def read_all(routed: ProviderRouter, config: Any) -> tuple[str, int]:
     """The text, and how many handed-out chunks were still alive at the last token."""
     handed_out.clear()
-    text, alive = [], 0
+    text, alive = "", 0
     async for token in routed.astream_text([], config=config):
-        text.append(token)
-        if len(text) == PIECES:
+        text += token
+        if text.endswith(f"w{PIECES - 1} "):
             gc.collect()
             alive = sum(ref() is not None for ref in handed_out)
-    return "".join(text), alive
+    return text, alive
 
 
 async def test_without_listeners_the_stream_keeps_no_token_it_handed_on(tmp_path: Any) -> None:
     context = RunContext(RunIdentity(tenant_id="acme", user_id="u")).for_run(token_callbacks=False)
     text, alive = await read_all(router(tmp_path), with_run_context(None, context))
     assert text == "".join(f"w{n} " for n in range(PIECES))
-    assert alive <= 2, f"{alive} of {PIECES} chunks kept until the end"
+    # At most the group of chunks that arrived together, and is being handed on.
+    assert alive <= TOKENS_PER_TURN + 1, f"{alive} of {PIECES} chunks kept until the end"
 
 
 async def test_with_a_listener_every_token_reaches_it(tmp_path: Any) -> None:
@@ -112,3 +114,43 @@ async def test_a_burst_of_tokens_gives_other_streams_a_turn_now_and_then(tmp_pat
     await other
     assert text == "".join(f"w{n} " for n in range(PIECES))
     assert turns - before >= PIECES // TOKENS_PER_TURN, f"{turns - before} turns while reading {PIECES} pieces"
+
+
+def openai_router(tmp_path: Any, url: str, timeout_s: float) -> ProviderRouter:
+    """The real langchain-openai client. It keeps one HTTP client per base URL and
+    timeout for the process, whose pooled connection belongs to the event loop that
+    opened it; each test has a loop of its own, so each gets a timeout of its own."""
+    return ProviderRouter.from_settings(make_settings(
+        tmp_path, llm_providers="openai", openai_base_url=url, openai_api_key="sk-test", llm_max_retries=0,
+        llm_timeout_s=timeout_s))
+
+
+def unheard() -> Any:
+    return with_run_context(None, RunContext(RunIdentity(tenant_id="acme", user_id="u")).for_run(token_callbacks=False))
+
+
+async def test_tokens_that_arrive_together_go_on_as_one_piece(
+    tmp_path: Any, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    """The whole answer in one network write (a late reader finds it so): what comes after
+    the provider pays its per-chunk cost per group, not per token."""
+    openai_provider.burst = True
+    pieces = [piece async for piece in openai_router(tmp_path, fake_openai[1], 21.0).astream_text([], config=unheard())]
+    tokens = openai_provider.tokens()
+    assert "".join(pieces) == "".join(tokens)
+    assert len(pieces) <= len(tokens) // TOKENS_PER_TURN + 2, f"{len(pieces)} pieces for {len(tokens)} tokens"
+
+
+async def test_a_token_that_arrives_alone_is_not_held_for_the_next(
+    tmp_path: Any, fake_openai: tuple[FakeOpenAI, str], openai_provider: FakeOpenAI
+) -> None:
+    """The provider sends one token, then waits until the caller has it: a group held
+    back to fill would never arrive."""
+    openai_provider.mode = "hold_after_first"
+    stream = openai_router(tmp_path, fake_openai[1], 22.0).astream_text([], config=unheard())
+    tokens = openai_provider.tokens()
+    try:
+        assert await asyncio.wait_for(anext(stream), timeout=5) == tokens[0]
+    finally:
+        openai_provider.resume.set()
+    assert "".join([piece async for piece in stream]) == "".join(tokens[1:])

@@ -46,6 +46,7 @@ from tenacity import (
 
 from chains import spans
 from chains.context import MissingIdentity, RunRecord, run_context
+from chains.providers.arrivals import arrivals
 from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
 from chains.providers.settings import LOCAL, ProviderSettings
@@ -56,10 +57,10 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 LOCAL_MODEL_NAME = "local-composer-v1"
-# A provider's tokens often come several to a network read, and a chain that nobody
-# listens to reads them in its own task without waiting: a long burst would hold the
-# event loop (other streams' first events, the stream's own write) until it ended.
-# Every this many tokens the stream gives the loop a turn.
+# A provider's tokens often come several to a network read, and they are read ahead
+# without waiting (`arrivals`): a long burst would hold the event loop (other streams'
+# first events, the stream's own write) until it ended. Every this many tokens the
+# reader gives the loop a turn; they go on as one piece.
 TOKENS_PER_TURN = 8
 _WORD = re.compile(r"\S+\s*|\s+")
 _T = TypeVar("_T")
@@ -267,22 +268,23 @@ class ProviderRouter:
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
             whole = WholeCharacters()
             try:
-                chunk, read = first, 0
-                while chunk is not None:
-                    read += 1
-                    if read % TOKENS_PER_TURN == 0:
-                        await asyncio.sleep(0)
-                    _add_usage(chunk, usage)
-                    piece = chunk.text if isinstance(chunk.content, list) else chunk.content
-                    text = whole.feed(str(piece)) if piece else ""
-                    if text:
+                groups = arrivals(iterator, first=first, read=watchdog.wait, per_turn=TOKENS_PER_TURN)
+                async with aclosing(groups):
+                    async for group in groups:
+                        pieces = []
+                        for chunk in group:
+                            _add_usage(chunk, usage)
+                            piece = chunk.text if isinstance(chunk.content, list) else chunk.content
+                            if piece and (text := whole.feed(str(piece))):
+                                pieces.append(text)
+                        if not pieces:
+                            continue
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
                             first_token_s = loop.time() - started
                             span.add_event(spans.FIRST_MODEL_TOKEN)
                         emitted = True
-                        yield text
-                    chunk = await watchdog.wait(anext(iterator, None))
+                        yield "".join(pieces)
                 if tail := whole.flush():
                     emitted = True
                     yield tail
