@@ -32,6 +32,7 @@ def test_llm_labels_replace_the_provisional_ones_before_its_summary_streams(
 ) -> None:
     # The LLM disagrees with the local model on urgency, so the replacement is visible.
     openai_provider.json_reply = json.dumps({**LLM_ANALYSIS, "urgency": "medium"})
+    openai_provider.token_delay_s = 0.01  # paced, as a provider writes: tokens read together go on together
     chunks = stream(client, INTERACTION)
     assert chunks[0]["provisional"] is True and chunks[0]["urgency"] == "high", "local labels first"
     final = next(i for i, c in enumerate(chunks) if c.get("provisional") is False)
@@ -50,6 +51,7 @@ def test_an_emoji_split_between_two_chunks_arrives_whole(client: httpx.Client, o
     summary = "The customer loved the demo 😀 and wants a quote 👍🏽 before Friday."
     openai_provider.json_reply = json.dumps({**LLM_ANALYSIS, "summary": summary}, ensure_ascii=False)
     openai_provider.split_astral = True
+    openai_provider.token_delay_s = 0.01  # each half read on its own, not joined in a group
     assert any("\ud800" <= token[-1] <= "\udbff" for token in openai_provider.tokens(json_mode=True)), "halves apart"
     merged = merge_chunks(stream(client, INTERACTION))
     assert merged["degraded"] is False and merged["summary"] == summary

@@ -275,16 +275,16 @@ class ProviderRouter:
                         for chunk in group:
                             _add_usage(chunk, usage)
                             piece = chunk.text if isinstance(chunk.content, list) else chunk.content
-                            if piece and (text := whole.feed(str(piece))):
-                                pieces.append(text)
-                        if not pieces:
+                            if piece:
+                                pieces.append(str(piece))
+                        if not pieces or not (text := whole.feed("".join(pieces))):
                             continue
                         if not emitted:
                             report.first_model_token_at = time.perf_counter()
                             first_token_s = loop.time() - started
                             span.add_event(spans.FIRST_MODEL_TOKEN)
                         emitted = True
-                        yield "".join(pieces)
+                        yield text
                 if tail := whole.flush():
                     emitted = True
                     yield tail
