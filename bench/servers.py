@@ -9,7 +9,7 @@
   same JSON analysis in the same pieces as the full server's provider, read as this
   service's router reads a model no callback listens to (`model_stream`: the model's own
   `_astream`, LangChain's per-token callback machinery skipped), in the groups the
-  router hands on (`arrivals`: the pieces read without waiting, at most
+  router hands on (`Arrivals`: the pieces read without waiting, at most
   `TOKENS_PER_TURN`, one event each). The fake model never waits, so that is about 50
   events for the 400 pieces; the full server sends about as many for the same answer.
 - raw-coalesced, raw-model-coalesced: the same two behind this service's
@@ -80,7 +80,7 @@ def raw_app() -> FastAPI:
 
 
 def raw_model_app() -> FastAPI:
-    from chains.providers.arrivals import arrivals
+    from chains.providers.arrivals import Arrivals
     from chains.providers.router import TOKENS_PER_TURN, model_stream
 
     app, model, prompt = tuned_app(), fixed_model(), [HumanMessage("hello")]
@@ -88,11 +88,10 @@ def raw_model_app() -> FastAPI:
     @app.post("/stream")
     async def stream() -> EventSourceResponse:
         async def events():  # type: ignore[no-untyped-def]
-            async with aclosing(model_stream(model, prompt, {"callbacks": []})) as chunks:
-                groups = arrivals(chunks, per_turn=TOKENS_PER_TURN)
-                async with aclosing(groups):
-                    async for group in groups:
-                        yield {"event": "data", "data": json.dumps("".join(c.content for c in group))}
+            async with aclosing(Arrivals(model_stream(model, prompt, {"callbacks": []}),
+                                         per_turn=TOKENS_PER_TURN)) as groups:
+                async for group in groups:
+                    yield {"event": "data", "data": json.dumps("".join(c.content for c in group))}
             yield {"event": "end"}
 
         return EventSourceResponse(events())

@@ -10,6 +10,7 @@ import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
 from chains.streaming import FieldChunk
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.payloads import CHAIN_INPUTS, INTERACTION, LEAD
 
 
@@ -89,7 +90,10 @@ def test_stream(client: httpx.Client, path: str) -> None:
     CHECKS[path](merge_chunks(chunks))
 
 
-def test_interaction_stream_sends_provisional_labels_first_and_recommendations_last(client: httpx.Client) -> None:
+def test_interaction_stream_sends_provisional_labels_first_and_recommendations_last(
+    client: httpx.Client, openai_provider: FakeOpenAI
+) -> None:
+    openai_provider.token_delay_s = 0.01  # paced, as a provider writes: tokens read together go on together
     with client.stream("POST", f"{INTERACTIONS_PATH}/stream", json={"input": INTERACTION}) as response:
         chunks = [json.loads(d) for n, d in sse_events("".join(response.iter_text())) if n == "data"]
     assert chunks[0]["provisional"] is True and "sentiment" in chunks[0], "local labels come first"

@@ -1,20 +1,28 @@
-"""A provider's stream holds no token it has already handed on, unless a callback listens.
+"""How the router reads a provider's stream.
 
-LangChain's `BaseChatModel.astream` keeps every chunk until the answer ends, to merge
-them for the run's callbacks: about 200 KB per stream mid-answer at 300 streams
-(tracemalloc), most of a stream's memory. Nobody listening, the router reads the chat
-model's own stream; listening (`stream_log`, `stream_events`, LangSmith), it keeps
-LangChain's path, and the callbacks get every token.
+It holds no token it has already handed on, unless a callback listens. LangChain's
+`BaseChatModel.astream` keeps every chunk until the answer ends, to merge them for the
+run's callbacks: about 200 KB per stream mid-answer at 300 streams (tracemalloc), most of
+a stream's memory. Nobody listening, the router reads the chat model's own stream;
+listening (`stream_log`, `stream_events`, LangSmith), it keeps LangChain's path, and the
+callbacks get every token.
+
+A reader task reads ahead (`Arrivals`), and what arrived together goes on as one piece,
+without waiting for more, without reading further ahead than one group, and with the
+stream closed once, by the reader, however the caller leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
@@ -22,7 +30,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from chains.context import RunContext, RunIdentity, with_run_context
 from chains.providers.models import Provider
-from chains.providers.router import TOKENS_PER_TURN, ProviderRouter
+from chains.providers.router import TOKENS_PER_TURN, ProviderRouter, ProviderStreamInterrupted
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
 
@@ -31,7 +39,10 @@ handed_out: list[weakref.ref[AIMessageChunk]] = []
 
 
 class PieceByPieceModel(BaseChatModel):
-    """A chat model with a native async stream, as the provider SDK integrations have."""
+    """A chat model with a native async stream, as the provider SDK integrations have;
+    `pause_s` before each piece models a provider's pace."""
+
+    pause_s: float = 0.0
 
     @property
     def _llm_type(self) -> str:
@@ -44,6 +55,8 @@ class PieceByPieceModel(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         for n in range(PIECES):
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=f"w{n} "))
             handed_out.append(weakref.ref(chunk.message))
             if run_manager is not None:
@@ -59,9 +72,9 @@ class TokenCounter(AsyncCallbackHandler):
         self.tokens += 1
 
 
-def router(tmp_path: Any) -> ProviderRouter:
-    routed = ProviderRouter.from_settings(make_settings(tmp_path, llm_providers="local"))
-    routed.providers[:] = [Provider("piece", PieceByPieceModel(), "piece-1")]
+def router(tmp_path: Any, model: BaseChatModel | None = None, **settings: Any) -> ProviderRouter:
+    routed = ProviderRouter.from_settings(make_settings(tmp_path, llm_providers="local", **settings))
+    routed.providers[:] = [Provider("piece", model or PieceByPieceModel(), "piece-1")]
     return routed
 
 
@@ -154,3 +167,95 @@ async def test_a_token_that_arrives_alone_is_not_held_for_the_next(
     finally:
         openai_provider.resume.set()
     assert "".join([piece async for piece in stream]) == "".join(tokens[1:])
+
+
+async def test_a_caller_held_up_downstream_holds_up_the_reading_too(tmp_path: Any) -> None:
+    """A slow client: the reader stops a group ahead, as reading in the caller's task
+    did, rather than keep the rest of the answer as chunk objects."""
+    handed_out.clear()
+    stream = router(tmp_path).astream_text([], config=unheard())
+    text = await anext(stream)
+    await asyncio.sleep(0.05)  # the client is slow to take the next piece
+    assert len(handed_out) <= 2 * TOKENS_PER_TURN + 1, f"{len(handed_out)} of {PIECES} read ahead"
+    text += "".join([piece async for piece in stream])
+    assert text == "".join(f"w{n} " for n in range(PIECES))
+
+
+class SilentAfterTwo(PieceByPieceModel):
+    """Two pieces, then silence; its close takes a few loop turns (as a connection's does)
+    and fails (as a reset one may)."""
+
+    closed_in: list[asyncio.Task[Any] | None] = []
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        yield ChatGenerationChunk(message=AIMessageChunk(content="one "))
+        yield ChatGenerationChunk(message=AIMessageChunk(content="two "))
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            self.closed_in.append(asyncio.current_task())
+            raise ConnectionResetError("reset while closing")
+
+
+async def test_a_client_that_leaves_has_the_stream_closed_once_and_its_error_kept_quiet(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sse-starlette stops a stream whose client left through an anyio cancel scope, which
+    cancels the task again at every turn until it ends: the teardown must not close the
+    stream from a second task while the reader still closes it, nor leave the error of
+    its close unretrieved."""
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    model = SilentAfterTwo()
+    received: list[str] = []
+
+    async def client() -> None:
+        async for piece in router(tmp_path, model).astream_text([], config=unheard()):
+            received.append(piece)
+
+    with caplog.at_level(logging.DEBUG, logger="chains.providers"):
+        async with anyio.create_task_group() as request:
+            request.start_soon(client)
+            while "".join(received) != "one two ":
+                await asyncio.sleep(0.01)
+            request.cancel_scope.cancel()  # the client left
+        for _ in range(20):
+            await asyncio.sleep(0)
+        gc.collect()
+        await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert len(model.closed_in) == 1, "the stream was closed, once"
+    assert not any("already running" in str(record.exc_info) for record in caplog.records), "closed from two tasks"
+    assert not unretrieved, unretrieved
+
+
+async def test_past_its_deadline_a_stream_read_ahead_does_not_spin_the_loop(tmp_path: Any) -> None:
+    """The provider is fast and the client slow: the total deadline passes while nobody
+    waits for the provider. The next wait for it is cut at the next check; until then the
+    deadline must not be checked at every turn of the loop."""
+    loop = asyncio.get_running_loop()
+    timers = 0
+    schedule = loop.call_later
+
+    def counted(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return schedule(delay, callback, *args, **kwargs)
+
+    stream = router(tmp_path, PieceByPieceModel(pause_s=0.01), llm_timeout_s=0.3).astream_text(
+        [], config=unheard())
+    await anext(stream)
+    await asyncio.sleep(0.2)  # the reader reads its group ahead, then waits for the client
+    loop.call_later = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.sleep(1.3)  # the deadline (0.3 s) and the first check (1 s) pass meanwhile
+    finally:
+        loop.call_later = schedule  # type: ignore[method-assign]
+    assert timers <= 3, f"{timers} timers set while the client was away"  # this sleep's, and a check's
+    with pytest.raises(ProviderStreamInterrupted):
+        async for _ in stream:
+            pass

@@ -9,16 +9,20 @@ answer went from about 23 to 19 µs (README "Tokens that arrive together").
 
 A reader task reads ahead; the caller takes whatever has arrived each time it asks and
 waits only when nothing has. Nothing is held back for a group to fill: a token that
-arrives alone goes on alone, one loop turn after it was read. What is read ahead is
-never more than the answer, which the caller keeps whole anyway (to parse it, to
-record it), so the read-ahead needs no bound of its own.
+arrives alone goes on alone, one loop turn after it was read. The reader stops at
+`per_turn` unread chunks until the caller takes them, so a caller held up downstream
+(a slow client) holds up the provider's stream as it did when it read the stream
+itself, and keeps no more than a group of chunk objects meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -27,49 +31,74 @@ def _as_is(pending: Awaitable[_T | None]) -> Awaitable[_T | None]:
     return pending
 
 
-async def arrivals(
-    chunks: AsyncIterator[_T],
-    *,
-    first: _T | None = None,
-    read: Callable[[Awaitable[_T | None]], Awaitable[_T | None]] = _as_is,
-    per_turn: int,
-) -> AsyncIterator[list[_T]]:
+async def close_stream(chunks: AsyncIterator[Any]) -> None:
+    """Closes a provider's stream; closing a broken one must not mask its error."""
+    closer = getattr(chunks, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:  # noqa: BLE001
+            log.debug("error while closing provider stream", exc_info=True)
+
+
+class Arrivals(Generic[_T]):
     """Groups of `chunks` (after `first`, already read by the caller) as they arrive.
 
-    `read` wraps each wait for the next chunk (a timeout that cancels the task waiting
-    *now* runs in the reader task, so it sees who waits). Every `per_turn` chunks the
-    reader gives the loop a turn, so a provider that answers faster than the loop turns
-    cannot hold it, and no group outgrows that. The provider's error is raised after
-    every chunk it sent before it; closing the groups early stops the reader.
+    From construction the reader owns `chunks`: it reads them and closes them, in its own
+    task, so the stream is never read and closed by two tasks at once. `read` wraps each
+    wait for the next chunk (a timeout that cancels the task waiting *now* therefore sees
+    the reader). The reader gives the loop a turn at least every `per_turn` chunks, so a
+    provider that answers faster than the loop turns cannot hold it, and no group is
+    larger. The provider's error is raised after every chunk it sent before it.
     """
-    arrived: list[_T] = [] if first is None else [first]
-    ready = asyncio.Event()
 
-    async def read_ahead() -> None:
-        count = 0
-        while (chunk := await read(anext(chunks, None))) is not None:
-            arrived.append(chunk)
-            ready.set()
-            count += 1
-            if count % per_turn == 0:
-                await asyncio.sleep(0)
+    def __init__(
+        self,
+        chunks: AsyncIterator[_T],
+        *,
+        first: _T | None = None,
+        read: Callable[[Awaitable[_T | None]], Awaitable[_T | None]] = _as_is,
+        per_turn: int,
+    ) -> None:
+        self._chunks, self._read, self._per_turn = chunks, read, per_turn
+        self._arrived: list[_T] = [] if first is None else [first]
+        self._ready, self._room = asyncio.Event(), asyncio.Event()
+        self._reader = asyncio.create_task(self._read_ahead())
+        self._reader.add_done_callback(self._reader_ended)
 
-    reader = asyncio.create_task(read_ahead())
-    reader.add_done_callback(lambda _: ready.set())
-    try:
-        while True:
-            if arrived:
-                group, arrived = arrived, []
-                yield group
-            elif reader.done():
-                reader.result()
-                return
-            else:
-                ready.clear()
-                await ready.wait()
-    finally:
-        if not reader.done():
-            reader.cancel()
-            await asyncio.wait([reader])
+    async def _read_ahead(self) -> None:
+        try:
+            while (chunk := await self._read(anext(self._chunks, None))) is not None:
+                self._arrived.append(chunk)
+                self._ready.set()
+                if len(self._arrived) >= self._per_turn:
+                    self._room.clear()
+                    await self._room.wait()  # not a wait for the provider: no timeout counts it
+        finally:
+            await close_stream(self._chunks)
+
+    def _reader_ended(self, reader: asyncio.Task[None]) -> None:
+        self._ready.set()
         if not reader.cancelled():
             reader.exception()  # retrieved: a caller that left early does not want it
+
+    def __aiter__(self) -> Arrivals[_T]:
+        return self
+
+    async def __anext__(self) -> list[_T]:
+        while not self._arrived:
+            if self._reader.done():
+                self._reader.result()
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        group, self._arrived = self._arrived, []
+        self._room.set()
+        return group
+
+    async def aclose(self) -> None:
+        """Stops the reader and waits while it closes the stream. A caller cancelled again
+        meanwhile (anyio's cancel scopes, as sse-starlette's, cancel at every turn until
+        the task ends) leaves the reader to finish closing on its own."""
+        self._reader.cancel()
+        await asyncio.wait([self._reader])

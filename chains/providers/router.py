@@ -46,7 +46,7 @@ from tenacity import (
 
 from chains import spans
 from chains.context import MissingIdentity, RunRecord, run_context
-from chains.providers.arrivals import arrivals
+from chains.providers.arrivals import Arrivals, close_stream
 from chains.providers.health import AlwaysHealthy, CallOutcome, ProviderHealth
 from chains.providers.models import Provider, build_provider
 from chains.providers.settings import LOCAL, ProviderSettings
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 LOCAL_MODEL_NAME = "local-composer-v1"
 # A provider's tokens often come several to a network read, and they are read ahead
-# without waiting (`arrivals`): a long burst would hold the event loop (other streams'
+# without waiting (`Arrivals`): a long burst would hold the event loop (other streams'
 # first events, the stream's own write) until it ended. Every this many tokens the
 # reader gives the loop a turn; they go on as one piece.
 TOKENS_PER_TURN = 8
@@ -220,10 +220,10 @@ class ProviderRouter:
                     async with asyncio.timeout(self.settings.llm_first_token_timeout_s):
                         first = await anext(iterator, None)
                 except TimeoutError as error:
-                    await _close(iterator)
+                    await close_stream(iterator)
                     raise FirstTokenTimeout(f"no first token from {provider.name}") from error
                 except BaseException:
-                    await _close(iterator)
+                    await close_stream(iterator)
                     raise
                 return iterator, first
         raise AssertionError("unreachable: tenacity reraises")
@@ -266,25 +266,24 @@ class ProviderRouter:
             usage = [0, 0]
             deadline = loop.time() + self.settings.llm_timeout_s
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
+            groups = Arrivals(iterator, first=first, read=watchdog.wait, per_turn=TOKENS_PER_TURN)
             whole = WholeCharacters()
             try:
-                groups = arrivals(iterator, first=first, read=watchdog.wait, per_turn=TOKENS_PER_TURN)
-                async with aclosing(groups):
-                    async for group in groups:
-                        pieces = []
-                        for chunk in group:
-                            _add_usage(chunk, usage)
-                            piece = chunk.text if isinstance(chunk.content, list) else chunk.content
-                            if piece:
-                                pieces.append(str(piece))
-                        if not pieces or not (text := whole.feed("".join(pieces))):
-                            continue
-                        if not emitted:
-                            report.first_model_token_at = time.perf_counter()
-                            first_token_s = loop.time() - started
-                            span.add_event(spans.FIRST_MODEL_TOKEN)
-                        emitted = True
-                        yield text
+                async for group in groups:
+                    pieces = []
+                    for chunk in group:
+                        _add_usage(chunk, usage)
+                        piece = chunk.text if isinstance(chunk.content, list) else chunk.content
+                        if piece:
+                            pieces.append(str(piece))
+                    if not pieces or not (text := whole.feed("".join(pieces))):
+                        continue
+                    if not emitted:
+                        report.first_model_token_at = time.perf_counter()
+                        first_token_s = loop.time() - started
+                        span.add_event(spans.FIRST_MODEL_TOKEN)
+                    emitted = True
+                    yield text
                 if tail := whole.flush():
                     emitted = True
                     yield tail
@@ -308,7 +307,7 @@ class ProviderRouter:
             finally:
                 span.end()
                 watchdog.close()
-                await _close(iterator)
+                await groups.aclose()
             if first_token_s is None:  # an empty answer: its end is its first token
                 first_token_s = loop.time() - started
             await self.health.record(provider.name, CallOutcome(ok=True, first_token_s=first_token_s))
@@ -392,10 +391,9 @@ def _timed_out(error: BaseException) -> bool:
 class _StreamDeadline:
     """Idle and total timeouts for one provider stream, without a timer per token.
 
-    When a callback listens, LangChain runs each chunk of a `RunnableGenerator` in a task
-    of its own, so the task waiting for the provider changes from one chunk to the next.
-    The deadline therefore cancels whichever task is waiting *now*, and only while it
-    waits for the provider, never while the consumer holds a chunk. It tells its own
+    The deadline cancels whichever task is waiting for the provider *now* (the reader of
+    `Arrivals`), and only while it waits for the provider: never while the caller holds
+    a chunk, or the reader waits for the caller to take some. It tells its own
     cancellation from anyone else's the way `asyncio.timeout` does (`uncancel()`), so a
     client that leaves after a timeout fired is still reported as cancelled, not as a
     provider failure.
@@ -423,9 +421,11 @@ class _StreamDeadline:
             self._cancelled = waiter
             waiter.cancel()
             return
-        self._handle = self._loop.call_later(
-            max(0.0, min(self.CHECK_EVERY_S, self._deadline - now)), self._check
-        )
+        # Past the deadline with nobody waiting (the caller is slow to take what was read),
+        # the next wait is cut at the next check: checking at once again would spin the loop.
+        left = self._deadline - now
+        self._handle = self._loop.call_later(min(self.CHECK_EVERY_S, left) if left > 0 else self.CHECK_EVERY_S,
+                                             self._check)
 
     async def wait(self, awaitable: Awaitable[_T]) -> _T:
         task = asyncio.current_task()
@@ -443,12 +443,3 @@ class _StreamDeadline:
 
     def close(self) -> None:
         self._handle.cancel()
-
-
-async def _close(iterator: AsyncIterator[AIMessageChunk]) -> None:
-    closer = getattr(iterator, "aclose", None)
-    if closer is not None:
-        try:
-            await closer()
-        except Exception:  # noqa: BLE001 - closing a broken stream must not mask its error
-            log.debug("error while closing provider stream", exc_info=True)
