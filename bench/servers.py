@@ -9,9 +9,10 @@
   same JSON analysis in the same pieces as the full server's provider, read as this
   service's router reads a model no callback listens to (`model_stream`: the model's own
   `_astream`, LangChain's per-token callback machinery skipped), in the groups the
-  router hands on (`Arrivals`: the pieces read without waiting, at most
-  `TOKENS_PER_TURN`, one event each). The fake model never waits, so that is about 50
-  events for the 400 pieces; the full server sends about as many for the same answer.
+  router hands on (`Arrivals`: what was read since the last event, one event each;
+  the reader gives the loop a turn every `TOKENS_PER_TURN` pieces). The fake model never
+  waits, so that is at most about 50 events for the 400 pieces, fewer under load; the
+  full server sends about as many for the same answer.
 - raw-coalesced, raw-model-coalesced: the same two behind this service's
   `CoalescedStreamWrites` (events ready together go out in one write).
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from sse_starlette.sse import EventSourceResponse
 
 from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel, analysis_chunks
@@ -81,17 +82,20 @@ def raw_app() -> FastAPI:
 
 def raw_model_app() -> FastAPI:
     from chains.providers.arrivals import Arrivals
-    from chains.providers.router import TOKENS_PER_TURN, model_stream
+    from chains.providers.router import READ_AHEAD, TOKENS_PER_TURN, model_stream
 
     app, model, prompt = tuned_app(), fixed_model(), [HumanMessage("hello")]
+
+    def text_of(chunk: AIMessageChunk) -> str:
+        return str(chunk.content)
 
     @app.post("/stream")
     async def stream() -> EventSourceResponse:
         async def events():  # type: ignore[no-untyped-def]
-            async with aclosing(Arrivals(model_stream(model, prompt, {"callbacks": []}),
-                                         per_turn=TOKENS_PER_TURN)) as groups:
+            async with aclosing(Arrivals(model_stream(model, prompt, {"callbacks": []}), keep=text_of,
+                                         per_turn=TOKENS_PER_TURN, ahead=READ_AHEAD)) as groups:
                 async for group in groups:
-                    yield {"event": "data", "data": json.dumps("".join(c.content for c in group))}
+                    yield {"event": "data", "data": json.dumps("".join(group))}
             yield {"event": "end"}
 
         return EventSourceResponse(events())

@@ -9,10 +9,10 @@ answer went from about 23 to 19 µs (README "Tokens that arrive together").
 
 A reader task reads ahead; the caller takes whatever has arrived each time it asks and
 waits only when nothing has. Nothing is held back for a group to fill: a token that
-arrives alone goes on alone, one loop turn after it was read. The reader stops at
-`per_turn` unread chunks until the caller takes them, so a caller held up downstream
-(a slow client) holds up the provider's stream as it did when it read the stream
-itself, and keeps no more than a group of chunk objects meanwhile.
+arrives alone goes on alone, one loop turn after it was read. The reader keeps only
+what the caller needs of each chunk (`keep`: its text and usage, not the message object)
+and stops `ahead` of the caller until it takes some, so a caller held up downstream (a
+slow client) holds up the provider's stream, as it did when it read the stream itself.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 def _as_is(pending: Awaitable[_T | None]) -> Awaitable[_T | None]:
@@ -41,39 +42,48 @@ async def close_stream(chunks: AsyncIterator[Any]) -> None:
             log.debug("error while closing provider stream", exc_info=True)
 
 
-class Arrivals(Generic[_T]):
-    """Groups of `chunks` (after `first`, already read by the caller) as they arrive.
+class Arrivals(Generic[_T, _K]):
+    """Groups of what `keep` takes of `chunks` (after `first`, already read by the
+    caller), as they arrive.
 
     From construction the reader owns `chunks`: it reads them and closes them, in its own
     task, so the stream is never read and closed by two tasks at once. `read` wraps each
     wait for the next chunk (a timeout that cancels the task waiting *now* therefore sees
-    the reader). The reader gives the loop a turn at least every `per_turn` chunks, so a
-    provider that answers faster than the loop turns cannot hold it, and no group is
-    larger. The provider's error is raised after every chunk it sent before it.
+    the reader). The reader gives the loop a turn every `per_turn` chunks, so a provider
+    that answers faster than the loop turns cannot hold it; a caller slower than that
+    gets larger groups, up to `ahead`. The provider's error is raised after every chunk
+    it sent before it.
     """
 
     def __init__(
         self,
         chunks: AsyncIterator[_T],
         *,
+        keep: Callable[[_T], _K],
         first: _T | None = None,
         read: Callable[[Awaitable[_T | None]], Awaitable[_T | None]] = _as_is,
         per_turn: int,
+        ahead: int,
     ) -> None:
-        self._chunks, self._read, self._per_turn = chunks, read, per_turn
-        self._arrived: list[_T] = [] if first is None else [first]
+        self._chunks, self._keep, self._read = chunks, keep, read
+        self._per_turn, self._ahead = per_turn, ahead
+        self._arrived: list[_K] = [] if first is None else [keep(first)]
         self._ready, self._room = asyncio.Event(), asyncio.Event()
         self._reader = asyncio.create_task(self._read_ahead())
         self._reader.add_done_callback(self._reader_ended)
 
     async def _read_ahead(self) -> None:
+        keep, count = self._keep, 0
         try:
             while (chunk := await self._read(anext(self._chunks, None))) is not None:
-                self._arrived.append(chunk)
+                self._arrived.append(keep(chunk))
                 self._ready.set()
-                if len(self._arrived) >= self._per_turn:
+                count += 1
+                if len(self._arrived) >= self._ahead:
                     self._room.clear()
                     await self._room.wait()  # not a wait for the provider: no timeout counts it
+                elif count % self._per_turn == 0:
+                    await asyncio.sleep(0)
         finally:
             await close_stream(self._chunks)
 
@@ -82,10 +92,10 @@ class Arrivals(Generic[_T]):
         if not reader.cancelled():
             reader.exception()  # retrieved: a caller that left early does not want it
 
-    def __aiter__(self) -> Arrivals[_T]:
+    def __aiter__(self) -> Arrivals[_T, _K]:
         return self
 
-    async def __anext__(self) -> list[_T]:
+    async def __anext__(self) -> list[_K]:
         while not self._arrived:
             if self._reader.done():
                 self._reader.result()

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Tracer
@@ -60,8 +61,10 @@ LOCAL_MODEL_NAME = "local-composer-v1"
 # A provider's tokens often come several to a network read, and they are read ahead
 # without waiting (`Arrivals`): a long burst would hold the event loop (other streams'
 # first events, the stream's own write) until it ended. Every this many tokens the
-# reader gives the loop a turn; they go on as one piece.
+# reader gives the loop a turn. What the chain has not taken yet goes on as one piece;
+# the reader stops this many tokens (their text, a few KB) ahead of a chain held up.
 TOKENS_PER_TURN = 8
+READ_AHEAD = 64
 _WORD = re.compile(r"\S+\s*|\s+")
 _T = TypeVar("_T")
 
@@ -132,11 +135,10 @@ def retry_after_s(error: BaseException | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _add_usage(chunk: AIMessageChunk, usage: list[int]) -> None:
-    reported = chunk.usage_metadata
-    if reported:
-        usage[0] += reported.get("input_tokens", 0)
-        usage[1] += reported.get("output_tokens", 0)
+def _text_and_usage(chunk: AIMessageChunk) -> tuple[str, UsageMetadata | None]:
+    """What the router needs of a chunk, without the message object read ahead."""
+    piece = chunk.text if isinstance(chunk.content, list) else chunk.content
+    return str(piece) if piece else "", chunk.usage_metadata
 
 
 async def stream_words(text: str) -> AsyncIterator[str]:
@@ -266,16 +268,18 @@ class ProviderRouter:
             usage = [0, 0]
             deadline = loop.time() + self.settings.llm_timeout_s
             watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
-            groups = Arrivals(iterator, first=first, read=watchdog.wait, per_turn=TOKENS_PER_TURN)
+            groups = Arrivals(iterator, keep=_text_and_usage, first=first, read=watchdog.wait,
+                              per_turn=TOKENS_PER_TURN, ahead=READ_AHEAD)
             whole = WholeCharacters()
             try:
                 async for group in groups:
                     pieces = []
-                    for chunk in group:
-                        _add_usage(chunk, usage)
-                        piece = chunk.text if isinstance(chunk.content, list) else chunk.content
+                    for piece, reported in group:
+                        if reported:
+                            usage[0] += reported.get("input_tokens", 0)
+                            usage[1] += reported.get("output_tokens", 0)
                         if piece:
-                            pieces.append(str(piece))
+                            pieces.append(piece)
                     if not pieces or not (text := whole.feed("".join(pieces))):
                         continue
                     if not emitted:
