@@ -48,7 +48,7 @@ from fastapi import FastAPI
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from sse_starlette.sse import EventSourceResponse
 
-from bench.fake_model import ANSWER_CHUNKS, FixedAnswerChatModel, analysis_chunks
+from bench.fake_model import ANSWER_CHUNKS, CHUNKS, FixedAnswerChatModel, analysis_chunks
 
 BENCH_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
 
@@ -110,10 +110,18 @@ def coalesced(app: FastAPI) -> FastAPI:
     return app
 
 
+def model_pieces(kind: str) -> int:
+    """How many pieces a server of `kind` answers in: `BENCH_CHUNKS` for those the fixed
+    model answers (full, raw-model*), `CHUNKS` for the others."""
+    if kind == "full" or kind.startswith("raw-model"):
+        return int(os.environ.get("BENCH_CHUNKS", CHUNKS))
+    return CHUNKS
+
+
 def fixed_model() -> FixedAnswerChatModel:
     """The model answering the full and raw-model servers: an LLM's JSON analysis of the
     interaction chain, in `BENCH_CHUNKS` pieces."""
-    return FixedAnswerChatModel(answer=analysis_chunks(int(os.environ.get("BENCH_CHUNKS", "400"))),
+    return FixedAnswerChatModel(answer=analysis_chunks(model_pieces("full")),
                                 delay_s=float(os.environ.get("BENCH_TOKEN_DELAY_S", "0")))
 
 

@@ -30,7 +30,7 @@ import httpx
 
 from bench.fake_model import CHUNKS
 from bench.load import LevelResult, count_text_chunk, run_level
-from bench.servers import BENCH_SECRET, KINDS, RAW_APPS
+from bench.servers import BENCH_SECRET, KINDS, RAW_APPS, model_pieces
 
 RAW_KINDS = tuple(RAW_APPS)
 BASELINE = "raw-model-coalesced"  # #15's raw SSE, with every generic tuning the service has
@@ -94,9 +94,7 @@ def cpu_per_piece_us(r: LevelResult) -> float:
     """Server CPU per piece of the model's answer delivered. The servers send their
     pieces in different numbers of events (the full and raw-model servers one per group
     that arrived together), so pieces, not events, are what compares."""
-    model_fed = r.server == "full" or r.server.startswith("raw-model")
-    pieces = int(os.environ.get("BENCH_CHUNKS", CHUNKS)) if model_fed else CHUNKS  # as `bench.servers` reads it
-    return r.cpu_s / (len(r.completed) * pieces) * 1e6 if r.completed else float("nan")
+    return r.cpu_s / (len(r.completed) * model_pieces(r.server)) * 1e6 if r.completed else float("nan")
 
 
 def print_level(results: list[LevelResult]) -> None:
