@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
-
-
-def _as_is(pending: Awaitable[_T | None]) -> Awaitable[_T | None]:
-    return pending
 
 
 async def close_stream(chunks: AsyncIterator[Any]) -> None:
@@ -47,13 +43,22 @@ class Arrivals(Generic[_T, _K]):
     caller), as they arrive.
 
     From construction the reader owns `chunks`: it reads them and closes them, in its own
-    task, so the stream is never read and closed by two tasks at once. `read` wraps each
-    wait for the next chunk (a timeout that cancels the task waiting *now* therefore sees
-    the reader). The reader gives the loop a turn every `per_turn` chunks, so a provider
-    that answers faster than the loop turns cannot hold it; a caller slower than that
-    gets larger groups, up to `ahead`. The provider's error is raised after every chunk
-    it sent before it.
+    task, so the stream is never read and closed by two tasks at once. The reader gives
+    the loop a turn every `per_turn` chunks, so a provider that answers faster than the
+    loop turns cannot hold it; a caller slower than that gets larger groups, up to
+    `ahead`. The provider's error is raised after every chunk it sent before it.
+
+    `idle_s` and `deadline` (the loop's clock) bound each wait for the provider: past
+    either, the wait is cut and the caller gets `TimeoutError`. They count only waits
+    for the provider, never the reader's wait for the caller to take what was read, so a
+    fast provider is not cut for a slow client. A per-token `asyncio.timeout` costs a
+    timer-heap push and a cancelled entry per token (with hundreds of streams that heap
+    churn was a quarter of the server's CPU), and a per-token wrapper a coroutine and a
+    task lookup (about 0.8 µs a token); one check a second costs nothing per token and
+    fires at most a second late.
     """
+
+    CHECK_EVERY_S = 1.0
 
     def __init__(
         self,
@@ -61,34 +66,70 @@ class Arrivals(Generic[_T, _K]):
         *,
         keep: Callable[[_T], _K],
         first: _T | None = None,
-        read: Callable[[Awaitable[_T | None]], Awaitable[_T | None]] = _as_is,
         per_turn: int,
         ahead: int,
+        idle_s: float | None = None,
+        deadline: float | None = None,
     ) -> None:
-        self._chunks, self._keep, self._read = chunks, keep, read
+        self._chunks, self._keep = chunks, keep
         self._per_turn, self._ahead = per_turn, ahead
         self._arrived: list[_K] = [] if first is None else [keep(first)]
         self._ready, self._room = asyncio.Event(), asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._asked_at: float | None = None  # while the reader waits for the provider
+        self._idle_s = idle_s if idle_s is not None else float("inf")
+        self._deadline = deadline if deadline is not None else float("inf")
+        self._cut = False
+        self._check_handle: asyncio.TimerHandle | None = None
         self._reader = asyncio.create_task(self._read_ahead())
         self._reader.add_done_callback(self._reader_ended)
+        if idle_s is not None or deadline is not None:
+            self._check_handle = self._loop.call_later(min(self.CHECK_EVERY_S, self._idle_s), self._check)
 
     async def _read_ahead(self) -> None:
-        keep, count = self._keep, 0
+        keep, clock, count = self._keep, self._loop.time, 0
         try:
-            while (chunk := await self._read(anext(self._chunks, None))) is not None:
+            while True:
+                self._asked_at = clock()
+                try:
+                    chunk = await anext(self._chunks, None)
+                except asyncio.CancelledError:
+                    reader = self._reader
+                    if self._cut and reader.uncancel() == 0:  # the deadline's was the only cancellation
+                        raise TimeoutError("provider went silent or exceeded its per-call timeout") from None
+                    raise
+                self._asked_at = None
+                if chunk is None:
+                    return
                 self._arrived.append(keep(chunk))
                 self._ready.set()
                 count += 1
                 if len(self._arrived) >= self._ahead:
                     self._room.clear()
-                    await self._room.wait()  # not a wait for the provider: no timeout counts it
+                    await self._room.wait()  # not a wait for the provider: no deadline counts it
                 elif count % self._per_turn == 0:
                     await asyncio.sleep(0)
         finally:
+            self._asked_at = None
             await close_stream(self._chunks)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        asked_at = self._asked_at
+        if asked_at is not None and (now - asked_at >= self._idle_s or now >= self._deadline):
+            self._cut = True
+            self._reader.cancel()
+            return
+        # Past the deadline with nobody waiting (the caller is slow to take what was read),
+        # the next wait is cut at the next check: checking at once again would spin the loop.
+        left = self._deadline - now
+        self._check_handle = self._loop.call_later(
+            min(self.CHECK_EVERY_S, left) if left > 0 else self.CHECK_EVERY_S, self._check)
 
     def _reader_ended(self, reader: asyncio.Task[None]) -> None:
         self._ready.set()
+        if self._check_handle is not None:
+            self._check_handle.cancel()
         if not reader.cancelled():
             reader.exception()  # retrieved: a caller that left early does not want it
 

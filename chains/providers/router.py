@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
@@ -66,7 +66,6 @@ LOCAL_MODEL_NAME = "local-composer-v1"
 TOKENS_PER_TURN = 8
 READ_AHEAD = 64
 _WORD = re.compile(r"\S+\s*|\s+")
-_T = TypeVar("_T")
 
 
 class ProviderError(RuntimeError):
@@ -267,9 +266,8 @@ class ProviderRouter:
             emitted = False
             usage = [0, 0]
             deadline = loop.time() + self.settings.llm_timeout_s
-            watchdog = _StreamDeadline(self.settings.llm_idle_timeout_s, deadline)
-            groups = Arrivals(iterator, keep=_text_and_usage, first=first, read=watchdog.wait,
-                              per_turn=TOKENS_PER_TURN, ahead=READ_AHEAD)
+            groups = Arrivals(iterator, keep=_text_and_usage, first=first, per_turn=TOKENS_PER_TURN,
+                              ahead=READ_AHEAD, idle_s=self.settings.llm_idle_timeout_s, deadline=deadline)
             whole = WholeCharacters()
             try:
                 async for group in groups:
@@ -310,7 +308,6 @@ class ProviderRouter:
                 continue
             finally:
                 span.end()
-                watchdog.close()
                 await groups.aclose()
             if first_token_s is None:  # an empty answer: its end is its first token
                 first_token_s = loop.time() - started
@@ -392,58 +389,3 @@ def _timed_out(error: BaseException) -> bool:
     return isinstance(error, (TimeoutError, FirstTokenTimeout)) or type(error).__name__ == "APITimeoutError"
 
 
-class _StreamDeadline:
-    """Idle and total timeouts for one provider stream, without a timer per token.
-
-    The deadline cancels whichever task is waiting for the provider *now* (the reader of
-    `Arrivals`), and only while it waits for the provider: never while the caller holds
-    a chunk, or the reader waits for the caller to take some. It tells its own
-    cancellation from anyone else's the way `asyncio.timeout` does (`uncancel()`), so a
-    client that leaves after a timeout fired is still reported as cancelled, not as a
-    provider failure.
-
-    A per-token `asyncio.timeout` costs a timer-heap push and a cancelled entry per
-    token; with hundreds of streams that heap churn was a quarter of the server's CPU.
-    One check a second costs nothing per token, and fires at most a second late.
-    """
-
-    CHECK_EVERY_S = 1.0
-
-    def __init__(self, idle_s: float, deadline: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle_s = idle_s
-        self._deadline = deadline
-        self._waiter: asyncio.Task[Any] | None = None
-        self._waiting_since = 0.0
-        self._cancelled: asyncio.Task[Any] | None = None
-        self._handle = self._loop.call_later(min(self.CHECK_EVERY_S, idle_s), self._check)
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        waiter = self._waiter
-        if waiter is not None and (now - self._waiting_since >= self._idle_s or now >= self._deadline):
-            self._cancelled = waiter
-            waiter.cancel()
-            return
-        # Past the deadline with nobody waiting (the caller is slow to take what was read),
-        # the next wait is cut at the next check: checking at once again would spin the loop.
-        left = self._deadline - now
-        self._handle = self._loop.call_later(min(self.CHECK_EVERY_S, left) if left > 0 else self.CHECK_EVERY_S,
-                                             self._check)
-
-    async def wait(self, awaitable: Awaitable[_T]) -> _T:
-        task = asyncio.current_task()
-        self._waiter, self._waiting_since = task, self._loop.time()
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            if task is not None and self._cancelled is task:
-                self._cancelled = None
-                if task.uncancel() == 0:  # ours was the only cancellation
-                    raise TimeoutError("provider went silent or exceeded its per-call timeout") from None
-            raise
-        finally:
-            self._waiter = None
-
-    def close(self) -> None:
-        self._handle.cancel()
