@@ -387,5 +387,3 @@ async def _direct_stream(
 
 def _timed_out(error: BaseException) -> bool:
     return isinstance(error, (TimeoutError, FirstTokenTimeout)) or type(error).__name__ == "APITimeoutError"
-
-
