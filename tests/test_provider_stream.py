@@ -29,6 +29,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from chains.context import RunContext, RunIdentity, with_run_context
+from chains.providers.arrivals import Arrivals
 from chains.providers.models import Provider
 from chains.providers.router import READ_AHEAD, TOKENS_PER_TURN, ProviderRouter, ProviderStreamInterrupted
 from tests.conftest import make_settings
@@ -263,3 +264,70 @@ async def test_past_its_deadline_a_stream_read_ahead_does_not_spin_the_loop(tmp_
     with pytest.raises(ProviderStreamInterrupted):
         async for _ in stream:
             pass
+
+
+class SlowToClose(PieceByPieceModel):
+    """Two pieces, then silence; closing it takes 0.3 s (an SDK closing its HTTP response)."""
+
+    cleanup: list[str] = []
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        try:
+            yield ChatGenerationChunk(message=AIMessageChunk(content="one "))
+            yield ChatGenerationChunk(message=AIMessageChunk(content="two "))
+            await asyncio.sleep(3600)
+        finally:
+            try:
+                await asyncio.sleep(0.3)
+                self.cleanup.append("finished")
+            except asyncio.CancelledError:
+                self.cleanup.append("cancelled")
+                raise
+
+
+@pytest.mark.parametrize("deadlines", [{"llm_idle_timeout_s": 0.2}, {"llm_timeout_s": 0.2}])
+async def test_a_deadline_that_passes_while_the_provider_closes_does_not_cut_its_close(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, deadlines: dict[str, float]
+) -> None:
+    """The client leaves 0.15 s into a silence; the provider's close takes 0.3 s, and the
+    idle (or total) deadline of 0.2 s passes meanwhile. The close is the provider's own
+    cleanup, not a wait for its answer: a deadline must not cancel it."""
+    monkeypatch.setattr(Arrivals, "CHECK_EVERY_S", 0.05)
+    model = SlowToClose()
+    model.cleanup = []
+
+    async def client() -> None:
+        async for _ in router(tmp_path, model, **deadlines).astream_text([], config=unheard()):
+            pass
+
+    task = asyncio.ensure_future(client())
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.4)
+    assert model.cleanup == ["finished"]
+
+
+class Recorded(PieceByPieceModel):
+    closed: list[str] = []
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        try:
+            async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+                yield chunk
+        finally:
+            self.closed.append("closed")
+
+
+async def test_a_client_that_leaves_after_the_first_piece_has_the_stream_closed_at_once(tmp_path: Any) -> None:
+    """The reader is cancelled before its first step, so its own `finally` never runs: the
+    stream must still be closed when the router's stream is, not by the collector later."""
+    model = Recorded(pause_s=0.01, paced_from=1)
+    model.closed = []
+    stream = router(tmp_path, model).astream_text([], config=unheard())
+    assert await anext(stream) == "w0 "
+    await stream.aclose()
+    assert model.closed == ["closed"]

@@ -81,12 +81,15 @@ class Arrivals(Generic[_T, _K]):
         self._deadline = deadline if deadline is not None else float("inf")
         self._cut = False
         self._check_handle: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closer: asyncio.Task[None] | None = None
         self._reader = asyncio.create_task(self._read_ahead())
         self._reader.add_done_callback(self._reader_ended)
         if idle_s is not None or deadline is not None:
             self._check_handle = self._loop.call_later(min(self.CHECK_EVERY_S, self._idle_s), self._check)
 
     async def _read_ahead(self) -> None:
+        self._started = True
         keep, clock, count = self._keep, self._loop.time, 0
         try:
             while True:
@@ -130,6 +133,11 @@ class Arrivals(Generic[_T, _K]):
         self._ready.set()
         if self._check_handle is not None:
             self._check_handle.cancel()
+        if not self._started:
+            # Cancelled before its first step (a caller that took the first chunk and left at
+            # once): its `finally` never ran, and nothing else reads the stream. Closed here,
+            # not by the collector's finalizer some time later.
+            self._closer = self._loop.create_task(close_stream(self._chunks))
         if not reader.cancelled():
             reader.exception()  # retrieved: a caller that left early does not want it
 
@@ -150,6 +158,12 @@ class Arrivals(Generic[_T, _K]):
     async def aclose(self) -> None:
         """Stops the reader and waits while it closes the stream. A caller cancelled again
         meanwhile (anyio's cancel scopes, as sse-starlette's, cancel at every turn until
-        the task ends) leaves the reader to finish closing on its own."""
+        the task ends) leaves the reader to finish closing on its own. The deadline's check
+        stops first: the provider's own cleanup, run as the reader is cancelled, must not be
+        cancelled again by a deadline that passes meanwhile."""
+        if self._check_handle is not None:
+            self._check_handle.cancel()
         self._reader.cancel()
         await asyncio.wait([self._reader])
+        if self._closer is not None:
+            await asyncio.wait([self._closer])
