@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.auth import TokenVerifier
 from app.core.config import Settings
@@ -126,3 +128,29 @@ def client(service_url: str, mint: Callable[..., str]) -> Iterator[httpx.Client]
 def anonymous(service_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service_url, timeout=30) as c:
         yield c
+
+
+EngineEvents = Callable[[AsyncEngine, str, Callable[..., Any]], None]
+
+
+@pytest.fixture
+def engine_events() -> Iterator[EngineEvents]:
+    """`listen(engine, name, listener)`: `listener` for the event `name` of every
+    connection to `engine`'s database, the engine's own pool and the event loop's
+    connections alike (`app.store.database_work`). Removed after the test."""
+    registered: list[tuple[str, Callable[..., Any]]] = []
+
+    def listen(engine: AsyncEngine, name: str, listener: Callable[..., Any]) -> None:
+        database = engine.url.database
+
+        def on_database(connection: Any, *args: Any) -> Any:
+            if connection.engine.url.database == database:
+                return listener(connection, *args)
+            return None
+
+        event.listen(Engine, name, on_database)
+        registered.append((name, on_database))
+
+    yield listen
+    for name, listener in registered:
+        event.remove(Engine, name, listener)

@@ -16,12 +16,13 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, select, text
+from sqlalchemy import Connection, select, text
 
 from app.store.audit import AuditLog
 from app.store.audit_chain import audit_chain, audit_chain_heads
 from app.store.database import MIGRATIONS, create_engine, database_url as to_async_url, migrate
 from app.store.liveness import ProcessLiveness
+from tests.conftest import EngineEvents
 from tests.support.replicas import PROJECT_ROOT
 from tests.support.stores import keyring_for
 
@@ -164,12 +165,11 @@ async def test_interrupted_runs_are_chained_and_chained_again_if_they_finish_aft
     assert edited.returncode == 1 and "(run still-running): the record's stored values changed" in edited.stdout
 
 
-async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: str) -> None:
+async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: str, engine_events: EngineEvents) -> None:
     engines = [create_engine(url), create_engine(url)]
     await migrate(engines[0])
     commits = [0]
-    for engine in engines:
-        event.listen(engine.sync_engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
+    engine_events(engines[0], "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))  # both: one database
     writers = [AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id=f"p{i}") for i, engine in enumerate(engines)]
 
     async def write(writer: AuditLog, n: int) -> None:
@@ -190,14 +190,15 @@ async def test_concurrent_writers_keep_one_gap_free_chain_in_few_commits(url: st
     assert result.returncode == 0, result.stdout
 
 
-async def test_a_batch_of_finished_runs_is_one_statement_per_shape_each_run_its_own_values(url: str) -> None:
+async def test_a_batch_of_finished_runs_is_one_statement_per_shape_each_run_its_own_values(
+        url: str, engine_events: EngineEvents) -> None:
     """Under a burst the writer takes hundreds of finishes at once; each new run's start
     record (and so its first event) waits behind that batch, so it must not be one
     round trip per run."""
     engine = create_engine(url)
     await migrate(engine)
     updates: list[int] = []
-    event.listen(engine.sync_engine, "before_cursor_execute",
+    engine_events(engine, "before_cursor_execute",
                  lambda _c, _cur, statement, params, _ctx, many: updates.append(len(params) if many else 1)
                  if statement.lstrip().upper().startswith("UPDATE AI_RUNS") else None)
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
@@ -221,13 +222,14 @@ async def test_a_batch_of_finished_runs_is_one_statement_per_shape_each_run_its_
     assert "tenant acme: 20 links" in result.stdout and "tenant globex: 20 links" in result.stdout
 
 
-async def test_a_tenants_head_is_made_once_then_read_and_locked_in_one_statement(url: str) -> None:
+async def test_a_tenants_head_is_made_once_then_read_and_locked_in_one_statement(
+        url: str, engine_events: EngineEvents) -> None:
     """Each batch of finished runs holds the next runs' start records (their first
     events) behind it: a head that exists is not inserted-if-missing again."""
     engine = create_engine(url)
     await migrate(engine)
     head_statements: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute",
+    engine_events(engine, "before_cursor_execute",
                  lambda _c, _cur, statement, *_: head_statements.append(statement.lstrip().split()[0].upper())
                  if "audit_chain_heads" in statement else None)
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")

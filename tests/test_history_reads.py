@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from app.crypto.envelope import TEXT_PREFIX, DecryptionFailed
 from app.store.database import create_engine, customer_interactions, migrate
 from app.store.database import database_url as sql_url
 from app.store.interactions import MAX_READS_PER_BATCH, InteractionLog
+from tests.conftest import EngineEvents
 from tests.support.stores import keyring_for
 
 LIMIT = 3
@@ -35,15 +37,15 @@ async def log(database_url: str | None, tmp_path: Path) -> AsyncIterator[Interac
         await engine.dispose()
 
 
-def history_statements(log: InteractionLog) -> list[str]:
+def history_statements(log: InteractionLog, engine_events: EngineEvents) -> list[str]:
     """Every statement that reads the history table, as the driver receives it."""
     seen: list[str] = []
 
-    @event.listens_for(log.engine.sync_engine, "before_cursor_execute")
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "customer_interactions" in statement:
             seen.append(statement)
 
+    engine_events(log.engine, "before_cursor_execute", record)
     return seen
 
 
@@ -59,7 +61,7 @@ async def record_history(log: InteractionLog, tenant: str, customer: str, count:
 
 
 async def test_a_burst_of_reads_is_a_few_statements_and_each_gets_its_own_customers_newest(
-        log: InteractionLog) -> None:
+        log: InteractionLog, engine_events: EngineEvents) -> None:
     tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     # The same customer id in both tenants, and customers with fewer rows than the limit.
     customers = [f"c{i}" for i in range(20)]
@@ -74,7 +76,7 @@ async def test_a_burst_of_reads_is_a_few_statements_and_each_gets_its_own_custom
     expected[tenants[0], "c0"] = ["tie, second", "tie, first", *expected[tenants[0], "c0"]]
     reads = [key for key in expected for _ in range(6)]  # every customer asked for 6 times
     assert len(reads) > MAX_READS_PER_BATCH
-    statements = history_statements(log)
+    statements = history_statements(log, engine_events)
 
     results = await asyncio.gather(*(log.recent(tenant, customer, limit=LIMIT) for tenant, customer in reads))
 
@@ -91,12 +93,13 @@ async def test_a_burst_of_reads_is_a_few_statements_and_each_gets_its_own_custom
     assert len(statements) == 1
 
 
-async def test_reads_of_one_batch_keep_their_own_limits_and_a_shape_serves_again(log: InteractionLog) -> None:
+async def test_reads_of_one_batch_keep_their_own_limits_and_a_shape_serves_again(
+        log: InteractionLog, engine_events: EngineEvents) -> None:
     """Customers and limits are the statement's parameters: the same shape, with other
     customers and limits, answers each read with its own."""
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     newest = {customer: await record_history(log, tenant, customer, count=6) for customer in ("a", "b", "c")}
-    statements = history_statements(log)
+    statements = history_statements(log, engine_events)
     for customers in (("a", "b", "c"), ("c", "a", "b")):
         reads = [(customer, limit) for customer in customers for limit in (1, 2, 5)]
         results = await asyncio.gather(*(log.recent(tenant, customer, limit=limit) for customer, limit in reads))
@@ -129,7 +132,7 @@ async def test_a_caller_that_leaves_mid_read_does_not_take_the_others_reads_with
 
 
 async def test_a_tenant_whose_key_fails_or_a_row_that_does_not_open_fails_only_its_own_read(
-        log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+        log: InteractionLog, monkeypatch: pytest.MonkeyPatch, engine_events: EngineEvents) -> None:
     healthy, broken, tampered = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(3))
     newest = await record_history(log, healthy, "c", count=2)
     await record_history(log, broken, "c", count=2)
@@ -148,7 +151,7 @@ async def test_a_tenant_whose_key_fails_or_a_row_that_does_not_open_fails_only_i
         return await cipher(tenant_id)
 
     monkeypatch.setattr(log.keys, "cipher", failing)
-    statements = history_statements(log)
+    statements = history_statements(log, engine_events)
     results = await asyncio.gather(log.recent(broken, "c"), log.recent(tampered, "c"), log.recent(healthy, "c"),
                                    return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
@@ -158,20 +161,20 @@ async def test_a_tenant_whose_key_fails_or_a_row_that_does_not_open_fails_only_i
     assert len(statements) == 1, "the three reads were one batch"
 
 
-async def test_a_failed_statement_reaches_every_caller_and_the_next_reads_are_served(
-        log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_statement_reaches_every_caller_and_the_next_reads_are_served(log: InteractionLog) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     newest = await record_history(log, tenant, "c", count=2)
-    engine = log.engine
 
-    class Unreachable:
-        def connect(self) -> Any:
-            raise ConnectionError("database unreachable")
+    async def rename(table: str, to: str) -> None:
+        async with log.engine.begin() as connection:
+            await connection.execute(text(f"ALTER TABLE {table} RENAME TO {to}"))
 
-    monkeypatch.setattr(log, "engine", Unreachable())
-    failed = await asyncio.gather(*(log.recent(tenant, "c") for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(error, ConnectionError) for error in failed)
-    monkeypatch.setattr(log, "engine", engine)
+    await rename("customer_interactions", "customer_interactions_away")  # every read of it fails
+    try:
+        failed = await asyncio.gather(*(log.recent(tenant, "c") for _ in range(3)), return_exceptions=True)
+    finally:
+        await rename("customer_interactions_away", "customer_interactions")
+    assert all(isinstance(error, DBAPIError) for error in failed), failed
     assert [past.summary for past in await log.recent(tenant, "c")] == newest
 
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings, ProviderSettings):
         description="A new PostgreSQL connection not ready by then (a hung server, a host gone), or a pooled "
                     "one not answering the pool's check on checkout, fails: a retryable 503, not a request held "
                     "for psycopg's 130 s or for as long as the server hangs. Whole seconds, at least 2 (libpq's rule).")
+    sqlite_inline: bool = Field(
+        default=True,
+        description="Without DATABASE_URL: the audit trail's, history's and scores' short SQLite work runs on the "
+                    "event loop's thread when SQLite answers at once, and through the driver's thread when another "
+                    "writer holds the lock. Off: always the driver's thread (several trips a statement).")
 
     # Lead scoring A/B routing: "tenant=version" pairs; unnamed tenants get the default.
     scoring_default_model: str = "logreg-v2"

@@ -34,6 +34,7 @@ from app.core.scoring_training import TenantModelTrainer
 from app.store.audit import AuditLog
 from app.store.liveness import ProcessLiveness
 from app.store.database import create_engine, database_url
+from app.store.database_work import database_work
 from app.store.customer_records import CustomerRecords
 from app.store.interactions import InteractionLog
 from app.store.knowledge import KnowledgeBase
@@ -116,6 +117,7 @@ class Services:
             pool_timeout_s=settings.database_pool_timeout_s,
             lock_timeout_s=settings.database_lock_timeout_s,
             connect_timeout_s=settings.database_connect_timeout_s,
+            inline_sqlite=settings.sqlite_inline,
         )
         keys = keyring(settings, engine)
         redis_keys: Keyring | None = None
@@ -258,6 +260,7 @@ class Services:
         await self.processor.close()
         if self.redis is not None:
             await self.redis.aclose()
+        await database_work(self.engine).close()
         await self.engine.dispose()
 
 

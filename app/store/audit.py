@@ -23,6 +23,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     Float,
     Index,
     Integer,
@@ -43,6 +44,7 @@ from app.crypto.keyring import Keyring
 from app.store.audit_chain import ChainedTable, chain_groups
 from app.store.batch_queue import BatchQueue
 from app.store.database import UTCDateTime, metadata
+from app.store.database_work import database_work
 from app.store.retries import retried
 
 MAX_BATCH = 1_000
@@ -138,12 +140,40 @@ async def _committed(done: asyncio.Future[None]) -> None:
         raise AuditUnavailable("the audit trail cannot be written") from error
 
 
+def _write_records(
+    connection: Connection, by_kind: dict[str, list[dict[str, Any]]], events: list[dict[str, Any]], now: datetime
+) -> None:
+    """A batch's records in one transaction (`app.store.database_work`: on SQLite usually
+    on the loop's thread, the chain's links included)."""
+    if rows := by_kind.get("run_started"):
+        connection.execute(insert(ai_runs), rows)
+    finished = by_kind.get("run_finished", [])
+    # One executemany per column set (one database round trip), not one statement
+    # per run: under a burst, a batch of finishes held every new run's start record
+    # (and so its first event) behind hundreds of sequential updates.
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in finished:
+        by_columns.setdefault(tuple(sorted(row)), []).append(row)
+    for columns, rows_alike in by_columns.items():
+        values: dict[str, Any] = {k: bindparam(k) for k in columns if k != "b_run_id"}
+        connection.execute(update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), rows_alike)
+    event_ids: list[str] = []
+    if events:
+        inserted = connection.execute(
+            insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), events
+        )
+        event_ids = [str(event_id) for event_id in inserted.scalars()]
+    run_ids = [row["b_run_id"] for row in finished]
+    chain_groups(connection, [(CHAINED_RUNS, run_ids), (CHAINED_EVENTS, event_ids)], now)
+
+
 class AuditLog:
     def __init__(self, engine: AsyncEngine, keys: Keyring, *, interrupted_after_s: float, process_id: str) -> None:
         self.engine = engine
         self.keys = keys
         self.interrupted_after_s = interrupted_after_s
         self.process_id = process_id  # stamped on every run: see app.store.liveness
+        self._work = database_work(engine)
         self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=MAX_BATCH)
 
     async def _submit(self, kind: str, values: dict[str, Any], *, wait: bool) -> None:
@@ -187,29 +217,7 @@ class AuditLog:
         # the busy timeout, again at every retry, and the batch's records were lost.
         events = await self._sealed(by_kind.get("security_event", []))
         now = utcnow()
-        async with self.engine.begin() as connection:
-            if rows := by_kind.get("run_started"):
-                await connection.execute(insert(ai_runs), rows)
-            finished = by_kind.get("run_finished", [])
-            # One executemany per column set (one database round trip), not one statement
-            # per run: under a burst, a batch of finishes held every new run's start record
-            # (and so its first event) behind hundreds of sequential updates.
-            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for row in finished:
-                by_columns.setdefault(tuple(sorted(row)), []).append(row)
-            for columns, rows_alike in by_columns.items():
-                values: dict[str, Any] = {k: bindparam(k) for k in columns if k != "b_run_id"}
-                await connection.execute(
-                    update(ai_runs).where(ai_runs.c.run_id == bindparam("b_run_id")).values(values), rows_alike
-                )
-            event_ids: list[str] = []
-            if events:
-                inserted = await connection.execute(
-                    insert(security_events).returning(security_events.c.id, sort_by_parameter_order=True), events
-                )
-                event_ids = [str(event_id) for event_id in inserted.scalars()]
-            run_ids = [row["b_run_id"] for row in finished]
-            await connection.run_sync(chain_groups, [(CHAINED_RUNS, run_ids), (CHAINED_EVENTS, event_ids)], now)
+        await self._work.write(lambda connection: _write_records(connection, by_kind, events, now), rows=len(batch))
 
     async def _sealed(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Details sealed in the writer, so a key that cannot be read yet (the database

@@ -151,8 +151,10 @@ def _insert_ignoring_existing(connection: Connection, table: Table, values: dict
 def _locked_head(connection: Connection, tenant_id: str) -> tuple[int, str]:
     """A head, once made, is never deleted: after a tenant's first link it is read and
     locked in one statement. Every batch of finished runs waits for this (and every new
-    run's first event waits for that batch), and on SQLite a statement is three trips to
-    the driver's thread. A missing head is made first, by whichever writer gets there."""
+    run's first event waits for that batch), and each statement is a round trip to
+    PostgreSQL, or three trips to aiosqlite's thread when SQLite's work could not be done
+    on the loop (`app.store.database_work`). A missing head is made first, by whichever
+    writer gets there."""
     statement = (
         select(audit_chain_heads.c.seq, audit_chain_heads.c.hash)
         .where(audit_chain_heads.c.tenant_id == tenant_id)

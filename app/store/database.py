@@ -37,6 +37,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.store.database_work import use_database_work
+
 metadata = MetaData()
 
 
@@ -334,7 +336,7 @@ def _ping_within(timeout_s: float, unavailable: type[Exception]) -> Callable[[An
 
 def create_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout_s: float = 5.0,
-    lock_timeout_s: float = 0.0, connect_timeout_s: float = 5.0,
+    lock_timeout_s: float = 0.0, connect_timeout_s: float = 5.0, inline_sqlite: bool = True,
 ) -> AsyncEngine:
     """A caller that finds every connection busy waits `pool_timeout_s`, then gets
     `sqlalchemy.exc.TimeoutError`, which the web layer answers with a retryable 503.
@@ -350,7 +352,10 @@ def create_engine(
     process hangs accepts the connection and never answers it, and one whose host is gone
     never accepts it; the request waited psycopg's default, 130 s. Any of these settings
     written in the URL's query wins over the engine's. A pooled connection that does not
-    answer the pool's check on checkout in as long fails the same way (`_ping_within`)."""
+    answer the pool's check on checkout in as long fails the same way (`_ping_within`).
+
+    `inline_sqlite`: the stores' short SQLite work may run on the event loop's thread
+    when SQLite answers at once (`app.store.database_work`)."""
     # A pooled PostgreSQL connection can die with its server or a proxy, so each checkout
     # pings it first; a SQLite file cannot go away under an open connection, and the ping
     # was a round trip through the connection's thread on every checkout.
@@ -380,6 +385,7 @@ def create_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        use_database_work(engine, inline=inline_sqlite)
         return engine
 
     engine.dialect.do_ping = _ping_within(  # type: ignore[method-assign]

@@ -13,14 +13,16 @@ whole, as each of its rows would fail alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.batch_queue import BatchQueue
+from app.store.database_work import database_work
 from app.store.retries import retried
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,11 @@ _Row = TypeVar("_Row")
 
 class GroupCommitWriter(Generic[_Row]):
     def __init__(
-        self, engine: AsyncEngine, write: Callable[[AsyncConnection, list[_Row]], Awaitable[Any]], *, name: str
+        self, engine: AsyncEngine, write: Callable[[Connection, list[_Row]], Any], *, name: str
     ) -> None:
+        """`write` is a plain function of a connection (`app.store.database_work`)."""
         self.engine = engine
+        self._work = database_work(engine)
         self._write = write
         self._name = name
         self._batches: BatchQueue[_Row, None] = BatchQueue(self._commit_batch, name=name, max_batch=MAX_BATCH)
@@ -60,8 +64,7 @@ class GroupCommitWriter(Generic[_Row]):
         return [await self._commit_with_retries([row]) for row in rows]
 
     async def _transaction(self, rows: list[_Row]) -> None:
-        async with self.engine.begin() as connection:
-            await self._write(connection, rows)
+        await self._work.write(lambda connection: self._write(connection, rows), rows=len(rows))
 
     async def _commit_with_retries(self, rows: list[_Row]) -> Exception | None:
         try:

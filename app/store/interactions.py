@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Integer, bindparam, insert, literal, select, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import CompoundSelect, Connection, Integer, bindparam, insert, literal, select, union_all
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
 from app.store.batch_queue import BatchQueue
 from app.store.database import customer_interactions as interactions
+from app.store.database_work import database_work
 from app.store.group_commit import GroupCommitWriter
 from chains.customer_context import PastInteraction
 
@@ -60,14 +61,15 @@ def _history_statement(shape: int) -> CompoundSelect:
     return union_all(*(select(part, literal(index).label("read")) for index, part in enumerate(parts)))
 
 
-async def _insert(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    await connection.execute(insert(interactions), rows)
+def _insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    connection.execute(insert(interactions), rows)
 
 
 class InteractionLog:
     def __init__(self, engine: AsyncEngine, keys: Keyring) -> None:
         self.engine = engine
         self.keys = keys
+        self._work = database_work(engine)
         self._writer: GroupCommitWriter[dict[str, Any]] = GroupCommitWriter(engine, _insert, name="interaction-writer")
         self._reader: BatchQueue[_HistoryRead, list[PastInteraction]] = BatchQueue(
             self._read_batch, name="interaction-reader", max_batch=MAX_READS_PER_BATCH)
@@ -106,8 +108,9 @@ class InteractionLog:
         for index, read in enumerate(wanted + [_NOTHING] * (shape - len(wanted))):
             parameters |= {f"tenant_{index}": read.tenant_id, f"customer_{index}": read.customer_id,
                            f"limit_{index}": read.limit}
-        async with self.engine.connect() as connection:
-            rows = (await connection.execute(_history_statement(shape), parameters)).mappings().all()
+        statement = _history_statement(shape)
+        rows = await self._work.read(lambda connection: connection.execute(statement, parameters).mappings().all(),
+                                     rows=sum(read.limit for read in wanted))
         by_read: dict[_HistoryRead, list[Any]] = {read: [] for read in wanted}
         for row in rows:
             by_read[wanted[row["read"]]].append(row)

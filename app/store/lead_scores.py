@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.crypto.keyring import Keyring
 from app.store.audit import utcnow
@@ -42,8 +42,8 @@ def features_of(lead: dict[str, Any]) -> dict[str, Any]:
     return {factor: lead.get(factor) for factor in FACTORS}
 
 
-async def _insert(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    await connection.execute(insert(lead_scores), rows)
+def _insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    connection.execute(insert(lead_scores), rows)
 
 
 class ScoreLog:
