@@ -37,7 +37,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.store.database_work import use_database_work
+from app.store.database_work import sqlite_pragmas, use_database_work
 
 metadata = MetaData()
 
@@ -377,13 +377,9 @@ def create_engine(
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            # WAL lets readers run while a writer commits; the busy timeout rides out
-            # the short write locks of concurrent requests instead of failing them.
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
+            # The busy timeout rides out the short write locks of concurrent requests
+            # instead of failing them.
+            sqlite_pragmas(dbapi_connection, busy_timeout_ms=5000)
 
         use_database_work(engine, inline=inline_sqlite)
         return engine

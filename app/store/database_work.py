@@ -39,7 +39,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy
 from prometheus_client import Counter
@@ -67,6 +67,20 @@ def _busy(error: OperationalError) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
+def sqlite_pragmas(dbapi_connection: Any, *, busy_timeout_ms: int, checkpoints: bool = True) -> None:
+    """Every SQLite connection of the service, the async engine's and the loop's alike: WAL
+    lets readers run while a writer commits, and commits do not sync the file (a crash
+    loses at most the last commits, never the database). Only the busy timeout and whether
+    this connection checkpoints differ."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    if not checkpoints:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
 def _connection_engine(url: sqlalchemy.URL, *, write: bool) -> Engine:
     """One connection (the loop's thread is the only user, one piece of work at a time)."""
     engine = sqlalchemy.create_engine(
@@ -76,12 +90,7 @@ def _connection_engine(url: sqlalchemy.URL, *, write: bool) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # the sqlite3 module opens no transaction of its own
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # as the async engine's (readers never wait); kept by the file
-        cursor.execute("PRAGMA busy_timeout=0")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        cursor.close()
+        sqlite_pragmas(dbapi_connection, busy_timeout_ms=0, checkpoints=False)
 
     @event.listens_for(engine, "begin")
     def _begin(connection):  # type: ignore[no-untyped-def]

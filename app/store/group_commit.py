@@ -39,7 +39,6 @@ class GroupCommitWriter(Generic[_Row]):
         self, engine: AsyncEngine, write: Callable[[Connection, list[_Row]], Any], *, name: str
     ) -> None:
         """`write` is a plain function of a connection (`app.store.database_work`)."""
-        self.engine = engine
         self._work = database_work(engine)
         self._write = write
         self._name = name
