@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store import database_work as work_module
-from app.store.audit import AuditLog, ai_runs, security_events
+from app.store.audit import START_NOW_PER_TURN, AuditLog, ai_runs, security_events
 from app.store.database import create_engine, database_url, migrate
 from app.store.database_work import INLINE_MAX_ROWS, database_work
 from tests.support.stores import keyring_for
@@ -75,11 +75,37 @@ async def test_records_are_written_on_the_loop_and_wait_in_the_drivers_thread_wh
 
 async def test_a_batch_too_large_to_hold_the_loop_goes_through_the_drivers_thread(engine: AsyncEngine) -> None:
     audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    runs = [f"r{n}" for n in range(INLINE_MAX_ROWS + 1)]
+    await asyncio.gather(*(start_run(audit, run_id) for run_id in runs))
     inline, large = work_count("write", "inline"), work_count("write", "large")
-    await asyncio.gather(*(start_run(audit, f"r{n}") for n in range(INLINE_MAX_ROWS + 1)))  # queued as one batch
+    await asyncio.gather(*(audit.run_finished(run_id, status="ok") for run_id in runs))  # queued as one batch
     await audit.close()
     assert (work_count("write", "inline") - inline, work_count("write", "large") - large) == (0, 1)
-    assert await count_runs(engine) == INLINE_MAX_ROWS + 1
+    async with engine.connect() as connection:
+        finished = (await connection.execute(select(func.count()).where(ai_runs.c.status == "ok"))).scalar_one()
+    assert finished == len(runs)
+
+
+async def test_a_start_record_is_committed_in_the_callers_turn_a_few_a_turn(engine: AsyncEngine) -> None:
+    """A run's first event waits for its start record: written at once, it does not wait
+    for the writer's turn. A burst still goes to the writer, as one batch."""
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    other = sqlite3.connect(str(engine.url.database))
+    try:
+        committed = [audit.begin_run(run_id=f"r{n}", tenant_id="acme", user_id="u", chain="scoring",
+                                     endpoint="stream") for n in range(START_NOW_PER_TURN + 2)]
+        # No turn of the loop yet: what is done is committed, seen from another connection.
+        assert [c.done() for c in committed] == [True] * START_NOW_PER_TURN + [False] * 2
+        seen = {row[0] for row in other.execute("SELECT run_id FROM ai_runs")}
+        assert seen == {f"r{n}" for n in range(START_NOW_PER_TURN)}
+        await asyncio.gather(*committed)
+        await asyncio.sleep(0)  # a new turn: a start record is written at once again
+        assert audit.begin_run(run_id="next", tenant_id="acme", user_id="u", chain="scoring",
+                               endpoint="stream").done()
+    finally:
+        other.close()
+        await audit.close()
+    assert await count_runs(engine) == START_NOW_PER_TURN + 3
 
 
 async def test_the_loops_connections_close_with_the_engine_and_let_it_go(tmp_path: Path) -> None:

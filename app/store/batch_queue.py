@@ -55,6 +55,11 @@ class BatchQueue(Generic[_In, _Out]):
     async def submit(self, item: _In) -> _Out:
         return await asyncio.shield(self.enqueue(item))
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the task (not counting the batch it is serving)."""
+        return self._queue.qsize()
+
     def enqueue(self, item: _In) -> asyncio.Future[_Out]:
         """Queues `item` now, in the caller's order (a run's start record before anything
         the run records later), and returns its answer to await, or to leave."""

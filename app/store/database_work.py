@@ -137,6 +137,15 @@ class DatabaseWork:
         async with self.engine.begin() as connection:
             return await connection.run_sync(work)
 
+    def write_now(self, work: Callable[[Connection], _T], *, rows: int) -> tuple[bool, _T | None]:
+        """`(True, result)` when the work is done now, in the caller's turn of the loop;
+        `(False, None)` when it cannot be (another writer holds the lock, no loop
+        connection, too large): the caller sends it another way, which is what counts it."""
+        done, result = _inline("write", self._writer, work, rows, count_refusal=False)
+        if done:
+            self._after_write()
+        return done, result
+
     async def read(self, work: Callable[[Connection], _T], *, rows: int) -> _T:
         done, result = _inline("read", self._reader, work, rows)
         if done:
@@ -167,13 +176,15 @@ class DatabaseWork:
             await asyncio.shield(self._checkpoint)
 
 
-def _inline(kind: str, engine: Engine | None, work: Callable[[Connection], _T], rows: int) -> tuple[bool, _T | None]:
+def _inline(kind: str, engine: Engine | None, work: Callable[[Connection], _T], rows: int, *,
+            count_refusal: bool = True) -> tuple[bool, _T | None]:
     """(True, the result) when done on the loop's connection; (False, None) when the work
     is for the async engine: no such connection, too large, or SQLite busy."""
     if engine is None:
         return False, None
     if rows > INLINE_MAX_ROWS:
-        WORK.labels(kind, "large").inc()
+        if count_refusal:
+            WORK.labels(kind, "large").inc()
         return False, None
     try:
         with engine.begin() as connection:
@@ -181,7 +192,8 @@ def _inline(kind: str, engine: Engine | None, work: Callable[[Connection], _T], 
     except OperationalError as error:
         if not _busy(error):
             raise
-        WORK.labels(kind, "busy").inc()
+        if count_refusal:
+            WORK.labels(kind, "busy").inc()
         return False, None
     WORK.labels(kind, "inline").inc()
     return True, result
