@@ -53,10 +53,11 @@ def test_events_ready_together_go_out_in_one_write_and_still_parse_whole(
     assert events[0][0] == "metadata" and events[-1][0] == "end"
     check_interaction(merge_chunks([json.loads(data) for name, data in events if name == "data"]))
     assert len(writes) < len(events)
-    # The chain's first chunk comes with LangServe's metadata event, and its closing
-    # chunks (lists, actions, flags) are ready at once.
-    events_per_write = [write.count(b"event: ") for write in writes]
-    assert events_per_write[0] >= 2 and max(events_per_write) >= 3, events_per_write
+    # LangServe's metadata event and the first data event are written as they come; the
+    # chain's closing chunks (lists, actions, flags) are ready at once.
+    assert writes[0].startswith(b"event: metadata") and writes[0].count(b"event: ") == 1
+    assert writes[1].startswith(b"event: data") and writes[1].count(b"event: ") == 1
+    assert max(write.count(b"event: ") for write in writes[2:]) >= 3, writes
 
 
 def test_an_event_goes_out_while_the_provider_is_still_silent(
@@ -80,6 +81,26 @@ def test_an_event_goes_out_while_the_provider_is_still_silent(
     finally:
         openai_provider.resume.set()
     assert sse_events(text)[-1][0] == "end"
+
+
+async def test_events_up_to_the_first_data_event_go_out_at_once_later_ones_together() -> None:
+    """The first data event is what a client waits for: it is written in the stream's own
+    turn, not the writer's next one (a few milliseconds on a loop busy with other streams)."""
+    written: list[bytes] = []
+
+    async def transport(message: Message) -> None:
+        written.append(message.get("body", b""))
+
+    send = CoalescedSend(transport)
+    metadata, first, second, third = (b"event: metadata\r\ndata: {}\r\n\r\n", b"event: data\r\ndata: 1\r\n\r\n",
+                                      b"event: data\r\ndata: 2\r\n\r\n", b"event: data\r\ndata: 3\r\n\r\n")
+    for event in (metadata, first, second, third):
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    assert written == [metadata, first], "the first data event waited for the writer"
+    await asyncio.sleep(0)  # the stream waits: what it queued goes out in one write
+    await asyncio.sleep(0)
+    assert written == [metadata, first, second + third]
+    send.stop()
 
 
 async def test_a_stream_waits_for_its_own_write_once_enough_is_queued() -> None:
@@ -137,10 +158,16 @@ async def test_every_byte_goes_out_once_in_order_however_the_stream_yields() -> 
 
 
 async def test_a_failed_write_fails_the_stream_at_its_next_send() -> None:
+    writes = 0
+
     async def broken_transport(message: Message) -> None:
-        raise OSError("connection reset")
+        nonlocal writes
+        writes += 1
+        if writes > 1:
+            raise OSError("connection reset")
 
     send = CoalescedSend(broken_transport)
+    await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})  # at once
     await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})
     await asyncio.sleep(0)  # the writer tries, and fails
     await asyncio.sleep(0)

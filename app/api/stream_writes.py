@@ -9,6 +9,11 @@ queued as one message once the stream's task next waits for something (the provi
 the database), so a burst costs one write, and a lone event goes out on the loop's next
 turn, as before.
 
+Until the stream's first data event has gone out, each event is written at once: the
+first is what a client waits for, and a turn of a loop busy with other streams is a few
+milliseconds (README, "The first event at concurrency 10"). LangServe sends its metadata
+event and the first data event in the same turn, so a stream starts with two writes.
+
 The bytes on the wire are the same, in the same order; only their grouping into writes
 changes. Backpressure is kept: past `MAX_PENDING_BYTES` the stream waits for its own
 write, as it waits for a paused transport. The last message carries what is still
@@ -28,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api.middleware import SelectiveMiddleware, is_chain_stream
 
 MAX_PENDING_BYTES = 64 * 1024
+_DATA_EVENT = b"event: data"  # how sse-starlette starts LangServe's data events
 
 
 class CoalescedSend:
@@ -42,11 +48,16 @@ class CoalescedSend:
         self._writing = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._data_sent = False
 
     async def __call__(self, message: Message) -> None:
         if self._failed is not None:
             raise self._failed
         if message["type"] != "http.response.body" or not message.get("more_body", False):
+            await self._write(message)
+            return
+        if not self._data_sent:
+            self._data_sent = message.get("body", b"").startswith(_DATA_EVENT)
             await self._write(message)
             return
         if body := message.get("body", b""):
