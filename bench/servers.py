@@ -16,10 +16,11 @@
 - raw-coalesced, raw-model-coalesced: the same two behind this service's
   `CoalescedStreamWrites` (events ready together go out in one write).
 
-  Every raw server also gets the service's collector tuning (`tune_gc_once`). The GIL's
-  switch interval is left alone: these servers have no helper threads for it to serve.
-  So each raw baseline has every generic tuning the service has; `raw-model-coalesced` is
-  #15's baseline.
+  Every raw server also gets the service's collector tuning (`tune_gc_once`), and runs
+  its stream in the request's own task as the service's chain routes do
+  (`app.api.stream_response`). The GIL's switch interval is left alone: these servers have
+  no helper threads for it to serve. So each raw baseline has every generic tuning the
+  service has; `raw-model-coalesced` is #15's baseline.
 - langserve: plain LangServe `add_routes` of `prompt | model | StrOutputParser`, no auth,
   none of our tuning (what #15 compares against).
 - full: this service (auth, tenant injection, scheduler, audit, event publish,
@@ -48,6 +49,7 @@ from fastapi import FastAPI
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from sse_starlette.sse import EventSourceResponse
 
+from app.api.stream_response import StreamInRequestTask
 from bench.fake_model import ANSWER_CHUNKS, CHUNKS, FixedAnswerChatModel, analysis_chunks
 
 BENCH_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
@@ -75,7 +77,7 @@ def raw_app() -> FastAPI:
                 yield {"event": "data", "data": json.dumps(text)}
             yield {"event": "end"}
 
-        return EventSourceResponse(events())
+        return StreamInRequestTask(events())
 
     return app
 
@@ -98,7 +100,7 @@ def raw_model_app() -> FastAPI:
                     yield {"event": "data", "data": json.dumps("".join(group))}
             yield {"event": "end"}
 
-        return EventSourceResponse(events())
+        return StreamInRequestTask(events())
 
     return app
 

@@ -25,26 +25,32 @@ from tests.test_chains_http import check_interaction, merge_chunks, sse_events
 
 
 @pytest.fixture(scope="module")
-def served(service_settings: Settings) -> Iterator[tuple[str, list[bytes]]]:
+def served(service_settings: Settings) -> Iterator[tuple[str, list[bytes], list[bool]]]:
+    """The app's URL, every body it wrote, and for each whether the request's own task
+    wrote it."""
     writes: list[bytes] = []
+    by_request_task: list[bool] = []
     app = create_app(service_settings)
 
     async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        request_task = asyncio.current_task()
+
         async def recorded(message: Message) -> None:
             if message["type"] == "http.response.body":
                 writes.append(message.get("body", b""))
+                by_request_task.append(asyncio.current_task() is request_task)
             await send(message)
 
         await app(scope, receive, recorded)
 
     with live_server(recording) as url:
-        yield url, writes
+        yield url, writes, by_request_task
 
 
 def test_events_ready_together_go_out_in_one_write_and_still_parse_whole(
-    served: tuple[str, list[bytes]], mint: Callable[..., str], openai_provider: FakeOpenAI
+    served: tuple[str, list[bytes], list[bool]], mint: Callable[..., str], openai_provider: FakeOpenAI
 ) -> None:
-    url, writes = served
+    url, writes, by_request_task = served
     writes.clear()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint()}"}, timeout=30) as client, \
             client.stream("POST", f"{INTERACTIONS_PATH}/stream", json={"input": INTERACTION}) as response:
@@ -58,14 +64,17 @@ def test_events_ready_together_go_out_in_one_write_and_still_parse_whole(
     assert writes[0].startswith(b"event: metadata") and writes[0].count(b"event: ") == 1
     assert writes[1].startswith(b"event: data") and writes[1].count(b"event: ") == 1
     assert max(write.count(b"event: ") for write in writes[2:]) >= 3, writes
+    # The stream runs in the request's own task (`app.api.stream_response`), not one that
+    # would first run at the loop's next turn: the first events are written from it.
+    assert by_request_task[:2] == [True, True]
 
 
 def test_an_event_goes_out_while_the_provider_is_still_silent(
-    served: tuple[str, list[bytes]], mint: Callable[..., str], openai_provider: FakeOpenAI
+    served: tuple[str, list[bytes], list[bool]], mint: Callable[..., str], openai_provider: FakeOpenAI
 ) -> None:
     """The provider sends its first token (the labels), then nothing until the test has
     read the labels' event: that event must arrive alone, not held for company."""
-    url, _ = served
+    url, _, _ = served
     openai_provider.mode = "hold_after_first"
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint()}"}, timeout=10) as client, \

@@ -16,6 +16,7 @@ from langchain_core.runnables import Runnable
 from langserve import add_routes
 
 from app.api.access import API_PREFIX, INSIGHTS_CHAT_PATH, INTERACTIONS_PATH, LEAD_SCORING_PATH
+from app.api.stream_response import ChainRoute
 from app.core.auth import Principal
 from app.core.errors import Unauthenticated
 from app.core.managed_chain import ManagedChain
@@ -92,8 +93,13 @@ def build_chains(services: Services) -> dict[str, Runnable[Any, Any]]:
 
 
 def add_chain_routes(app: FastAPI, chains: dict[str, Runnable[Any, Any]]) -> None:
-    """Authentication, roles and rate limits come from the app-wide `guard_request`."""
-    for path, chain in chains.items():
-        # Off: `ManagedChain` drops the event aggregator LangServe adds, whose events are
-        # returned only with this on.
-        add_routes(app, chain, path=path, per_req_config_modifier=inject_identity, include_callback_events=False)
+    """Authentication, roles and rate limits come from the app-wide `guard_request`; the
+    streams run in the request's task (`app.api.stream_response`)."""
+    route_class, app.router.route_class = app.router.route_class, ChainRoute
+    try:
+        for path, chain in chains.items():
+            # Off: `ManagedChain` drops the event aggregator LangServe adds, whose events
+            # are returned only with this on.
+            add_routes(app, chain, path=path, per_req_config_modifier=inject_identity, include_callback_events=False)
+    finally:
+        app.router.route_class = route_class
