@@ -15,6 +15,7 @@ swaps the class of the response it returns: the subclass adds no state.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -33,12 +34,25 @@ class StreamInRequestTask(EventSourceResponse):
                 await func()
                 task_group.cancel_scope.cancel()
 
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except asyncio.CancelledError:
+                    # The request's task was cancelled (the client left, shutdown): on up.
+                    # Otherwise the stream awaited something cancelled under it (a job
+                    # the CPU pool dropped at shutdown): as a task of its own that ended
+                    # the response quietly, and so it does here.
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise
+                task_group.cancel_scope.cancel()
+
             task_group.start_soon(wrap, partial(self.listen_for_disconnect, receive))
             task_group.start_soon(wrap, partial(self._ping, send))
             task_group.start_soon(wrap, self.listen_for_exit_signal)
             if self.data_sender_callable:
                 task_group.start_soon(self.data_sender_callable)
-            await wrap(partial(self.stream_response, send))
+            await stream()
 
         if self.background is not None:
             await self.background()
