@@ -187,6 +187,7 @@ class AuditLog:
         self._work = database_work(engine)
         self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=MAX_BATCH)
         self._started_now_this_turn = 0
+        self._turn_of: asyncio.AbstractEventLoop | None = None  # the loop whose current turn it counts
 
     async def _submit(self, kind: str, values: dict[str, Any], *, wait: bool) -> None:
         if wait:
@@ -211,6 +212,9 @@ class AuditLog:
     def _start_now(self, values: dict[str, Any]) -> bool:
         """Writes a start record in the caller's turn if that is cheap and changes no
         order (see the module's docstring); False sends it through the writer."""
+        loop = asyncio.get_running_loop()  # before writing: no loop, no run to record
+        if self._turn_of is not loop:  # the turn's reset ran, or this is another loop
+            self._started_now_this_turn = 0
         if self._started_now_this_turn >= START_NOW_PER_TURN or self._writes.queued:
             return False
         try:
@@ -219,13 +223,14 @@ class AuditLog:
             log.debug("a start record could not be written at once", exc_info=True)
             return False
         if done:
-            if not self._started_now_this_turn:
-                asyncio.get_running_loop().call_soon(self._next_turn)
+            if self._turn_of is not loop:
+                self._turn_of = loop
+                loop.call_soon(self._next_turn)
             self._started_now_this_turn += 1
         return done
 
     def _next_turn(self) -> None:
-        self._started_now_this_turn = 0
+        self._turn_of = None
 
     async def run_finished(self, run_id: str, *, wait: bool = True, **values: Any) -> None:
         await self._submit("run_finished", {**values, "b_run_id": run_id, "finished_at": utcnow()}, wait=wait)
