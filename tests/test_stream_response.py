@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from sse_starlette.sse import AppStatus, EventSourceResponse
@@ -87,3 +88,99 @@ async def test_a_stream_ends_as_sse_starlettes_own_response_ends_it(
     assert (how, log) == (ended, logged)
     if leave_after_s != 0.0:
         assert sent[0].startswith(b"event: data"), sent
+
+
+async def two_events_apart(log: list[str]) -> AsyncIterator[dict[str, str]]:
+    log.append("started")
+    try:
+        yield {"event": "data", "data": "1"}
+        await asyncio.sleep(0.25)
+        yield {"event": "data", "data": "2"}
+    except asyncio.CancelledError:
+        log.append("cancelled")
+        raise
+
+
+@pytest.mark.parametrize("response_class", [EventSourceResponse, StreamInRequestTask])
+@pytest.mark.parametrize(("ping_s", "pinged"), [(0.06, True), (5.0, False)])
+async def test_a_stream_is_pinged_every_interval_while_it_runs(
+        response_class: type[EventSourceResponse], ping_s: float, pinged: bool) -> None:
+    AppStatus.should_exit_event = None
+    sent: list[bytes] = []
+
+    async def receive() -> Message:
+        await asyncio.sleep(60)
+        raise AssertionError("the response outlived its stream")
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message.get("body", b""))
+
+    await asyncio.wait_for(response_class(two_events_apart([]), ping=ping_s)({"type": "http"}, receive, send), 5)
+    pings = [body for body in sent if body.startswith(b": ping - ")]
+    data = [body for body in sent if body.startswith(b"event: data")]
+    assert len(data) == 2
+    if pinged:
+        # 0.25 s at 0.06 s: 4 intervals; a loaded machine may fire a timer late, not early.
+        assert 2 <= len(pings) <= 4, sent
+        assert sent.index(pings[0]) > sent.index(data[0]) and sent.index(pings[-1]) < sent.index(data[1])
+    else:
+        assert pings == []
+
+
+@pytest.mark.parametrize("response_class", [EventSourceResponse, StreamInRequestTask])
+async def test_the_servers_exit_ends_running_streams_and_new_ones_at_once(
+        response_class: type[EventSourceResponse]) -> None:
+    AppStatus.should_exit_event = None
+    running: list[str] = []
+
+    async def receive() -> Message:
+        await asyncio.sleep(60)
+        raise AssertionError("the response outlived its stream")
+
+    async def send(message: Message) -> None:
+        return None
+
+    response = asyncio.ensure_future(response_class(waits_after_one_event(running))({"type": "http"}, receive, send))
+    await asyncio.sleep(0.05)
+    try:
+        AppStatus.should_exit = True  # what uvicorn's exit handler, as sse-starlette patches it, does
+        assert AppStatus.should_exit_event is not None
+        AppStatus.should_exit_event.set()
+        await asyncio.wait_for(response, 5)
+        assert running == ["started", "cancelled"]
+        late: list[str] = []
+        await asyncio.wait_for(response_class(waits_after_one_event(late))({"type": "http"}, receive, send), 5)
+        assert late in (["started", "cancelled"], [])  # cancelled at its first wait, or before it began
+    finally:
+        AppStatus.should_exit = False
+        AppStatus.should_exit_event = None
+
+
+async def test_a_chain_stream_has_one_helper_task_the_disconnect_listener() -> None:
+    """sse-starlette gives each stream three (disconnect, pings, exit); the pings run on a
+    timer here and one watcher per loop serves every stream's exit."""
+    AppStatus.should_exit_event = None
+    loop = asyncio.get_running_loop()
+    started: list[str] = []
+    default = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        started.append(getattr(coro, "__qualname__", repr(coro)))
+        return default(loop, coro, **kwargs) if default else asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def receive() -> Message:
+        await asyncio.sleep(60)
+        raise AssertionError("the response outlived its stream")
+
+    async def send(message: Message) -> None:
+        return None
+
+    await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)  # the loop's watcher starts
+    loop.set_task_factory(counting)
+    try:
+        for _ in range(3):
+            await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)
+    finally:
+        loop.set_task_factory(default)
+    assert len(started) == 3, started
