@@ -7,6 +7,9 @@ the response quietly. Each case runs against sse-starlette's class too, as the r
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -184,3 +187,42 @@ async def test_a_chain_stream_has_one_helper_task_the_disconnect_listener() -> N
     finally:
         loop.set_task_factory(default)
     assert len(started) == 3, started
+
+
+class _Marker:
+    """An object a request's context holds."""
+
+
+_REQUEST_VALUE: contextvars.ContextVar[_Marker] = contextvars.ContextVar("request_value")
+
+
+async def _one_stream() -> None:
+    async def receive() -> Message:
+        await asyncio.sleep(60)
+        raise AssertionError("the response outlived its stream")
+
+    async def send(message: Message) -> None:
+        return None
+
+    await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)
+
+
+def test_the_exit_watcher_holds_neither_a_requests_context_nor_a_closed_loop() -> None:
+    """The loop's exit watcher lives as long as its loop: it must not keep the first
+    stream's context (request ids, the tracing context), and a loop that closes is let go."""
+    AppStatus.should_exit_event = None
+    held: list[weakref.ref[Any]] = []
+
+    async def first_request() -> None:
+        marker = _Marker()
+        held.append(weakref.ref(marker))
+        held.append(weakref.ref(asyncio.get_running_loop()))
+        _REQUEST_VALUE.set(marker)
+        await _one_stream()
+
+    try:
+        asyncio.run(first_request())
+    finally:
+        AppStatus.should_exit_event = None
+    gc.collect()
+    assert [ref() for ref in held] == [None, None]

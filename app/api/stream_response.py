@@ -119,18 +119,35 @@ class StreamInRequestTask(EventSourceResponse):
 
 class _ServerExit:
     """Cancels every stream of its event loop still running when the server exits
-    (sse-starlette's `listen_for_exit_signal`: uvicorn's exit handler, patched)."""
+    (sse-starlette's `listen_for_exit_signal`: uvicorn's exit handler, patched).
 
-    def __init__(self) -> None:
+    If the watch fails (sse-starlette keeps one exit event per process, bound to the loop
+    that first waited on it: a second loop cannot wait on it), it is logged once and that
+    loop's streams end with their clients, not with the exit; sse-starlette's own response
+    fails every stream then."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._running: set[anyio.CancelScope] = set()
-        # In a context of its own: not the first stream's, held for the loop's lifetime.
-        self.watcher = asyncio.get_running_loop().create_task(self._watch(), context=contextvars.Context())
-        self.watcher.add_done_callback(_log_failure)
+        # In a context of its own, the callback too: not the first stream's, held for the
+        # loop's lifetime. The task is held here while it runs (the loop holds it weakly).
+        empty = contextvars.Context()
+        self._watcher: asyncio.Task[None] | None = loop.create_task(self._watch(), context=empty)
+        self._watcher.add_done_callback(self._ended, context=empty)
 
     async def _watch(self) -> None:
         await EventSourceResponse.listen_for_exit_signal()
         for scope in list(self._running):
             scope.cancel()
+
+    def _ended(self, watcher: asyncio.Task[None]) -> None:
+        self._watcher = None
+        if watcher.cancelled():  # the loop is closing: it is let go
+            loop = watcher.get_loop()
+            if _exits.get(loop) is self:
+                del _exits[loop]
+        elif (error := watcher.exception()) is not None:
+            log.warning("cannot watch for the server's exit on this event loop (%r): its streams end "
+                        "with their clients", error)
 
     @contextmanager
     def cancels(self, scope: anyio.CancelScope) -> Iterator[None]:
@@ -147,17 +164,11 @@ _exits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ServerExit] = weak
 
 
 def _server_exit() -> _ServerExit:
-    """The loop's watcher; a new one if the last has ended (exit signalled, or it failed)."""
     loop = asyncio.get_running_loop()
     watch = _exits.get(loop)
-    if watch is None or watch.watcher.done():
-        watch = _exits[loop] = _ServerExit()
+    if watch is None:
+        watch = _exits[loop] = _ServerExit(loop)
     return watch
-
-
-def _log_failure(watcher: asyncio.Future[None]) -> None:
-    if not watcher.cancelled() and (error := watcher.exception()) is not None:
-        log.warning("the server-exit watcher failed; the next stream starts another: %r", error)
 
 
 class ChainRoute(APIRoute):
