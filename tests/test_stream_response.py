@@ -93,6 +93,16 @@ async def test_a_stream_ends_as_sse_starlettes_own_response_ends_it(
         assert sent[0].startswith(b"event: data"), sent
 
 
+async def stays() -> Message:
+    """A client that stays to the end (as `receive`)."""
+    await asyncio.sleep(60)
+    raise AssertionError("the response outlived its stream")
+
+
+async def ignored(message: Message) -> None:
+    """A `send` whose bodies no test reads."""
+
+
 async def two_events_apart(log: list[str]) -> AsyncIterator[dict[str, str]]:
     log.append("started")
     try:
@@ -111,15 +121,11 @@ async def test_a_stream_is_pinged_every_interval_while_it_runs(
     AppStatus.should_exit_event = None
     sent: list[bytes] = []
 
-    async def receive() -> Message:
-        await asyncio.sleep(60)
-        raise AssertionError("the response outlived its stream")
-
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
             sent.append(message.get("body", b""))
 
-    await asyncio.wait_for(response_class(two_events_apart([]), ping=ping_s)({"type": "http"}, receive, send), 5)
+    await asyncio.wait_for(response_class(two_events_apart([]), ping=ping_s)({"type": "http"}, stays, send), 5)
     pings = [body for body in sent if body.startswith(b": ping - ")]
     data = [body for body in sent if body.startswith(b"event: data")]
     assert len(data) == 2
@@ -136,15 +142,7 @@ async def test_the_servers_exit_ends_running_streams_and_new_ones_at_once(
         response_class: type[EventSourceResponse]) -> None:
     AppStatus.should_exit_event = None
     running: list[str] = []
-
-    async def receive() -> Message:
-        await asyncio.sleep(60)
-        raise AssertionError("the response outlived its stream")
-
-    async def send(message: Message) -> None:
-        return None
-
-    response = asyncio.ensure_future(response_class(waits_after_one_event(running))({"type": "http"}, receive, send))
+    response = asyncio.ensure_future(response_class(waits_after_one_event(running))({"type": "http"}, stays, ignored))
     await asyncio.sleep(0.05)
     try:
         AppStatus.should_exit = True  # what uvicorn's exit handler, as sse-starlette patches it, does
@@ -153,7 +151,7 @@ async def test_the_servers_exit_ends_running_streams_and_new_ones_at_once(
         await asyncio.wait_for(response, 5)
         assert running == ["started", "cancelled"]
         late: list[str] = []
-        await asyncio.wait_for(response_class(waits_after_one_event(late))({"type": "http"}, receive, send), 5)
+        await asyncio.wait_for(response_class(waits_after_one_event(late))({"type": "http"}, stays, ignored), 5)
         assert late in (["started", "cancelled"], [])  # cancelled at its first wait, or before it began
     finally:
         AppStatus.should_exit = False
@@ -172,18 +170,11 @@ async def test_a_chain_stream_has_one_helper_task_the_disconnect_listener() -> N
         started.append(getattr(coro, "__qualname__", repr(coro)))
         return default(loop, coro, **kwargs) if default else asyncio.Task(coro, loop=loop, **kwargs)
 
-    async def receive() -> Message:
-        await asyncio.sleep(60)
-        raise AssertionError("the response outlived its stream")
-
-    async def send(message: Message) -> None:
-        return None
-
-    await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)  # the loop's watcher starts
+    await StreamInRequestTask(two_events_apart([]))({"type": "http"}, stays, ignored)  # the loop's watcher starts
     loop.set_task_factory(counting)
     try:
         for _ in range(3):
-            await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)
+            await StreamInRequestTask(two_events_apart([]))({"type": "http"}, stays, ignored)
     finally:
         loop.set_task_factory(default)
     assert len(started) == 3, started
@@ -194,17 +185,6 @@ class _Marker:
 
 
 _REQUEST_VALUE: contextvars.ContextVar[_Marker] = contextvars.ContextVar("request_value")
-
-
-async def _one_stream() -> None:
-    async def receive() -> Message:
-        await asyncio.sleep(60)
-        raise AssertionError("the response outlived its stream")
-
-    async def send(message: Message) -> None:
-        return None
-
-    await StreamInRequestTask(two_events_apart([]))({"type": "http"}, receive, send)
 
 
 def test_the_exit_watcher_holds_neither_a_requests_context_nor_a_closed_loop() -> None:
@@ -218,7 +198,7 @@ def test_the_exit_watcher_holds_neither_a_requests_context_nor_a_closed_loop() -
         held.append(weakref.ref(marker))
         held.append(weakref.ref(asyncio.get_running_loop()))
         _REQUEST_VALUE.set(marker)
-        await _one_stream()
+        await StreamInRequestTask(two_events_apart([]))({"type": "http"}, stays, ignored)
 
     try:
         asyncio.run(first_request())
