@@ -47,9 +47,20 @@ async def awaits_a_cancelled_future(log: list[str]) -> AsyncIterator[dict[str, s
         log.append("ended")
 
 
-async def respond(response_class: type[EventSourceResponse], stream: Stream, *,
-                  leave_after_s: float | None) -> tuple[str, list[str], list[bytes]]:
-    """(how the response ended, what the stream logged, the bodies sent)."""
+async def stays() -> Message:
+    """A client that stays to the end (as `receive`)."""
+    await asyncio.sleep(60)
+    raise AssertionError("the response outlived its stream")
+
+
+async def ignored(message: Message) -> None:
+    """A `send` whose bodies no test reads."""
+
+
+async def respond(response_class: type[EventSourceResponse], stream: Stream, *, leave_after_s: float | None,
+                  ping_s: float | None = None) -> tuple[str, list[str], list[bytes]]:
+    """(how the response ended, what the stream logged, the bodies sent); `ping_s`, the
+    ping interval (None: sse-starlette's default)."""
     # sse-starlette keeps one shutdown event per process, bound to the loop that made it;
     # each test has a loop of its own.
     AppStatus.should_exit_event = None
@@ -60,15 +71,14 @@ async def respond(response_class: type[EventSourceResponse], stream: Stream, *,
         if leave_after_s is not None:
             await asyncio.sleep(leave_after_s)
             return {"type": "http.disconnect"}
-        await asyncio.sleep(60)
-        raise AssertionError("the response outlived its stream")
+        return await stays()
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
             sent.append(message.get("body", b""))
 
     try:
-        await asyncio.wait_for(response_class(stream(log))({"type": "http"}, receive, send), 5)
+        await asyncio.wait_for(response_class(stream(log), ping=ping_s)({"type": "http"}, receive, send), 5)
         ended = "returned"
     except BaseExceptionGroup as group:
         ended = "raised " + ", ".join(type(error).__name__ for error in group.exceptions)
@@ -93,16 +103,6 @@ async def test_a_stream_ends_as_sse_starlettes_own_response_ends_it(
         assert sent[0].startswith(b"event: data"), sent
 
 
-async def stays() -> Message:
-    """A client that stays to the end (as `receive`)."""
-    await asyncio.sleep(60)
-    raise AssertionError("the response outlived its stream")
-
-
-async def ignored(message: Message) -> None:
-    """A `send` whose bodies no test reads."""
-
-
 async def two_events_apart(log: list[str]) -> AsyncIterator[dict[str, str]]:
     log.append("started")
     try:
@@ -118,14 +118,8 @@ async def two_events_apart(log: list[str]) -> AsyncIterator[dict[str, str]]:
 @pytest.mark.parametrize(("ping_s", "pinged"), [(0.06, True), (5.0, False)])
 async def test_a_stream_is_pinged_every_interval_while_it_runs(
         response_class: type[EventSourceResponse], ping_s: float, pinged: bool) -> None:
-    AppStatus.should_exit_event = None
-    sent: list[bytes] = []
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            sent.append(message.get("body", b""))
-
-    await asyncio.wait_for(response_class(two_events_apart([]), ping=ping_s)({"type": "http"}, stays, send), 5)
+    ended, _, sent = await respond(response_class, two_events_apart, leave_after_s=None, ping_s=ping_s)
+    assert ended == "returned"
     pings = [body for body in sent if body.startswith(b": ping - ")]
     data = [body for body in sent if body.startswith(b"event: data")]
     assert len(data) == 2
