@@ -104,7 +104,9 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.state.workflows = workflows
     add_exception_handlers(app)
     app.add_middleware(StreamErrorMiddleware)
-    app.add_middleware(CoalescedStreamWrites)  # outside it: see app.api.stream_writes
+    app.add_middleware(  # outside it: see app.api.stream_writes
+        CoalescedStreamWrites, window_s=settings.stream_write_window_ms / 1000
+    )
     app.add_middleware(
         RequestBodyMiddleware,
         max_body_bytes=settings.request_max_body_bytes,

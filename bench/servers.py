@@ -14,7 +14,8 @@
   waits, so that is at most about 50 events for the 400 pieces, fewer under load; the
   full server sends about as many for the same answer.
 - raw-coalesced, raw-model-coalesced: the same two behind this service's
-  `CoalescedStreamWrites` (events ready together go out in one write).
+  `CoalescedStreamWrites` (events ready within its default window, 5 ms, go out in
+  one write).
 
   Every raw server also gets the service's collector tuning (`tune_gc_once`), and runs
   its stream in the request's own task as the service's chain routes do
@@ -106,9 +107,12 @@ def raw_model_app() -> FastAPI:
 
 
 def coalesced(app: FastAPI) -> FastAPI:
+    """Behind the service's write coalescing, with the service's default window."""
     from app.api.stream_writes import CoalescedStreamWrites
+    from app.core.config import Settings
 
-    app.add_middleware(CoalescedStreamWrites)
+    window_ms = Settings.model_fields["stream_write_window_ms"].default
+    app.add_middleware(CoalescedStreamWrites, window_s=window_ms / 1000)
     return app
 
 

@@ -15,7 +15,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.chains import INTERACTIONS_PATH
-from app.api.stream_writes import MAX_PENDING_BYTES, CoalescedSend
+from app.api.stream_writes import MAX_PENDING_BYTES, CoalescedSend, CoalescedStreamWrites
 from app.core.config import Settings
 from app.server import create_app
 from tests.support.fake_openai import FakeOpenAI
@@ -100,7 +100,7 @@ async def test_events_up_to_the_first_data_event_go_out_at_once_later_ones_toget
     async def transport(message: Message) -> None:
         written.append(message.get("body", b""))
 
-    send = CoalescedSend(transport)
+    send = CoalescedSend(transport, window_s=0)
     metadata, first, second, third = (b"event: metadata\r\ndata: {}\r\n\r\n", b"event: data\r\ndata: 1\r\n\r\n",
                                       b"event: data\r\ndata: 2\r\n\r\n", b"event: data\r\ndata: 3\r\n\r\n")
     for event in (metadata, first, second, third):
@@ -108,6 +108,34 @@ async def test_events_up_to_the_first_data_event_go_out_at_once_later_ones_toget
     assert written == [metadata, first], "the first data event waited for the writer"
     await asyncio.sleep(0)  # the stream waits: what it queued goes out in one write
     await asyncio.sleep(0)
+    assert written == [metadata, first, second + third]
+    send.stop()
+
+
+async def test_events_within_the_window_share_a_write_and_none_waits_past_it(service_settings: Settings) -> None:
+    """The window (`STREAM_WRITE_WINDOW_MS`) holds a ready event for company while the
+    stream waits for its provider, and writes it when the window closes with nothing
+    more sent: an event is held, never kept."""
+    written: list[bytes] = []
+
+    async def transport(message: Message) -> None:
+        written.append(message.get("body", b""))
+
+    app = create_app(service_settings.model_copy(update={"stream_write_window_ms": 100}))
+    (layer,) = [m for m in app.user_middleware if m.cls is CoalescedStreamWrites]
+    send = CoalescedSend(transport, **layer.kwargs)
+    metadata, first, second, third = (b"event: metadata\r\ndata: {}\r\n\r\n", b"event: data\r\ndata: 1\r\n\r\n",
+                                      b"event: data\r\ndata: 2\r\n\r\n", b"event: data\r\ndata: 3\r\n\r\n")
+    for event in (metadata, first, second):
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    for _ in range(5):  # the stream waits for its provider: a turn would have been enough before
+        await asyncio.sleep(0)
+    assert written == [metadata, first], "an event went out before the window closed"
+    await send({"type": "http.response.body", "body": third, "more_body": True})
+    for _ in range(100):  # then nothing more comes: the window alone sends what is held
+        if len(written) == 3:
+            break
+        await asyncio.sleep(0.05)
     assert written == [metadata, first, second + third]
     send.stop()
 
@@ -122,7 +150,7 @@ async def test_a_stream_waits_for_its_own_write_once_enough_is_queued() -> None:
         written.append(message.get("body", b""))
         await transport_open.wait()
 
-    send = CoalescedSend(paused_transport)
+    send = CoalescedSend(paused_transport, window_s=0)
     piece = b"x" * (MAX_PENDING_BYTES // 4)
 
     sent = 0
@@ -150,7 +178,7 @@ async def test_every_byte_goes_out_once_in_order_however_the_stream_yields() -> 
     async def transport(message: Message) -> None:
         written.append(message)
 
-    send = CoalescedSend(transport)
+    send = CoalescedSend(transport, window_s=0)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     events = [f"event: data\r\ndata: {n}\r\n\r\n".encode() for n in range(200)]
     for n, event in enumerate(events):
@@ -175,7 +203,7 @@ async def test_a_failed_write_fails_the_stream_at_its_next_send() -> None:
         if writes > 1:
             raise OSError("connection reset")
 
-    send = CoalescedSend(broken_transport)
+    send = CoalescedSend(broken_transport, window_s=0)
     await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})  # at once
     await send({"type": "http.response.body", "body": b"event: data\r\n\r\n", "more_body": True})
     await asyncio.sleep(0)  # the writer tries, and fails

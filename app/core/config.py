@@ -135,6 +135,12 @@ class Settings(BaseSettings, ProviderSettings):
         description="How soon a helper thread (analysis pool, SQLite) gets the GIL from a busy event loop (sys.setswitchinterval).",
     )
 
+    stream_write_window_ms: float = Field(
+        default=5.0, ge=0, le=100,
+        description="A chain stream's events ready within this of each other go out in one socket write "
+        "(app.api.stream_writes); the first data event is never held. 0: at the loop's next turn.",
+    )
+
     # Push transports.
     ws_auth_timeout_s: float = 5.0
     ws_send_timeout_s: float = Field(default=10.0, gt=0, description="A send that cannot complete in time ends the session with 1013.")
