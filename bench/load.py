@@ -34,6 +34,15 @@ class LevelResult:
     peak_rss_mb: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def pooled(cls, parts: Sequence[LevelResult]) -> LevelResult:
+        """Rounds of one server at one level read as one measurement: streams and times
+        summed, latencies over every stream, the highest peak."""
+        first = parts[0]
+        return cls(first.server, first.concurrency, sum(p.streams for p in parts), sum(p.wall_s for p in parts),
+                   [r for p in parts for r in p.results], sum(p.cpu_s for p in parts),
+                   max(p.peak_rss_mb for p in parts))
+
     @property
     def completed(self) -> list[StreamResult]:
         return [r for r in self.results if r.ok]
