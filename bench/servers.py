@@ -14,8 +14,8 @@
   waits, so that is at most about 50 events for the 400 pieces, fewer under load; the
   full server sends about as many for the same answer.
 - raw-coalesced, raw-model-coalesced: the same two behind this service's
-  `CoalescedStreamWrites` (events ready within its default window, 5 ms, go out in
-  one write).
+  `CoalescedStreamWrites` (events queued within its window, 5 ms by default or
+  `STREAM_WRITE_WINDOW_MS` as for the full server, go out in one write).
 
   Every raw server also gets the service's collector tuning (`tune_gc_once`), and runs
   its stream in the request's own task as the service's chain routes do
@@ -111,7 +111,8 @@ def coalesced(app: FastAPI) -> FastAPI:
     from app.api.stream_writes import CoalescedStreamWrites
     from app.core.config import Settings
 
-    window_ms = Settings.model_fields["stream_write_window_ms"].default
+    # As the full server reads it: the service's default, or STREAM_WRITE_WINDOW_MS when set.
+    window_ms = float(os.environ.get("STREAM_WRITE_WINDOW_MS", Settings.model_fields["stream_write_window_ms"].default))
     app.add_middleware(CoalescedStreamWrites, window_s=window_ms / 1000)
     return app
 

@@ -98,7 +98,7 @@ def streams_for(concurrency: int) -> int:
 WARM_UP_STREAMS = 50
 # Each server repeats a level's round until it has streamed this long. A fast server's
 # single round lasted under a second, where one pause of the collector or of the machine
-# moved its streams/s by a tenth; plain LangServe's lasted 12-55 s.
+# moved its streams/s by a tenth; plain LangServe's lasts 8-55 s.
 MIN_LEVEL_S = 3.0
 
 

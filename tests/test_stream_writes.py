@@ -1,4 +1,5 @@
-"""A stream writes what is ready together, never holds an event back, and keeps backpressure.
+"""A stream writes what is ready together, holds an event for a short window at most, and keeps
+backpressure.
 
 The server below is the whole service with one outer layer that records every body
 message uvicorn is asked to write.
@@ -73,7 +74,8 @@ def test_an_event_goes_out_while_the_provider_is_still_silent(
     served: tuple[str, list[bytes], list[bool]], mint: Callable[..., str], openai_provider: FakeOpenAI
 ) -> None:
     """The provider sends its first token (the labels), then nothing until the test has
-    read the labels' event: that event must arrive alone, not held for company."""
+    read the labels' event: that event must arrive while the provider is silent, held
+    for company no longer than the write window."""
     url, _, _ = served
     openai_provider.mode = "hold_after_first"
     try:
@@ -112,10 +114,11 @@ async def test_events_up_to_the_first_data_event_go_out_at_once_later_ones_toget
     send.stop()
 
 
-async def test_events_within_the_window_share_a_write_and_none_waits_past_it(service_settings: Settings) -> None:
+async def test_the_window_opens_with_the_first_queued_event_and_holds_none_past_it(service_settings: Settings) -> None:
     """The window (`STREAM_WRITE_WINDOW_MS`) holds a ready event for company while the
-    stream waits for its provider, and writes it when the window closes with nothing
-    more sent: an event is held, never kept."""
+    stream waits for its provider. It opens as the writer wakes for the first event queued
+    after a write, so a stream that keeps sending is still written every window, and what
+    it held goes out when it closes, with nothing more sent."""
     written: list[bytes] = []
 
     async def transport(message: Message) -> None:
@@ -123,20 +126,30 @@ async def test_events_within_the_window_share_a_write_and_none_waits_past_it(ser
 
     app = create_app(service_settings.model_copy(update={"stream_write_window_ms": 100}))
     (layer,) = [m for m in app.user_middleware if m.cls is CoalescedStreamWrites]
-    send = CoalescedSend(transport, **layer.kwargs)
-    metadata, first, second, third = (b"event: metadata\r\ndata: {}\r\n\r\n", b"event: data\r\ndata: 1\r\n\r\n",
-                                      b"event: data\r\ndata: 2\r\n\r\n", b"event: data\r\ndata: 3\r\n\r\n")
-    for event in (metadata, first, second):
+    window_s = layer.kwargs["window_s"] * 10  # the app's own wiring (0.1 s), stretched for a shared machine
+    send = CoalescedSend(transport, window_s=window_s)
+    events = [b"event: metadata\r\ndata: {}\r\n\r\n",
+              *(f"event: data\r\ndata: {n}\r\n\r\n".encode() for n in range(4))]
+    metadata, first, second, third, fourth = events
+
+    async def queue(event: bytes) -> None:
         await send({"type": "http.response.body", "body": event, "more_body": True})
+
+    for event in (metadata, first, second):
+        await queue(event)
     for _ in range(5):  # the stream waits for its provider: a turn would have been enough before
         await asyncio.sleep(0)
     assert written == [metadata, first], "an event went out before the window closed"
-    await send({"type": "http.response.body", "body": third, "more_body": True})
+    await asyncio.sleep(window_s / 2)
+    await queue(third)  # inside the window the second opened
+    await asyncio.sleep(window_s * 3 / 4)  # past it; a window restarted by the third would still be open
+    assert written == [metadata, first, second + third], "the window did not close on time"
+    await queue(fourth)
     for _ in range(100):  # then nothing more comes: the window alone sends what is held
-        if len(written) == 3:
+        if len(written) == 4:
             break
         await asyncio.sleep(0.05)
-    assert written == [metadata, first, second + third]
+    assert written == [metadata, first, second + third, fourth]
     send.stop()
 
 

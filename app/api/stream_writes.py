@@ -4,10 +4,11 @@ sse-starlette sends each event as its own ASGI message, and each message costs e
 send wrapper above it, uvicorn's chunked framing and one `send()` system call: about a
 seventh of the server's time at 100 concurrent streams (cProfile, README "Per event"). A provider's tokens arrive in
 bursts (several in one network read, more the busier the server is), and so do the
-chain's chunks. Here an event is queued, and the request's writer sends everything
-queued as one message a short window after the first of them (`window_s`, the setting
-`STREAM_WRITE_WINDOW_MS`): a burst costs one write, and no event waits longer than the
-window (plus the loop's turn) once it is ready.
+chain's chunks. Here an event is queued, and the request's writer, woken by the first
+event queued after a write, waits a short window (`window_s`, the setting
+`STREAM_WRITE_WINDOW_MS`) and then sends everything queued as one message: a burst costs
+one write, and a queued event waits the window and about three turns of the loop at most
+(one to wake the writer, one for the window's timer, one to resume it).
 
 Why a window rather than the loop's next turn: a busy stream makes one event per turn
 of the loop (the provider's reader gives the loop a turn every few tokens), so a writer
@@ -15,7 +16,12 @@ that wrote at the next turn wrote once per event: 43.5 write calls per stream fo
 bench's 400-piece answer at concurrency 100 (strace, every write call of the server). A
 5 ms window cut them to 18.3 and a stream's CPU by about 7% (README, "Writes held for a
 few milliseconds"). SGLang's and vLLM's `--stream-interval` make the same trade, counted
-in tokens; a reader does not see 5 ms.
+in tokens; a reader does not see the few milliseconds.
+
+On a busy loop a turn lasts longer than the window, so the turns, not the milliseconds,
+are what group the events. A timer opened by the first event instead (the window alone,
+then one turn) fired at the next turn and wrote nearly every event on its own: 41 write
+calls per stream in the same count, whatever the window (5 or 20 ms).
 
 Until the stream's first data event has gone out, each event is written at once: the
 first is what a client waits for, and a turn of a loop busy with other streams is a few
@@ -128,8 +134,9 @@ class CoalescedStreamWrites(SelectiveMiddleware):
         try:
             await self.app(scope, receive, coalesced)
         finally:
-            # An app that ends without its final message leaves an incomplete response,
-            # which uvicorn closes: what is still queued is dropped rather than waited
+            # An app that ends without its final message (the server shutting down, a
+            # lost analysis job) leaves an incomplete response, which uvicorn closes: what
+            # is still queued, up to a window's events, is dropped rather than waited
             # for, since a client that stopped reading would hold the request (and a
             # server shutting down) forever.
             coalesced.stop()

@@ -137,8 +137,9 @@ class Settings(BaseSettings, ProviderSettings):
 
     stream_write_window_ms: float = Field(
         default=5.0, ge=0, le=100,
-        description="A chain stream's events ready within this of each other go out in one socket write "
-        "(app.api.stream_writes); the first data event is never held. 0: at the loop's next turn.",
+        description="A chain stream's writer, woken by the first event queued after a write, waits this long "
+        "and writes everything queued as one (app.api.stream_writes); the first data event is never held. "
+        "0: at the loop's next turn.",
     )
 
     # Push transports.
