@@ -107,13 +107,13 @@ def raw_model_app() -> FastAPI:
 
 
 def coalesced(app: FastAPI) -> FastAPI:
-    """Behind the service's write coalescing, with the service's default window."""
+    """Behind the service's write coalescing, with the window the full server reads (its
+    default, or STREAM_WRITE_WINDOW_MS when set)."""
     from app.api.stream_writes import CoalescedStreamWrites
     from app.core.config import Settings
 
-    # As the full server reads it: the service's default, or STREAM_WRITE_WINDOW_MS when set.
-    window_ms = float(os.environ.get("STREAM_WRITE_WINDOW_MS", Settings.model_fields["stream_write_window_ms"].default))
-    app.add_middleware(CoalescedStreamWrites, window_s=window_ms / 1000)
+    settings = Settings(_env_file=None, auth_jwt_secret=BENCH_SECRET, app_env="test")
+    app.add_middleware(CoalescedStreamWrites, window_s=settings.stream_write_window_ms / 1000)
     return app
 
 

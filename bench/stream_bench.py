@@ -102,12 +102,16 @@ WARM_UP_STREAMS = 50
 MIN_LEVEL_S = 3.0
 
 
-def measure(kind: str, url: str, pid: int, level: int, customers: int) -> LevelResult:
+def one_round(kind: str, url: str, pid: int, level: int, streams: int, customers: int) -> LevelResult:
     target, body, headers = request_for(kind, url)
+    return asyncio.run(run_level(kind, target, bodies_for(kind, body, customers), headers, pid, level, streams,
+                                 count_text_chunk))
+
+
+def measure(kind: str, url: str, pid: int, level: int, customers: int) -> LevelResult:
     rounds: list[LevelResult] = []
     while not rounds or sum(r.wall_s for r in rounds) < MIN_LEVEL_S:
-        rounds.append(asyncio.run(run_level(kind, target, bodies_for(kind, body, customers), headers, pid,
-                                            level, streams_for(level), count_text_chunk)))
+        rounds.append(one_round(kind, url, pid, level, streams_for(level), customers))
     return LevelResult.pooled(rounds)
 
 
@@ -173,9 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         running = {kind: stack.enter_context(server(kind, Path(tmp))) for kind in kinds}
         for kind, (url, pid) in running.items():
-            target, body, headers = request_for(kind, url)
-            asyncio.run(run_level(kind, target, bodies_for(kind, body, args.customers), headers, pid, 10,
-                                  WARM_UP_STREAMS, count_text_chunk))
+            one_round(kind, url, pid, 10, WARM_UP_STREAMS, args.customers)
         for level in levels:
             level_results = []
             for kind, (url, pid) in running.items():
