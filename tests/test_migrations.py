@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -71,3 +74,41 @@ async def test_a_first_round_database_is_adopted_and_upgraded(url: str) -> None:
         assert await connection.run_sync(differences) == []
         assert (await connection.execute(text("SELECT run_id FROM ai_runs"))).scalar_one() == "r1"
     await engine.dispose()
+
+
+def _migrate_at(url: str, barrier: Any) -> None:
+    """One process starting up: its own engine, the start-up's migration, once every
+    process is ready to run it."""
+
+    async def start() -> None:
+        engine = create_engine(url)
+        try:
+            barrier.wait()
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(start())
+
+
+def test_processes_starting_together_on_one_sqlite_file_all_start(tmp_path: Path) -> None:
+    """`uvicorn --workers 3` on the embedded database: three processes migrate one new file
+    at the same moment. Each must start, and the schema be the code's."""
+    url = database_url(None, tmp_path / "db.sqlite3")
+    context = multiprocessing.get_context("spawn")  # as uvicorn starts its workers
+    barrier = context.Barrier(3)
+    processes = [context.Process(target=_migrate_at, args=(url, barrier)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+
+    async def schema_differences() -> list[object]:
+        engine = create_engine(url)
+        async with engine.connect() as connection:
+            found = await connection.run_sync(differences)
+        await engine.dispose()
+        return found
+
+    assert asyncio.run(schema_differences()) == []

@@ -33,6 +33,7 @@ from sqlalchemy import (
     text,
 )
 from alembic import command
+from filelock import AsyncFileLock
 from alembic.config import Config
 from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -405,10 +406,23 @@ MIGRATION_LOCK = 727_274  # a PostgreSQL advisory lock: replicas starting togeth
 
 async def migrate(engine: AsyncEngine) -> None:
     """Brings the schema to the newest revision (and, for SQLite, creates the file's
-    folder): run at start-up. Every schema change is an Alembic revision."""
+    folder): run at start-up. Every schema change is an Alembic revision.
+
+    Processes starting together on one database migrate it one after another: PostgreSQL
+    replicas on an advisory lock; processes on one SQLite file (`uvicorn --workers`) on a
+    lock file beside it, because SQLite runs DDL outside a transaction, so two of them both
+    found no tables and the second failed to start ("table ai_runs already exists")."""
     database = engine.url.database
-    if engine.dialect.name == "sqlite" and database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        path = Path(database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncFileLock(path.with_name(path.name + ".migrate-lock")):
+            await _migrate(engine)
+        return
+    await _migrate(engine)
+
+
+async def _migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             # Waits as long as another replica's migration takes, and a migration's own
