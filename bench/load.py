@@ -94,11 +94,11 @@ class ProcessTree:
     """A server's processes: uvicorn's workers and the service's CPU pool are children
     of the process started, and their CPU serves the streams as much as its own."""
 
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.roots = [psutil.Process(pid) for pid in pids]
 
     def _members(self) -> list[psutil.Process]:
-        return [self.root, *self.root.children(recursive=True)]
+        return [member for root in self.roots for member in (root, *root.children(recursive=True))]
 
     def cpu_s(self) -> float:
         return sum(self._measure(lambda p: sum(p.cpu_times()[:2])))
@@ -116,11 +116,11 @@ class ProcessTree:
         return values
 
 
-async def run_level(server: str, url: str, bodies: Sequence[dict[str, Any]], headers: dict[str, str],
-                    pid: int, concurrency: int, streams: int, count_chunk: Any) -> LevelResult:
-    """Stream i sends `bodies[i % len(bodies)]`. CPU and peak memory are the server's whole
-    process tree (`ProcessTree`)."""
-    tree = ProcessTree(pid)
+async def run_level(server: str, urls: Sequence[str], bodies: Sequence[dict[str, Any]], headers: dict[str, str],
+                    pids: Sequence[int], concurrency: int, streams: int, count_chunk: Any) -> LevelResult:
+    """Stream i sends `bodies[i % len(bodies)]` to `urls[i % len(urls)]` (replicas take
+    turns). CPU and peak memory are those of every process tree in `pids` (`ProcessTree`)."""
+    tree = ProcessTree(pids)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
     gate = asyncio.Semaphore(concurrency)
@@ -135,7 +135,8 @@ async def run_level(server: str, url: str, bodies: Sequence[dict[str, Any]], hea
 
     async def bounded(session: aiohttp.ClientSession, index: int) -> StreamResult:
         async with gate:
-            return await one_stream(session, url, bodies[index % len(bodies)], headers, count_chunk)
+            return await one_stream(session, urls[index % len(urls)], bodies[index % len(bodies)], headers,
+                                    count_chunk)
 
     cpu_before = tree.cpu_s()
     sampler = asyncio.create_task(sample_memory())

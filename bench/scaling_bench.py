@@ -1,14 +1,28 @@
-"""Scale across processes: this service as one process vs `uvicorn --workers N`.
+"""Scale across processes: this service as one process vs `uvicorn --workers N` vs N
+replicas (separate processes, the client taking turns between them).
 
     .venv/bin/python -m bench.scaling_bench [--workers 2] [--concurrency 100] [--streams 300] [--rounds 3]
+        [--cpus-per-process 0.4] [--per-process]
 
-Both configurations run the full server of `bench.servers` (the interaction chain
-streaming the fake provider's 400-piece JSON analysis) over the same throwaway
-redis-server and PostgreSQL, which is how processes share push, replay, rate limits,
-the cache and the cluster-wide provider slots. Rounds alternate one process and N
-workers, so drift on a shared machine hits both; the ratio of each round and the worst
-one are printed. The load client runs on the same machine and takes CPU from the
-servers: on 2 cores, N=2 workers compete with it, which the table's CPU column shows.
+Every configuration runs the full server of `bench.servers` (the interaction chain
+streaming the fake provider's JSON analysis) over the same throwaway redis-server and
+PostgreSQL, which is how processes share push, replay, rate limits, the cache and the
+cluster-wide provider slots. Rounds alternate the configurations, so drift on a shared
+machine hits each; the ratio of each round and the worst are printed.
+
+The load client, Redis and PostgreSQL run on the same machine and take CPU from the
+servers: on 2 cores, N=2 processes compete with them and cannot show N times one. With
+`--cpus-per-process`, every serving process (the one process, each worker, each replica,
+with its analysis pool) is held to that share of a core by a CPU quota (`bench.cpu_quota`),
+as if each had a core of its own that fast: the one process and each of the N are
+capped alike, and the rest of the machine is left to the client and the shared servers.
+
+By default every configuration gets the same load (N processes share it); with
+`--per-process` each serving process gets the load one process gets, so N processes
+serve N times the concurrency (what adding a replica for more traffic looks like). The
+two differ because a process batches its database work by what queues up meanwhile: one
+process holding 100 streams fills its batches three to five times fuller than each of
+two holding 50 (README, "Scale across processes").
 """
 
 from __future__ import annotations
@@ -17,58 +31,130 @@ import argparse
 import asyncio
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from bench.cpu_quota import CpuQuota, cpu_quota
 from bench.load import LevelResult, count_text_chunk, run_level
 from bench.stream_bench import request_for, server
 from tests.support.servers import RedisServer, postgres_server
+
+
+@dataclass
+class Configuration:
+    name: str
+    servers: list[tuple[str, int]]  # (url, pid of the process started)
+    workers: int = 1  # uvicorn workers per server started
+    groups: list[Path] = field(default_factory=list)  # its CPU quota cgroups, if confined
+
+    @property
+    def processes(self) -> int:
+        return self.workers * len(self.servers)
+
+    def serving_pids(self) -> list[int]:
+        """The processes that serve streams, each with its analysis pool below it: a server
+        itself, or, under uvicorn's supervisor, its workers (its other child,
+        multiprocessing's resource tracker, serves nothing)."""
+        if self.workers == 1:
+            return [pid for _, pid in self.servers]
+        pids = [child.pid for _, pid in self.servers for child in psutil.Process(pid).children()
+                if "spawn_main" in " ".join(child.cmdline())]
+        if len(pids) != self.processes:
+            raise RuntimeError(f"{self.name}: {len(pids)} uvicorn workers running, expected {self.workers}")
+        return pids
+
+    def round(self, concurrency: int, streams: int) -> LevelResult:
+        """One round; `extra["machine_cores"]` is how busy the whole machine was meanwhile
+        (servers, client, Redis, PostgreSQL): near its core count, they competed."""
+        targets = [request_for("full", url) for url, _ in self.servers]
+        _, body, headers = targets[0]
+        before = psutil.cpu_times()
+        result = asyncio.run(run_level(self.name, [target for target, _, _ in targets], [body], headers,
+                                       [pid for _, pid in self.servers], concurrency, streams, count_text_chunk))
+        after = psutil.cpu_times()
+        busy = sum(getattr(after, kind) - getattr(before, kind)
+                   for kind in ("user", "nice", "system", "irq", "softirq"))
+        result.extra["machine_cores"] = busy / result.wall_s
+        return result
 
 
 def streams_per_s(result: LevelResult) -> float:
     return len(result.completed) / result.wall_s
 
 
+def pooled_streams_per_s(results: list[LevelResult]) -> float:
+    """A configuration's rounds read as one run (`LevelResult.pooled`): a round that met a
+    slow moment of the shared machine weighs by its length, not as one ratio in five."""
+    return streams_per_s(LevelResult.pooled(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="N, for both the workers and the replicas")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--streams", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-process", action="store_true",
+                        help="--concurrency and --streams are per serving process: N processes get N times "
+                             "the load of one (weak scaling), not the same load split N ways")
+    parser.add_argument("--cpus-per-process", type=float, default=None,
+                        help="hold each serving process to this share of a core (needs root)")
     args = parser.parse_args()
-    rows: list[tuple[int, str, LevelResult]] = []
+    rows: list[tuple[int, str, LevelResult, float]] = []
+    n = args.workers
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        quota: CpuQuota | None = (stack.enter_context(cpu_quota(args.cpus_per_process))
+                                  if args.cpus_per_process else None)
         redis = RedisServer(Path(tmp) / "redis")
         stack.callback(redis.stop)
         redis.start()
         # One database, one Redis, one data key: processes that share them share the key too.
         env = {"REDIS_URL": redis.url, "DATABASE_URL": stack.enter_context(postgres_server()),
                "DATA_ENCRYPTION_KEY": "bench-data-encryption-key-0123456789abcdef"}
-        configurations = {"1 process": 1, f"{args.workers} workers": args.workers}
-        running = {name: stack.enter_context(server("full", Path(tmp) / name.replace(" ", "-"),
-                                                    workers=workers, env=env))
-                   for name, workers in configurations.items()}
-        for name, (url, pid) in running.items():  # warm up every worker: imports, models, pools
-            target, body, headers = request_for("full", url)
-            asyncio.run(run_level(name, target, [body], headers, pid, 8, 32, count_text_chunk))
+
+        def start(name: str, workers: int) -> tuple[str, int]:
+            return stack.enter_context(server("full", Path(tmp) / name, workers=workers, env=env))
+
+        configurations = [
+            Configuration("1 process", [start("one", 1)]),
+            Configuration(f"{n} workers", [start("workers", n)], workers=n),
+            Configuration(f"{n} replicas", [start(f"replica-{i}", 1) for i in range(n)]),
+        ]
+        for configuration in configurations:  # warm up every process: imports, models, pools
+            configuration.round(8, 32 * len(configuration.servers))
+            if quota:
+                configuration.groups = [quota.confine(pid) for pid in configuration.serving_pids()]
         for round_number in range(1, args.rounds + 1):
-            for name, (url, pid) in running.items():
-                target, body, headers = request_for("full", url)
-                rows.append((round_number, name, asyncio.run(run_level(
-                    name, target, [body], headers, pid, args.concurrency, args.streams, count_text_chunk))))
-    print(f"\nscaling at concurrency {args.concurrency}, {args.streams} streams a round, "
-          "servers on Redis + PostgreSQL")
-    print("| round | server | streams/s | errors | TTFT p50 | e2e p50 | server CPU s | CPU ms/stream |")
-    print("|---|---|---|---|---|---|---|---|")
-    for round_number, name, r in rows:
-        print(f"| {round_number} | {name} | {streams_per_s(r):.1f} | {r.errors} | "
+            for configuration in configurations:
+                scale = configuration.processes if args.per_process else 1
+                held_before = quota.throttled_s(configuration.groups) if quota else 0.0
+                result = configuration.round(args.concurrency * scale, args.streams * scale)
+                held = (quota.throttled_s(configuration.groups) - held_before) if quota else 0.0
+                rows.append((round_number, configuration.name, result, held))
+    capped = (f", each serving process held to {args.cpus_per_process} of a core"
+              if args.cpus_per_process else "")
+    per = " per serving process" if args.per_process else ""
+    print(f"\nscaling at concurrency {args.concurrency}{per}, {args.streams} streams a round{per}, "
+          f"servers on Redis + PostgreSQL{capped}")
+    print("| round | server | concurrency | streams/s | errors | TTFT p50 | e2e p50 | server CPU s | cores used | "
+          "CPU ms/stream | held by quota s | machine cores busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for round_number, name, r, held in rows:
+        print(f"| {round_number} | {name} | {r.concurrency} | {streams_per_s(r):.1f} | {r.errors} | "
               f"{r.percentile('ttft_s', .5) * 1e3:.0f} ms | {r.percentile('e2e_s', .5) * 1e3:.0f} ms | "
-              f"{r.cpu_s:.1f} | {r.cpu_s / max(1, len(r.completed)) * 1e3:.0f} |")
-    ratios = []
-    for round_number in range(1, args.rounds + 1):
-        one, many = (r for n, _, r in rows if n == round_number)
-        ratios.append(streams_per_s(many) / streams_per_s(one))
-    print(f"\n{args.workers} workers / 1 process, streams/s per round: "
-          + ", ".join(f"{ratio:.2f}x" for ratio in ratios) + f"; worst {min(ratios):.2f}x (target >= 1.8x)")
+              f"{r.cpu_s:.2f} | {r.cpu_s / r.wall_s:.2f} | {r.cpu_s / max(1, len(r.completed)) * 1e3:.1f} | "
+              f"{held:.1f} | {r.extra['machine_cores']:.2f} |")
+    for name in (f"{n} workers", f"{n} replicas"):
+        ratios = []
+        for round_number in range(1, args.rounds + 1):
+            by_name = {row_name: r for number, row_name, r, _ in rows if number == round_number}
+            ratios.append(streams_per_s(by_name[name]) / streams_per_s(by_name["1 process"]))
+        pooled = pooled_streams_per_s([r for _, row_name, r, _ in rows if row_name == name]) / \
+            pooled_streams_per_s([r for _, row_name, r, _ in rows if row_name == "1 process"])
+        print(f"\n{name} / 1 process, streams/s per round: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+              + f"; worst {min(ratios):.2f}x; all rounds pooled {pooled:.2f}x (target >= 1.8x)")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,8 @@ MIN_LEVEL_S = 3.0
 
 def one_round(kind: str, url: str, pid: int, level: int, streams: int, customers: int) -> LevelResult:
     target, body, headers = request_for(kind, url)
-    return asyncio.run(run_level(kind, target, bodies_for(kind, body, customers), headers, pid, level, streams,
-                                 count_text_chunk))
+    return asyncio.run(run_level(kind, [target], bodies_for(kind, body, customers), headers, [pid], level,
+                                 streams, count_text_chunk))
 
 
 def measure(kind: str, url: str, pid: int, level: int, customers: int) -> LevelResult:

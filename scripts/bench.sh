@@ -2,7 +2,7 @@
 # Installs the benchmark extras and runs every benchmark on loopback: streaming
 # throughput and latency (raw SSE vs plain LangServe vs this service), overload at 2x
 # capacity, WebSocket fan-out, CPU fairness between tenants, and the cost of the local
-# analysis per message, one process against uvicorn workers, and the cost of tracing.
+# analysis per message, one process against uvicorn workers and replicas, and the cost of tracing.
 # Tables go to stdout; the plot to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,9 @@ bash scripts/install.sh --test  # the scaling bench runs redis-server and Postgr
 .venv/bin/python -m bench.retrieval_bench
 .venv/bin/python -m bench.history_bench
 .venv/bin/python -m bench.scaling_bench
+# Again with each serving process held to 0.4 of a core, where this user may make cgroups
+# (bench/cpu_quota.py): what N processes do when each has a core of its own.
+if [ -w /sys/fs/cgroup/cpu ] || [ -w /sys/fs/cgroup/cgroup.subtree_control ]; then
+    .venv/bin/python -m bench.scaling_bench --cpus-per-process 0.4 --rounds 5 --streams 900
+fi
 PYTHONPATH=. .venv/bin/python bench/tracing_bench.py
