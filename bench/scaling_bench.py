@@ -62,7 +62,7 @@ class Configuration:
         pids = [child.pid for _, pid in self.servers for child in psutil.Process(pid).children()
                 if "spawn_main" in " ".join(child.cmdline())]
         if len(pids) != self.processes:
-            raise RuntimeError(f"{self.name}: {len(pids)} uvicorn workers running, expected {self.workers}")
+            raise RuntimeError(f"{self.name}: {len(pids)} uvicorn workers running, expected {self.processes}")
         return pids
 
     def round(self, concurrency: int, streams: int) -> LevelResult:

@@ -33,8 +33,8 @@ from sqlalchemy import (
     text,
 )
 from alembic import command
-from filelock import AsyncFileLock
 from alembic.config import Config
+from filelock import AsyncFileLock
 from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
