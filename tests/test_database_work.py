@@ -23,6 +23,7 @@ from app.store import database_work as work_module
 from app.store.audit import START_NOW_PER_TURN, AuditLog, ai_runs, security_events
 from app.store.database import create_engine, database_url, migrate
 from app.store.database_work import INLINE_MAX_ROWS, database_work
+from app.store.interactions import InteractionLog, interactions
 from tests.support.stores import keyring_for
 
 
@@ -74,16 +75,49 @@ async def test_records_are_written_on_the_loop_and_wait_in_the_drivers_thread_wh
 
 
 async def test_a_batch_too_large_to_hold_the_loop_goes_through_the_drivers_thread(engine: AsyncEngine) -> None:
-    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
-    runs = [f"r{n}" for n in range(INLINE_MAX_ROWS + 1)]
-    await asyncio.gather(*(start_run(audit, run_id) for run_id in runs))
+    """The interaction history's group commit: a burst of rows queued together is one
+    batch, and past `INLINE_MAX_ROWS` SQLite's time for it is the driver thread's."""
+    history = InteractionLog(engine, keyring_for(engine))
+    analysis = {"sentiment": {"label": "positive", "score": 0.5}, "summary": "fine"}
+    await history.record("acme", "c0", "chat", analysis)  # the tenant's key made and cached
     inline, large = work_count("write", "inline"), work_count("write", "large")
-    await asyncio.gather(*(audit.run_finished(run_id, status="ok") for run_id in runs))  # queued as one batch
-    await audit.close()
+    await asyncio.gather(*(history.record("acme", f"c{n}", "chat", analysis)
+                           for n in range(1, INLINE_MAX_ROWS + 2)))  # queued as one batch
+    await history.close()
     assert (work_count("write", "inline") - inline, work_count("write", "large") - large) == (0, 1)
     async with engine.connect() as connection:
-        finished = (await connection.execute(select(func.count()).where(ai_runs.c.status == "ok"))).scalar_one()
-    assert finished == len(runs)
+        assert (await connection.execute(select(func.count()).select_from(interactions))).scalar_one() == \
+            INLINE_MAX_ROWS + 2
+
+
+async def test_a_burst_of_audit_records_is_written_on_the_loop_in_pieces_with_turns_between(
+        engine: AsyncEngine) -> None:
+    """The audit writer's batches stay small enough for the loop's thread, where a burst's
+    start records (which its first events wait for) are committed without the driver
+    thread's round trips; and the loop turns between two batches, so other streams go on
+    and no turn holds the whole burst."""
+    audit = AuditLog(engine, keyring_for(engine), interrupted_after_s=900, process_id="p1")
+    other = sqlite3.connect(str(engine.url.database))
+    burst = START_NOW_PER_TURN + 3 * INLINE_MAX_ROWS + 5
+    inline, large = work_count("write", "inline"), work_count("write", "large")
+    try:
+        committed = asyncio.gather(*(
+            audit.begin_run(run_id=f"r{n}", tenant_id="acme", user_id="u", chain="scoring", endpoint="stream")
+            for n in range(burst)))
+        seen = []  # what another connection sees committed, at each turn of the loop
+        while not committed.done():
+            seen.append(other.execute("SELECT count(*) FROM ai_runs").fetchone()[0])
+            await asyncio.sleep(0)
+        await committed
+    finally:
+        other.close()
+        await audit.close()
+    steps = [later - earlier for earlier, later in zip(seen, seen[1:], strict=False) if later != earlier]
+    assert seen[0] == START_NOW_PER_TURN and steps == [INLINE_MAX_ROWS] * 3 + [5]
+    # The few written at once, then four batches: every one on the loop's thread.
+    assert (work_count("write", "inline") - inline, work_count("write", "large") - large) == \
+        (START_NOW_PER_TURN + 4, 0)
+    assert await count_runs(engine) == burst
 
 
 async def test_a_start_record_is_committed_in_the_callers_turn_a_few_a_turn(engine: AsyncEngine) -> None:

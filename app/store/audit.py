@@ -18,6 +18,12 @@ the writer that is two turns of the loop later, each a few milliseconds when oth
 streams are busy (README, "The first event at concurrency 10"). A record written alone
 costs about 100 µs of the loop, one in a batch about 30, so at most
 `START_NOW_PER_TURN` are written so in one turn of the loop: a burst still makes a batch.
+
+On the loop's thread (SQLite), the writer's batches are at most `INLINE_MAX_ROWS`, so a
+burst is written there too, a batch at a time with a turn of the loop between
+(`app.store.batch_queue`). One batch of hundreds went through the driver's thread, whose
+round trips waited for the busy loop's turns: in a burst of 500 new streams, the first
+events waited for it (README, "A burst's start records on the loop's thread").
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from app.crypto.keyring import Keyring
 from app.store.audit_chain import ChainedTable, chain_groups
 from app.store.batch_queue import BatchQueue
 from app.store.database import UTCDateTime, metadata
-from app.store.database_work import database_work
+from app.store.database_work import INLINE_MAX_ROWS, database_work
 from app.store.retries import retried
 
 log = logging.getLogger(__name__)
@@ -185,7 +191,11 @@ class AuditLog:
         self.interrupted_after_s = interrupted_after_s
         self.process_id = process_id  # stamped on every run: see app.store.liveness
         self._work = database_work(engine)
-        self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=MAX_BATCH)
+        # On the loop's thread a burst is written in batches small enough to stay there,
+        # each after a turn of the loop (`BatchQueue`), not as one batch through the
+        # driver's thread, whose round trips wait for the busy loop's turns.
+        max_batch = INLINE_MAX_ROWS if self._work.inline else MAX_BATCH
+        self._writes: BatchQueue[_Write, None] = BatchQueue(self._commit, name="audit-writer", max_batch=max_batch)
         self._started_now_this_turn = 0
         self._turn_of: asyncio.AbstractEventLoop | None = None  # the loop whose current turn it counts
 

@@ -88,12 +88,26 @@ class BatchQueue(Generic[_In, _Out]):
                         stopping = True
                         continue
                     batch.append(item)
+                turned = False
+
+                def turn() -> None:
+                    nonlocal turned
+                    turned = True
+
+                loop = asyncio.get_running_loop()
+                marker = loop.call_soon(turn)
                 try:
                     results = await self._serve([p.item for p in batch])
                 except Exception as error:  # noqa: BLE001 - every caller of the batch is told
                     results = [error] * len(batch)
+                marker.cancel()
                 self._settle(batch, results)
                 batch = []
+                if not turned:
+                    # Served without a turn of the loop (SQLite work on the loop's own
+                    # thread): the next batch waits for one, so a backlog is served in
+                    # pieces between the other tasks' work, never in one long hold.
+                    await asyncio.sleep(0)
         finally:  # cancelled or broken: no request is left waiting
             stopped = QueueClosed(f"{self._name} stopped")
             unserved = 0

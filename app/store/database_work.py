@@ -123,6 +123,12 @@ class DatabaseWork:
             weakref.finalize(engine, _dispose_all, writer, reader)
 
     @property
+    def inline(self) -> bool:
+        """Whether short work may run on the loop's thread: then a batch of more than
+        `INLINE_MAX_ROWS` rows goes through the driver's thread instead."""
+        return self._path is not None
+
+    @property
     def engine(self) -> AsyncEngine:
         engine = self._engine()
         if engine is None:  # pragma: no cover - the stores that use it hold the engine
