@@ -6,10 +6,11 @@ a finished run when its record is completed, a security event when it is inserte
 A run's record is written *before* the run starts (status `running`) and completed
 when it ends, so a process killed mid-run leaves a record that later reads as
 `interrupted` instead of no record at all. Writes go through one writer task that
-commits whatever has queued up in a single transaction (group commit,
-`app.store.batch_queue`): each caller still waits for its own record to be durable, but
-a thousand concurrent runs cost a handful of commits, not a thousand. A batch that fails
-is retried whole (`app.store.retries`): its records are one transaction of the chain.
+commits whatever has queued up (up to `MAX_BATCH` records, `INLINE_MAX_ROWS` on SQLite's
+loop-thread path) in a single transaction (group commit, `app.store.batch_queue`): each
+caller still waits for its own record to be durable, but a thousand concurrent runs cost
+a handful of commits (ten on SQLite), not a thousand. A batch that fails is retried
+whole (`app.store.retries`): its records are one transaction of the chain.
 
 One exception, for the first event: a run's start record, when nothing is waiting for
 the writer, is written at once in the caller's turn (`DatabaseWork.write_now`, SQLite
@@ -23,7 +24,10 @@ On the loop's thread (SQLite), the writer's batches are at most `INLINE_MAX_ROWS
 burst is written there too, a batch at a time with a turn of the loop between
 (`app.store.batch_queue`). One batch of hundreds went through the driver's thread, whose
 round trips waited for the busy loop's turns: in a burst of 500 new streams, the first
-events waited for it (README, "A burst's start records on the loop's thread").
+events waited for it (README, "A burst's start records on the loop's thread"). The price:
+while another process holds SQLite's write lock past its busy timeout, a backlog fails a
+batch of 100 at a time, each after its own retries (about 20 s), where one batch of up
+to 1,000 failed once.
 """
 
 from __future__ import annotations

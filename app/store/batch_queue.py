@@ -10,6 +10,12 @@ The audit trail (`app.store.audit`), the group-committed inserts
 (`app.store.group_commit`) and the history reads (`app.store.interactions`) each have a
 queue of their own.
 
+A batch served without a turn of the loop (SQLite work done on the loop's own thread,
+`app.store.database_work`) is followed by one before the next batch, so a backlog is
+served in pieces between the other tasks' work. (A batch whose serving gave the loop a
+turn *before* such work, to load a key or to pause for a retry, is not: then two
+batches' work can run in one piece.)
+
 A caller that is cancelled while waiting does not cancel the batch: the task owns it.
 Every request is answered, whatever happens to the task: nothing waits forever.
 """
@@ -100,13 +106,11 @@ class BatchQueue(Generic[_In, _Out]):
                     results = await self._serve([p.item for p in batch])
                 except Exception as error:  # noqa: BLE001 - every caller of the batch is told
                     results = [error] * len(batch)
-                marker.cancel()
+                finally:
+                    marker.cancel()
                 self._settle(batch, results)
                 batch = []
-                if not turned:
-                    # Served without a turn of the loop (SQLite work on the loop's own
-                    # thread): the next batch waits for one, so a backlog is served in
-                    # pieces between the other tasks' work, never in one long hold.
+                if not turned:  # served on the loop's thread: a turn before the next batch
                     await asyncio.sleep(0)
         finally:  # cancelled or broken: no request is left waiting
             stopped = QueueClosed(f"{self._name} stopped")
