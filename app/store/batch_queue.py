@@ -76,6 +76,7 @@ class BatchQueue(Generic[_In, _Out]):
         return pending.done
 
     async def _serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
         batch: list[_Pending[_In, _Out]] = []
         try:
@@ -100,7 +101,6 @@ class BatchQueue(Generic[_In, _Out]):
                     nonlocal turned
                     turned = True
 
-                loop = asyncio.get_running_loop()
                 marker = loop.call_soon(turn)
                 try:
                     results = await self._serve([p.item for p in batch])

@@ -38,7 +38,7 @@ from filelock import AsyncFileLock
 from sqlalchemy import Connection, inspect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.store.database_work import sqlite_pragmas, use_database_work
+from app.store.database_work import sqlite_file, sqlite_pragmas, use_database_work
 
 metadata = MetaData()
 
@@ -412,8 +412,7 @@ async def migrate(engine: AsyncEngine) -> None:
     replicas on an advisory lock; processes on one SQLite file (`uvicorn --workers`) on a
     lock file beside it, because SQLite runs DDL outside a transaction, so two of them both
     found no tables and the second failed to start ("table ai_runs already exists")."""
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+    if database := sqlite_file(engine.url):
         path = Path(database)
         path.parent.mkdir(parents=True, exist_ok=True)
         async with AsyncFileLock(path.with_name(path.name + ".migrate-lock")):

@@ -101,16 +101,23 @@ def _connection_engine(url: sqlalchemy.URL, *, write: bool) -> Engine:
     return engine
 
 
+def sqlite_file(url: sqlalchemy.URL) -> str | None:
+    """The file a SQLite URL names; None for another backend or an in-memory database,
+    which is private to its connection and has no file to share or lock."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") \
+            or url.query.get("mode") == "memory":
+        return None
+    return url.database
+
+
 class DatabaseWork:
     """`write` and `read` run `work(connection)` in one transaction and return its result;
     `rows` is how many rows it writes or reads, roughly (what decides whether it is short)."""
 
     def __init__(self, engine: AsyncEngine, *, inline: bool) -> None:
         url = engine.url
-        on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and url.query.get("mode") != "memory"
         self._engine = weakref.ref(engine)  # the registry below must not keep its key alive
-        self._path = url.database if inline and on_file else None
+        self._path = sqlite_file(url) if inline else None
         self._writer = _connection_engine(url, write=True) if self._path else None
         self._reader = _connection_engine(url, write=False) if self._path else None
         self._checkpoint: asyncio.Task[None] | None = None
