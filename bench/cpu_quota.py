@@ -49,13 +49,13 @@ class CpuQuota:
             if "cpu" not in control.read_text().split():
                 control.write_text("+cpu")
 
-    def confine(self, pid: int) -> Path:
-        """Moves `pid` and every process below it into a new cgroup of its own; children it
-        forks later are born there."""
+    def confine(self, pid: int, cpus: float | None = None) -> Path:
+        """Moves `pid` and every process below it into a new cgroup of its own, capped at
+        `cpus` (default: the quota's); children it forks later are born there."""
         group = self.root / f"bench-{uuid.uuid4().hex[:8]}"
         group.mkdir()
         self.groups.append(group)
-        quota = int(self.cpus * PERIOD_US)
+        quota = int((cpus or self.cpus) * PERIOD_US)
         if self.v2:
             (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
         else:

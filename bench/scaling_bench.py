@@ -2,7 +2,7 @@
 replicas (separate processes, the client taking turns between them).
 
     .venv/bin/python -m bench.scaling_bench [--workers 2] [--concurrency 100] [--streams 300] [--rounds 3]
-        [--cpus-per-process 0.4] [--per-process]
+        [--cpus-per-process 0.4] [--per-process] [--baseline raw-model-coalesced]
 
 Every configuration runs the full server of `bench.servers` (the interaction chain
 streaming the fake provider's JSON analysis) over the same throwaway redis-server and
@@ -23,6 +23,11 @@ serve N times the concurrency (what adding a replica for more traffic looks like
 two differ because a process batches its database work by what queues up meanwhile: one
 process holding 100 streams fills its batches three to five times fuller than each of
 two holding 50 (README, "Scale across processes").
+
+`--baseline KIND` also runs one of the raw servers of `bench.servers` (no database, no
+Redis, nothing shared between its processes) as 1 process and N replicas, in the same
+rounds and under the same quota: how close to N times one process this machine lets a
+server come that shares nothing, against which ours is read.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import psutil
 
 from bench.cpu_quota import CpuQuota, cpu_quota
 from bench.load import LevelResult, count_text_chunk, run_level
-from bench.stream_bench import request_for, server
+from bench.stream_bench import RAW_KINDS, request_for, server
 from tests.support.servers import RedisServer, postgres_server
 
 
@@ -48,6 +53,8 @@ class Configuration:
     servers: list[tuple[str, int]]  # (url, pid of the process started)
     workers: int = 1  # uvicorn workers per server started
     groups: list[Path] = field(default_factory=list)  # its CPU quota cgroups, if confined
+    kind: str = "full"  # which of `bench.servers` it runs
+    cpus: float | None = None  # its processes' CPU quota, if not the bench's
 
     @property
     def processes(self) -> int:
@@ -68,7 +75,7 @@ class Configuration:
     def round(self, concurrency: int, streams: int) -> LevelResult:
         """One round; `extra["machine_cores"]` is how busy the whole machine was meanwhile
         (servers, client, Redis, PostgreSQL): near its core count, they competed."""
-        targets = [request_for("full", url) for url, _ in self.servers]
+        targets = [request_for(self.kind, url) for url, _ in self.servers]
         _, body, headers = targets[0]
         before = psutil.cpu_times()
         result = asyncio.run(run_level(self.name, [target for target, _, _ in targets], [body], headers,
@@ -101,6 +108,12 @@ def main() -> None:
                              "the load of one (weak scaling), not the same load split N ways")
     parser.add_argument("--cpus-per-process", type=float, default=None,
                         help="hold each serving process to this share of a core (needs root)")
+    parser.add_argument("--baseline", choices=RAW_KINDS, default=None,
+                        help="also run this raw server (no database, no Redis, nothing shared) as 1 process and "
+                             "N replicas, interleaved with ours: how far this machine lets any server scale")
+    parser.add_argument("--baseline-cpus-per-process", type=float, default=None,
+                        help="the baseline's quota, if not --cpus-per-process: one that gives it about our "
+                             "streams/s puts the same load on the client and the machine")
     args = parser.parse_args()
     rows: list[tuple[int, str, LevelResult, float]] = []
     n = args.workers
@@ -114,18 +127,27 @@ def main() -> None:
         env = {"REDIS_URL": redis.url, "DATABASE_URL": stack.enter_context(postgres_server()),
                "DATA_ENCRYPTION_KEY": "bench-data-encryption-key-0123456789abcdef"}
 
-        def start(name: str, workers: int) -> tuple[str, int]:
-            return stack.enter_context(server("full", Path(tmp) / name, workers=workers, env=env))
+        def start(name: str, workers: int, kind: str = "full") -> tuple[str, int]:
+            return stack.enter_context(server(kind, Path(tmp) / name, workers=workers, env=env))
 
         configurations = [
             Configuration("1 process", [start("one", 1)]),
             Configuration(f"{n} workers", [start("workers", n)], workers=n),
             Configuration(f"{n} replicas", [start(f"replica-{i}", 1) for i in range(n)]),
         ]
+        if args.baseline:
+            configurations += [
+                Configuration(f"{args.baseline}, 1 process", [start("raw-one", 1, args.baseline)],
+                              kind=args.baseline, cpus=args.baseline_cpus_per_process),
+                Configuration(f"{args.baseline}, {n} replicas",
+                              [start(f"raw-replica-{i}", 1, args.baseline) for i in range(n)],
+                              kind=args.baseline, cpus=args.baseline_cpus_per_process),
+            ]
         for configuration in configurations:  # warm up every process: imports, models, pools
             configuration.round(8, 32 * len(configuration.servers))
             if quota:
-                configuration.groups = [quota.confine(pid) for pid in configuration.serving_pids()]
+                configuration.groups = [quota.confine(pid, configuration.cpus)
+                                        for pid in configuration.serving_pids()]
         for round_number in range(1, args.rounds + 1):
             for configuration in configurations:
                 scale = configuration.processes if args.per_process else 1
@@ -135,6 +157,8 @@ def main() -> None:
                 rows.append((round_number, configuration.name, result, held))
     capped = (f", each serving process held to {args.cpus_per_process} of a core"
               if args.cpus_per_process else "")
+    if args.cpus_per_process and args.baseline and args.baseline_cpus_per_process:
+        capped += f" ({args.baseline}'s to {args.baseline_cpus_per_process})"
     per = " per serving process" if args.per_process else ""
     print(f"\nscaling at concurrency {args.concurrency}{per}, {args.streams} streams a round{per}, "
           f"servers on Redis + PostgreSQL{capped}")
@@ -146,14 +170,17 @@ def main() -> None:
               f"{r.percentile('ttft_s', .5) * 1e3:.0f} ms | {r.percentile('e2e_s', .5) * 1e3:.0f} ms | "
               f"{r.cpu_s:.2f} | {r.cpu_s / r.wall_s:.2f} | {r.cpu_s / max(1, len(r.completed)) * 1e3:.1f} | "
               f"{held:.1f} | {r.extra['machine_cores']:.2f} |")
-    for name in (f"{n} workers", f"{n} replicas"):
+    pairs = [(f"{n} workers", "1 process"), (f"{n} replicas", "1 process")]
+    if args.baseline:
+        pairs.append((f"{args.baseline}, {n} replicas", f"{args.baseline}, 1 process"))
+    for name, one in pairs:
         ratios = []
         for round_number in range(1, args.rounds + 1):
             by_name = {row_name: r for number, row_name, r, _ in rows if number == round_number}
-            ratios.append(streams_per_s(by_name[name]) / streams_per_s(by_name["1 process"]))
+            ratios.append(streams_per_s(by_name[name]) / streams_per_s(by_name[one]))
         pooled = pooled_streams_per_s([r for _, row_name, r, _ in rows if row_name == name]) / \
-            pooled_streams_per_s([r for _, row_name, r, _ in rows if row_name == "1 process"])
-        print(f"\n{name} / 1 process, streams/s per round: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+            pooled_streams_per_s([r for _, row_name, r, _ in rows if row_name == one])
+        print(f"\n{name} / {one}, streams/s per round: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios)
               + f"; worst {min(ratios):.2f}x; all rounds pooled {pooled:.2f}x (target >= 1.8x)")
 
 

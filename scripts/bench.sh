@@ -19,6 +19,6 @@ bash scripts/install.sh --test  # the scaling bench runs redis-server and Postgr
 # Again with each serving process held to 0.4 of a core, where this user may make cgroups
 # (bench/cpu_quota.py): what N processes do when each has a core of its own.
 if [ -w /sys/fs/cgroup/cpu ] || [ -w /sys/fs/cgroup/cgroup.subtree_control ]; then
-    .venv/bin/python -m bench.scaling_bench --cpus-per-process 0.4 --rounds 5 --streams 900
+    .venv/bin/python -m bench.scaling_bench --cpus-per-process 0.4 --rounds 5 --streams 900 --baseline raw-model-coalesced
 fi
 PYTHONPATH=. .venv/bin/python bench/tracing_bench.py
