@@ -26,8 +26,10 @@ two holding 50 (README, "Scale across processes").
 
 `--baseline KIND` also runs one of the raw servers of `bench.servers` (no database, no
 Redis, nothing shared between its processes) as 1 process and N replicas, in the same
-rounds and under the same quota: how close to N times one process this machine lets a
-server come that shares nothing, against which ours is read.
+rounds and under the same quota, or under `--baseline-cpus-per-process` (0.2 gives
+raw-model-coalesced about our streams/s, so the client and the machine carry the same
+load): how close to N times one process this machine lets a server come that shares
+nothing, against which ours is read.
 """
 
 from __future__ import annotations
