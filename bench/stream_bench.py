@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 
@@ -102,16 +102,20 @@ WARM_UP_STREAMS = 50
 MIN_LEVEL_S = 3.0
 
 
-def one_round(kind: str, url: str, pid: int, level: int, streams: int, customers: int) -> LevelResult:
-    target, body, headers = request_for(kind, url)
-    return asyncio.run(run_level(kind, [target], bodies_for(kind, body, customers), headers, [pid], level,
-                                 streams, count_text_chunk))
+def one_round(kind: str, servers: Sequence[tuple[str, int]], level: int, streams: int, customers: int = 1
+              ) -> LevelResult:
+    """`streams` streams, `level` at a time, over `servers` ((url, pid) each: replicas of
+    one kind, taking turns)."""
+    targets = [request_for(kind, url) for url, _ in servers]
+    _, body, headers = targets[0]
+    return asyncio.run(run_level(kind, [target for target, _, _ in targets], bodies_for(kind, body, customers),
+                                 headers, [pid for _, pid in servers], level, streams, count_text_chunk))
 
 
 def measure(kind: str, url: str, pid: int, level: int, customers: int) -> LevelResult:
     rounds: list[LevelResult] = []
     while not rounds or sum(r.wall_s for r in rounds) < MIN_LEVEL_S:
-        rounds.append(one_round(kind, url, pid, level, streams_for(level), customers))
+        rounds.append(one_round(kind, [(url, pid)], level, streams_for(level), customers))
     return LevelResult.pooled(rounds)
 
 
@@ -177,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         running = {kind: stack.enter_context(server(kind, Path(tmp))) for kind in kinds}
         for kind, (url, pid) in running.items():
-            one_round(kind, url, pid, 10, WARM_UP_STREAMS, args.customers)
+            one_round(kind, [(url, pid)], 10, WARM_UP_STREAMS, args.customers)
         for level in levels:
             level_results = []
             for kind, (url, pid) in running.items():
