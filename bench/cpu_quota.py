@@ -29,14 +29,18 @@ CGROUP_V2 = Path("/sys/fs/cgroup")
 PERIOD_US = 20_000  # shorter than the default 100 ms: throttling comes in small slices
 
 
+def _share(cpus: float) -> float:
+    if not 0 < cpus <= 1:
+        raise ValueError("cpus is a share of one core: 0 < cpus <= 1")
+    return cpus
+
+
 class CpuQuota:
     """One cgroup per confined unit (a process and its descendants), each capped at
     `cpus` of a core; every cgroup made is removed on exit."""
 
     def __init__(self, cpus: float) -> None:
-        if not 0 < cpus <= 1:
-            raise ValueError("cpus is a share of one core: 0 < cpus <= 1")
-        self.cpus = cpus
+        self.cpus = _share(cpus)
         self.groups: list[Path] = []
         self.v2 = (CGROUP_V2 / "cgroup.controllers").exists()
         self.root = CGROUP_V2 if self.v2 else CGROUP_V1
@@ -52,10 +56,10 @@ class CpuQuota:
     def confine(self, pid: int, cpus: float | None = None) -> Path:
         """Moves `pid` and every process below it into a new cgroup of its own, capped at
         `cpus` (default: the quota's); children it forks later are born there."""
+        quota = int((self.cpus if cpus is None else _share(cpus)) * PERIOD_US)
         group = self.root / f"bench-{uuid.uuid4().hex[:8]}"
         group.mkdir()
         self.groups.append(group)
-        quota = int((cpus or self.cpus) * PERIOD_US)
         if self.v2:
             (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
         else:
