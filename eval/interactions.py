@@ -9,11 +9,15 @@ Four views, each printed per task (sentiment, intent, urgency, automated):
   (the id prefix); each slice is scored by a model trained on the others: the closest
   estimate of a new customer's messages.
 - **test**: the shipped model (trained on train + dev) on `eval/data/` sets that no
-  model was ever trained or tuned on.
+  model was ever trained or tuned on; for the threats set also its urgency on the legal
+  and safety threats alone (the contract makes each `high`) and on their look-alikes
+  alone (legal or safety words, no threat), where a model that learned the words and not
+  the threat fails one or the other.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,9 @@ from chains.local.classifier import TASKS, Example, InteractionClassifier, corpu
 
 DATA = Path(__file__).parent / "data"
 TEST_SETS = {"eval/data/interactions.csv": DATA / "interactions.csv",
-             "eval/data/interactions_heldout.csv": DATA / "interactions_heldout.csv"}
+             "eval/data/interactions_heldout.csv": DATA / "interactions_heldout.csv",
+             "eval/data/interactions_threats.csv": DATA / "interactions_threats.csv"}
+THREATS = "eval/data/interactions_threats.csv"
 
 
 @dataclass
@@ -79,6 +85,18 @@ def score(model: InteractionClassifier, examples: Sequence[Example], where: str)
     ]
 
 
+def threat_views(model: InteractionClassifier, path: Path) -> list[TaskReport]:
+    """Urgency on the set's threats alone and on its look-alikes alone (its `threat` column)."""
+    with path.open(newline="") as handle:
+        threat = [record["threat"] != "none" for record in csv.DictReader(handle)]
+    examples = read_examples([path])
+    views = []
+    for flag, what in ((True, "legal or safety threats"), (False, "their look-alikes")):
+        chosen = [example for example, is_threat in zip(examples, threat, strict=True) if is_threat is flag]
+        views += [r for r in score(model, chosen, f"test {THREATS}: {len(chosen)} {what}") if r.task == "urgency"]
+    return views
+
+
 def pooled(examples: Sequence[Example], folds: Sequence[tuple[list[int], list[int]]], where: str) -> list[TaskReport]:
     """Each example predicted by the model of the fold that held it out; pooled."""
     truth: dict[str, list[str]] = {task: [] for task in TASKS}
@@ -112,4 +130,6 @@ def evaluate(cache_dir: Path, *, quick: bool = False) -> list[TaskReport]:
     for name, path in TEST_SETS.items():
         examples = read_examples([path])
         reports += score(shipped, examples, f"test {name} ({len(examples)})")
+        if name == THREATS:
+            reports += threat_views(shipped, path)
     return reports

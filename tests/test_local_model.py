@@ -107,6 +107,22 @@ async def test_clear_messages_get_their_labels(stores: Stores, text: str, intent
         assert result["urgency"] == urgency
 
 
+@pytest.mark.parametrize("text", [
+    "We are filing a lawsuit over the unpaid refund.",
+    "The heater you installed is sparking and smells of gas, it's dangerous.",
+])
+async def test_a_legal_or_safety_threat_is_urgent(stores: Stores, text: str) -> None:
+    """The contract makes a legal or safety threat `high` whatever its tone; both of these
+    were `low` while the corpus held few threats (eval: `interactions_threats.csv`)."""
+    _, result = await analyse(stores, text)
+    assert result["urgency"] == "high"
+
+
+async def test_legal_words_without_a_threat_are_not_urgent(stores: Stores) -> None:
+    _, result = await analyse(stores, "Our legal team wants to review the MSA before we sign next quarter.")
+    assert result["urgency"] != "high"
+
+
 async def test_the_stream_sends_provisional_labels_then_final_ones(stores: Stores) -> None:
     chunks, result = await analyse(
         stores, "Hi Dana, our checkout has been down since 9am and we are losing orders. "
