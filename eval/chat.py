@@ -18,8 +18,13 @@ Scores:
 - citation precision: of the documents the final `sources` cite on answerable
   questions, the share that are gold documents;
 - refusal accuracy: unanswerable questions answered "nothing found" citing nothing;
-  `false refusals` is the share of answerable questions refused.
-The dev split is for tuning; the test split (written separately, never tuned on) is
+  `false refusals` is the share of answerable questions refused;
+- for sets whose questions name their `kind` (`chat_conflicts_{dev,test}.json`):
+  containment per kind. `conflict`: the customer's own document overrides a tenant
+  policy on what is asked, and the answer must hold the customer's value (the contract:
+  the customer's own wins); `policy_only`: the customer's documents are silent and the
+  policy answers; `own_only`, `agree`: the customer's documents alone, or both alike.
+The dev splits are for tuning; the test splits (written separately, never tuned on) are
 what the README reports.
 """
 
@@ -51,6 +56,7 @@ DATA = Path(__file__).parent / "data"
 # The answer targets are the ones the answer model's thresholds are chosen against.
 TARGETS = {"recall@3": 0.9, **ANSWER_TARGETS}
 TENANT = "eval-chat"
+SPLITS = ("dev", "test", "conflicts_dev", "conflicts_test")
 
 
 @dataclass
@@ -95,6 +101,7 @@ async def _score(split: str, data: dict[str, Any], chain: Any, knowledge: Knowle
     sessions: dict[str, str] = {}
     previous: dict[str, str] = {}
     recalled = contained = refused_right = false_refusals = 0
+    by_kind: dict[str, list[int]] = {}  # kind: [contained, asked]
     cited_total = cited_gold = 0
     answerable = [q for q in data["questions"] if q["answerable"]]
     misses: list[str] = []
@@ -112,6 +119,10 @@ async def _score(split: str, data: dict[str, Any], chain: Any, knowledge: Knowle
             recalled += hit
             has_facts = all(holds(answer, fact) for fact in q["gold_facts"])
             contained += has_facts
+            if kind := q.get("kind"):
+                counts = by_kind.setdefault(kind, [0, 0])
+                counts[0] += has_facts
+                counts[1] += 1
             false_refusals += refused
             cited_total += len(set(cited))
             cited_gold += sum(d in q["gold_documents"] for d in set(cited))
@@ -127,8 +138,9 @@ async def _score(split: str, data: dict[str, Any], chain: Any, knowledge: Knowle
         "recall@3": recalled / len(answerable),
         "containment": contained / len(answerable),
         "citation precision": cited_gold / cited_total if cited_total else 1.0,
-        "refusal accuracy": refused_right / unanswerable if unanswerable else 1.0,
+        **({"refusal accuracy": refused_right / unanswerable} if unanswerable else {}),
         "false refusals": false_refusals / len(answerable),
+        **{f"containment, {kind}": held / asked for kind, (held, asked) in sorted(by_kind.items())},
     }
     return ChatReport(split, len(data["documents"]), len(data["questions"]), metrics, misses)
 
@@ -146,7 +158,7 @@ def print_chat_report(report: ChatReport, *, show_misses: bool = False) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.chat")
-    parser.add_argument("--split", choices=["dev", "test"], default="dev")
+    parser.add_argument("--split", choices=SPLITS, default="dev")
     parser.add_argument("--show-misses", action="store_true")
     args = parser.parse_args()
     print_chat_report(asyncio.run(evaluate_chat(args.split)), show_misses=args.show_misses)

@@ -18,7 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from eval.chat import evaluate_chat, print_chat_report
+from eval.chat import SPLITS, evaluate_chat, print_chat_report
 from eval.interactions import TaskReport, evaluate
 from eval.scoring import learning_curve, print_scoring_report, prior_reports, scoring_rows
 
@@ -45,13 +45,13 @@ def scoring_metrics() -> list[tuple[str, float, str]]:
 
 
 def chat_metrics() -> list[tuple[str, float, str]]:
-    """The insights chat on both splits, through the real chain (`eval.chat`); the
-    README reports the test split, which nothing was tuned on."""
+    """The insights chat on every split, through the real chain (`eval.chat`); the
+    README reports the test splits, which nothing was tuned on."""
     rows = []
-    for split in ("dev", "test"):
+    for split in SPLITS:
         report = asyncio.run(evaluate_chat(split))
         print_chat_report(report)
-        if split == "test":
+        if split.endswith("test"):
             rows += [(f"chat {name}", value, report.where) for name, value in report.metrics.items()]
     return rows
 
