@@ -15,16 +15,24 @@ _ABBREVIATIONS = frozenset(
 )
 # A candidate boundary: end punctuation, optional closing quotes/brackets, then space.
 _BOUNDARY = re.compile(r"[.!?…]+[\"')\]]*\s+")
-_LAST_TOKEN = re.compile(r"(\S+)$")
+# Only a word this short can be an abbreviation or an initial, so only this much before a
+# period is read. Reading all of it (the whole sentence so far, searched for its last
+# word) made a long word followed by thousands of periods quadratic, then cubic: one
+# 99 KB document held the event loop for hours.
+_ABBREVIATION_WINDOW = 40
 
 
-def _is_abbreviation(before: str, punctuation: str) -> bool:
+def _is_abbreviation(line: str, start: int, end: int, punctuation: str) -> bool:
+    """Whether the word of `line[start:end]` just before a period is an abbreviation."""
     if punctuation != ".":
         return False
-    match = _LAST_TOKEN.search(before)
-    if match is None:
-        return False
-    token = match.group(1).lstrip("(\"'[").lower()
+    window = line[max(start, end - _ABBREVIATION_WINDOW):end]
+    if not window or window[-1].isspace():
+        return False  # no word right before the period
+    words = window.split()
+    if len(words) == 1 and end - start > len(window) and not window[0].isspace():
+        return False  # a word at least as long as the window: longer than any abbreviation
+    token = words[-1].lstrip("(\"'[").lower()
     if token in _ABBREVIATIONS:
         return True
     if len(token) == 1 and token.isalpha():
@@ -46,10 +54,9 @@ def split_sentences(text: str) -> list[str]:
             end = match.end()
             following = line[end:end + 1]
             punctuation = match.group(0).strip()[:1]
-            before = line[start:match.start()]
             if following and following.islower():
                 continue
-            if _is_abbreviation(before, punctuation):
+            if _is_abbreviation(line, start, match.start(), punctuation):
                 continue
             sentences.append(line[start:end].strip())
             start = end

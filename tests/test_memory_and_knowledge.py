@@ -112,6 +112,22 @@ def test_memory_never_mixes_customers_and_guards_what_it_replays(
     assert any(e["detail"].get("source") == "memory:human" for e in events), events
 
 
+def test_a_long_word_before_thousands_of_initials_is_stored_at_once(tmp_path: Path, database_url: str | None) -> None:
+    """Sentence splitting read the whole sentence so far at every period: 60,000 letters
+    before 13,000 initials ("A.") held the event loop for hours (a security review), and
+    every tenant with it. Each period now reads a bounded window before it; without that,
+    this upload meets the client's timeout."""
+    settings, server = start(tmp_path, database_url)
+    rep = auth(settings, f"kb-{uuid.uuid4().hex[:8]}")
+    text = "x" * 60_000 + " A." * 13_000 + " Notice period: 60 days."
+    with server as url, httpx.Client(base_url=url, timeout=60) as http:
+        created = http.post("/api/v1/ai/insights/documents", headers=rep,
+                            json={"customer_id": "cust-9", "title": "Odd notes", "text": text})
+        assert created.status_code == 201, created.text
+        assert http.get(f"/api/v1/ai/insights/documents/{created.json()['document_id']}", headers=rep).json()["text"] == text
+        assert http.get("/health").json() == {"status": "ok"}
+
+
 def test_documents_are_listed_read_replaced_and_deleted_within_the_tenant_only(
     tmp_path: Path, database_url: str | None
 ) -> None:
