@@ -30,4 +30,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 CMD ["uvicorn", "app.server:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*", \
      "--http", "app.api.http_protocol:GuardedHttpToolsProtocol", "--timeout-keep-alive", "5", \
      "--ws", "app.api.ws_protocol:LeanWebSocketsProtocol", \
-     "--ws-per-message-deflate", "false"]
+     "--ws-per-message-deflate", "false", "--ws-max-size", "1048576"]

@@ -58,6 +58,29 @@ async def test_silent_websocket_is_closed_with_4401(url: str) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
+async def test_a_message_past_the_limit_is_refused_before_it_is_parsed(url: str, settings: Settings) -> None:
+    """A first message is read before anyone is known: 16 MiB of `0,` took 1.2 GB and the
+    loop for seconds to parse (a security review). Past `ws_message_max_chars` a message
+    is refused unread, a valid auth message too; in a session the socket stays open."""
+    padding = "x" * settings.ws_message_max_chars
+    async with connect(url.replace("http", "ws") + "/ws/ai/scoring") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": mint(settings), "padding": padding}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    async with connect(url.replace("http", "ws") + "/ws/ai/scoring") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": mint(settings)}))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(json.dumps({"type": "ping", "padding": padding}))
+        while (message := json.loads(await ws.recv()))["type"] == "heartbeat":
+            pass
+        assert message["type"] == "error" and "at most" in message["message"]
+        await ws.send(json.dumps({"type": "ping"}))
+        while (message := json.loads(await ws.recv()))["type"] == "heartbeat":
+            pass
+        assert message["type"] == "pong"
+
+
 async def test_a_customer_id_outside_the_contract_is_refused_at_the_handshake(url: str, settings: Settings) -> None:
     headers = {"Authorization": f"Bearer {mint(settings)}"}
     base = url.replace("http", "ws") + "/ws/ai/insights/"

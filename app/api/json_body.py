@@ -61,8 +61,14 @@ def _check_structure(value: Any) -> None:
             stack.append((child, depth + 1))
 
 
-def parse_json(body: bytes | str) -> Any:
-    """A request body, or a WebSocket client's text message, checked as above."""
+def parse_json(body: bytes | str, *, max_chars: int | None = None) -> Any:
+    """A request body, or a WebSocket client's text message, checked as above. A body's
+    size is bounded before it gets here (`app.api.request_body`); a WebSocket message
+    only by the server's frame limit (uvicorn: 16 MiB), so its caller passes `max_chars`:
+    an unauthenticated first message of 16 MiB of `0,` took 1.2 GB and the loop for
+    seconds to parse and walk."""
+    if max_chars is not None and len(body) > max_chars:
+        raise _invalid(f"a message is at most {max_chars} characters", "message_too_large")
     try:
         value = json.loads(body, parse_float=_finite_float, parse_constant=_refuse_constant)
     except _Refused as refused:

@@ -105,7 +105,7 @@ async def authenticate_websocket(websocket: WebSocket, services: Services) -> tu
         return await services.verifier.verify(cookie), None
     try:
         async with asyncio.timeout(settings.ws_auth_timeout_s):
-            message = parse_json(await websocket.receive_text() or "")
+            message = parse_json(await websocket.receive_text() or "", max_chars=settings.ws_message_max_chars)
     except (TimeoutError, KeyError, RequestValidationError) as error:  # KeyError: a binary frame
         raise Unauthenticated("no auth message") from error
     if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(message.get("token"), str):
@@ -204,7 +204,7 @@ class WebSocketFeed:
         """Handles `resume`, `auth` (a fresh token) and `ping`; anything else is answered
         with an error and the socket stays open."""
         try:
-            message = parse_json(raw.get("text") or "")
+            message = parse_json(raw.get("text") or "", max_chars=self.services.settings.ws_message_max_chars)
         except RequestValidationError as invalid:
             await self.error("invalid_message", f"messages are JSON text: {invalid.errors()[0]['msg']}")
             return

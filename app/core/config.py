@@ -144,6 +144,8 @@ class Settings(BaseSettings, ProviderSettings):
 
     # Push transports.
     ws_auth_timeout_s: float = 5.0
+    # A client's WebSocket message (its auth token included) is refused unparsed past this.
+    ws_message_max_chars: int = Field(default=65_536, ge=4_096)
     ws_send_timeout_s: float = Field(default=10.0, gt=0, description="A send that cannot complete in time ends the session with 1013.")
     ws_slow_close_wait_s: float = Field(default=30.0, gt=0, description="How long the 1013 close frame waits for a slow reader.")
     # Besides same-origin pages and PUBLIC_URL's, origins whose pages may open

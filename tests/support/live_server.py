@@ -29,8 +29,8 @@ def free_port() -> int:
 
 def server_config(app: ASGIApp, **options: Any) -> uvicorn.Config:
     """uvicorn as the tests run it, with the WebSocket protocol and settings the service
-    runs with (scripts/run.sh): the lean protocol, compression off."""
-    options = {"ws_per_message_deflate": False, **options}
+    runs with (scripts/run.sh): the lean protocol, compression off, frames up to 1 MiB."""
+    options = {"ws_per_message_deflate": False, "ws_max_size": 1_048_576, **options}
     return uvicorn.Config(app, log_level="warning", lifespan="on", ws=LeanWebSocketsProtocol, **options)
 
 

@@ -36,7 +36,8 @@ def replica_process(
             # As scripts/run.sh runs it: the guarded HTTP and lean WebSocket protocols, no compression.
             [sys.executable, "-m", "uvicorn", "app.server:app", "--host", "127.0.0.1", "--port", str(port),
              "--http", "app.api.http_protocol:GuardedHttpToolsProtocol",
-             "--ws", "app.api.ws_protocol:LeanWebSocketsProtocol", "--ws-per-message-deflate", "false"],
+             "--ws", "app.api.ws_protocol:LeanWebSocketsProtocol", "--ws-per-message-deflate", "false",
+             "--ws-max-size", "1048576"],
             env={**clean, **env}, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
