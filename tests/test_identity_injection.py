@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from langserve.lzstring import LZString
 
+from app.api.access import MAX_CONFIG_HASH_CHARS
 from app.api.chains import INSIGHTS_CHAT_PATH, LEAD_SCORING_PATH
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.payloads import LEAD
@@ -52,6 +54,20 @@ def test_spoofed_tenant_in_batch_stream_and_config_hash_is_ignored(client: httpx
     assert hashed.status_code in (200, 422)
     if hashed.status_code == 200:
         assert hashed.json()["output"]["model_version"] == "logreg-v1"
+
+
+def test_a_config_hash_past_the_limit_is_refused_before_it_is_decompressed(client: httpx.Client) -> None:
+    """LZString's output grows with the square of its input: a 60 KB path segment took
+    1 GB and the loop for 3 s to decompress (a security review). Past the limit a hash is
+    refused unread; the playground's own are a few hundred characters."""
+    note = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(100))
+    long_hash = LZString.compressToEncodedURIComponent(json.dumps({"configurable": {"note": note}}))
+    assert len(long_hash) > MAX_CONFIG_HASH_CHARS
+    for method, path in (("GET", "input_schema"), ("POST", "invoke")):
+        refused = client.request(method, f"{LEAD_SCORING_PATH}/c/{long_hash}/{path}", json={"input": LEAD})
+        assert refused.status_code == 422 and "config_hash is at most" in refused.text, refused.text
+    short_hash = LZString.compressToEncodedURIComponent(json.dumps({"configurable": {}}))
+    assert client.get(f"{LEAD_SCORING_PATH}/c/{short_hash}/input_schema").status_code == 200
 
 
 def test_other_tenant_cannot_reach_documents_by_spoofing(

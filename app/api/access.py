@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection, Request
 from app.api.identity_overrides import identity_overrides
 from app.api.request_body import BODY_METHODS, PARSED_BODY
 from app.core.auth import Principal, authenticate
-from app.core.errors import Forbidden
+from app.core.errors import Forbidden, Unprocessable
 from app.core.security_log import security_log_of
 from chains import spans
 
@@ -37,6 +37,11 @@ API_PREFIX = "/api/v1/ai/"  # a chain's name is its path under it (background ru
 INTERACTIONS_PATH = API_PREFIX + "realtime/interactions"
 LEAD_SCORING_PATH = API_PREFIX + "scoring/leads"
 INSIGHTS_CHAT_PATH = API_PREFIX + "insights/chat"
+# LangServe reads the config of a `/c/{config_hash}/` path by decompressing it (LZString)
+# on the event loop, and so does `identity_overrides`. The output grows with the square
+# of the input: a 60 KB segment took 1 GB and the loop for 3 s (a security review). The
+# playground's own hashes are a few hundred characters.
+MAX_CONFIG_HASH_CHARS = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,8 @@ async def guard_request(conn: HTTPConnection) -> None:
         security_log_of(conn).record_for(conn, "forbidden_role", principal, {
             "required": "operator tenant", "roles": sorted(principal.roles), "method": conn.scope.get("method")})
         raise Forbidden("operator routes need a token of the operator tenant")
+    if len(conn.path_params.get("config_hash") or "") > MAX_CONFIG_HASH_CHARS:
+        raise Unprocessable(f"config_hash is at most {MAX_CONFIG_HASH_CHARS} characters", loc=("path", "config_hash"))
     has_body = isinstance(conn, Request) and conn.method in BODY_METHODS
     body = await _chain_body(conn) if has_body and _is_chain_run(path) else None
     if policy.rate_limited:
