@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from app.api.chains import INTERACTIONS_PATH
 from tests.support.payloads import INTERACTION
@@ -24,6 +26,26 @@ def test_token_in_url_sets_cookie_and_redirects_without_it(
     lowered = cookie.lower()
     assert "httponly" in lowered and "samesite=strict" in lowered and "path=/" in lowered
     assert "max-age=" in lowered
+
+
+def test_the_access_log_keeps_no_sign_in_token(
+    anonymous: httpx.Client, mint: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The redirect drops the token from the URL, but uvicorn's access log wrote the
+    request line with it (a security review): a bearer credential in plain text."""
+    token = mint()
+    access = logging.getLogger("uvicorn.access")
+    level = access.level
+    access.setLevel(logging.INFO)  # the test server logs warnings only
+    access.addHandler(caplog.handler)
+    try:
+        assert anonymous.get(PLAYGROUND, params={"token": token, "tab": "1"}, follow_redirects=False).status_code == 303
+    finally:
+        access.removeHandler(caplog.handler)
+        access.setLevel(level)
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/playground/?token=[redacted]&tab=1" in line for line in lines), lines
+    assert not any(token in line for line in lines)
 
 
 def test_signed_in_browser_uses_page_assets_and_stream_log(
