@@ -177,16 +177,24 @@ def test_reaching_for_another_tenants_document_lead_or_chat_session_is_recorded(
     def complete(events: list[dict[str, Any]]) -> bool:
         return len([e for e in events if e["kind"] in ("cross_tenant_resource", "foreign_session")]) >= 4
 
-    events = events_until(http, EVENTS, auth("prober-t", "ada", roles=("admin",)), complete)
-    found = sorted((e["kind"], e["detail"]["resource"], e["detail"]["id"], e["route"]) for e in events
-                   if e["kind"] in ("cross_tenant_resource", "foreign_session"))
+    def probed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if e["kind"] in ("cross_tenant_resource", "foreign_session")
+                and e["detail"]["tenant_id"] == "prober-t"]
+
+    # Operators read them, tenant-less: in the prober's own tenant they would tell its
+    # admin which of the ids tried exist in another tenant.
+    operator = auth("operator", "olga", roles=("operator",))
+    events = probed(events_until(http, ALL_EVENTS, operator, lambda e: complete(probed(e)), tenant_id="-"))
+    found = sorted((e["kind"], e["detail"]["resource"], e["detail"]["id"], e["route"]) for e in events)
     assert found == [
         ("cross_tenant_resource", "document", document_id, "/api/v1/ai/insights/documents/{document_id}"),
         ("cross_tenant_resource", "document", document_id, "/api/v1/ai/insights/documents/{document_id}"),
         ("cross_tenant_resource", "lead", "lead-owner-only", "/api/v1/ai/scoring/leads/{lead_id:lead_id}"),
         ("foreign_session", "chat_session", "owner-session-7f3a", f"{INSIGHTS_CHAT_PATH}/invoke"),
     ]
-    assert all(e["user_id"] == "pete" for e in events if e["kind"] != "forbidden_role")
+    assert all(e["user_id"] == "pete" for e in events)
+    own = http.get(EVENTS, headers=auth("prober-t", "ada", roles=("admin",)), params={"limit": 500}).json()
+    assert not [e for e in own if e["kind"] in ("cross_tenant_resource", "foreign_session")]
     # The owner's legitimate second turn in its own session is no event.
     assert http.post(f"{INSIGHTS_CHAT_PATH}/invoke", headers=owner, json={"input": chat}).status_code == 200
     assert http.get(f"/api/v1/ai/insights/documents/{document_id}", headers=owner).status_code == 200

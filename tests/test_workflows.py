@@ -248,12 +248,14 @@ def test_another_tenants_run_is_refused_everywhere_and_logged(
     code, _ = asyncio.run(close_of(url, intruder_token, f"/ws/ai/workflows/{run['id']}"))
     assert code == 4403
     assert http.get(f"{WORKFLOWS}/{run['id']}").json()["status"] == "succeeded", "untouched"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mint(tenant='globex', roles=('admin',))}"}) as admin:
+    operator = mint(tenant="operator", roles=("operator",))  # tenant-less: see app.core.cross_tenant
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {operator}"}) as admin:
         deadline = time.monotonic() + 10
         while True:
-            events = admin.get("/api/v1/ai/security/events", params={"kind": "cross_tenant_resource"}).json()
+            events = admin.get("/api/v1/ai/security/events/all",
+                               params={"kind": "cross_tenant_resource", "tenant_id": "-"}).json()
             attempts = [e for e in events if e["detail"].get("resource") == "workflow_run"
-                        and e["detail"].get("id") == run["id"]]
+                        and e["detail"].get("id") == run["id"] and e["detail"].get("tenant_id") == "globex"]
             if len(attempts) >= 4:  # GET, DELETE, SSE, WebSocket
                 break
             assert time.monotonic() < deadline, attempts

@@ -1,6 +1,12 @@
 """Notices a caller reaching for another tenant's resource: a document or lead id, or a
 chat session id, that its own tenant does not have and another one does.
 
+Why the event goes to the tenant-less bucket, which only operators read, and not to the
+caller's tenant: it is written only when the id exists in another tenant, so a tenant
+admin reading it learned which of the ids their users tried exist elsewhere, and a rep
+could enumerate another tenant's lead ids (a security review). The event names the
+caller's tenant in its detail.
+
 Why in the background: the answer to the caller is already decided (404, or a chat
 with no history); whether the id belongs to someone else only matters to the security
 log, so the lookup (`app.store.ownership`) runs after the caller has its answer and
@@ -51,8 +57,8 @@ class CrossTenantWatch:
             log.warning("cross-tenant check of %s %r failed: %r", resource, resource_id, error)
             return
         kind = "foreign_session" if resource == "chat_session" else "cross_tenant_resource"
-        self._log.record(kind, tenant_id=principal.tenant_id, user_id=principal.user_id, route=route, client=client,
-                         detail={"resource": resource, "id": resource_id})
+        self._log.record(kind, tenant_id=None, user_id=principal.user_id, route=route, client=client,
+                         detail={"tenant_id": principal.tenant_id, "resource": resource, "id": resource_id})
 
     async def drain(self) -> None:
         """Waits for the checks under way (shutdown)."""

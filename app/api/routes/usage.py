@@ -136,7 +136,8 @@ async def read_security_events(
     kind: EventKind = None,
 ) -> list[SecurityEventRecord]:
     """The caller's tenant's security events, newest first: flagged inputs (prompt
-    injection), forbidden roles, identity overrides, cross-tenant attempts, document changes."""
+    injection), forbidden roles, identity overrides, document changes. Ids reached for in
+    another tenant are the operators' (`app.core.cross_tenant`)."""
     rows = await services.audit.recent_security_events(principal.tenant_id, limit, kind=kind)
     return [SecurityEventRecord(**row) for row in rows]
 
