@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         services.bus, process_id=services.liveness.process_id, alive=services.liveness.alive,
         describe_error=error_payload, max_concurrency=settings.workflow_max_concurrency,
         max_active_per_tenant=settings.workflow_max_active_per_tenant,
+        max_running_per_tenant=settings.workflow_max_running_per_tenant,
         retry_after_s=settings.workflow_retry_after_s, sweep_s=settings.workflow_sweep_s,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -192,6 +192,36 @@ def test_too_many_active_runs_answer_429_with_retry_after(http: httpx.Client, sl
     again = start(http, "insights/chat", QUESTION)
     assert again["status"] == "queued", "room again once they ended"
     http.delete(f"{WORKFLOWS}/{again['id']}")
+
+
+def test_one_tenants_flood_waits_behind_its_own_share_of_the_slots(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOpenAI, str], database_url: str | None,
+    slow: FakeOpenAI,
+) -> None:
+    """Two slots, at most one per tenant: a tenant's three slow runs take one slot and
+    queue behind it, and another tenant's run takes the other at once. With one FIFO of
+    slots it waited behind the flood (a security review: 43 s behind 66 runs)."""
+    _, openai_url = fake_openai
+    settings = make_settings(
+        tmp_path_factory.mktemp("fair"), database_url=database_url,
+        llm_providers="openai,local", openai_base_url=openai_url, openai_api_key="sk-test", openai_model="fake-gpt",
+        llm_max_retries=1, llm_first_token_timeout_s=5.0, llm_idle_timeout_s=5.0, workflow_sweep_s=0.1,
+        workflow_max_concurrency=2, workflow_max_running_per_tenant=1,
+    )
+    verifier = TokenVerifier(settings)
+    tenants = [f"fair-{random.randrange(16**8):08x}-{n}" for n in (1, 2)]
+    with live_server(create_app(settings)) as base, ExitStack() as clients:
+        flooder, other = (clients.enter_context(httpx.Client(base_url=base, timeout=30, headers={
+            "Authorization": f"Bearer {verifier.mint(tenant_id=t, user_id='u', roles=('rep',), ttl_s=600)}"}))
+            for t in tenants)
+        flood = [start(flooder, "insights/chat", QUESTION) for _ in range(3)]
+        wait_for_status(flooder, flood[0]["id"], {"running"})
+        late = start(other, "insights/chat", QUESTION)
+        assert wait_for_status(other, late["id"], {"running", "succeeded"})["status"] == "running"
+        statuses = [flooder.get(f"{WORKFLOWS}/{run['id']}").json()["status"] for run in flood]
+        assert statuses.count("running") == 1 and statuses.count("queued") == 2, statuses
+        for client, run in [(flooder, r) for r in flood] + [(other, late)]:
+            client.delete(f"{WORKFLOWS}/{run['id']}")
 
 
 @pytest.mark.parametrize(("body", "loc"), [

@@ -191,6 +191,9 @@ class Settings(BaseSettings, ProviderSettings):
     workflow_max_active_per_tenant: int = Field(
         default=100, ge=1, description="Queued plus running runs per tenant, cluster-wide; past it a POST answers 429."
     )
+    workflow_max_running_per_tenant: int = Field(
+        default=16, ge=1, description="Of one process's WORKFLOW_MAX_CONCURRENCY, at most this many run one tenant's runs."
+    )
     workflow_retry_after_s: int = Field(default=5, ge=1, description="Retry-After of that 429.")
     workflow_sweep_s: float = Field(
         default=0.5, gt=0,
