@@ -13,6 +13,7 @@ import random
 from contextlib import ExitStack, contextmanager
 import sqlite3
 import time
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 
@@ -195,22 +196,16 @@ def test_too_many_active_runs_answer_429_with_retry_after(http: httpx.Client, sl
 
 
 def test_one_tenants_flood_waits_behind_its_own_share_of_the_slots(
-    tmp_path_factory: pytest.TempPathFactory, fake_openai: tuple[FakeOpenAI, str], database_url: str | None,
-    slow: FakeOpenAI,
+    tmp_path: Path, settings: Settings, slow: FakeOpenAI
 ) -> None:
     """Two slots, at most one per tenant: a tenant's three slow runs take one slot and
     queue behind it, and another tenant's run takes the other at once. With one FIFO of
     slots it waited behind the flood (a security review: 43 s behind 66 runs)."""
-    _, openai_url = fake_openai
-    settings = make_settings(
-        tmp_path_factory.mktemp("fair"), database_url=database_url,
-        llm_providers="openai,local", openai_base_url=openai_url, openai_api_key="sk-test", openai_model="fake-gpt",
-        llm_max_retries=1, llm_first_token_timeout_s=5.0, llm_idle_timeout_s=5.0, workflow_sweep_s=0.1,
-        workflow_max_concurrency=2, workflow_max_running_per_tenant=1,
-    )
-    verifier = TokenVerifier(settings)
+    fair = settings.model_copy(update={"data_dir": tmp_path, "workflow_max_concurrency": 2,
+                                       "workflow_max_running_per_tenant": 1})
+    verifier = TokenVerifier(fair)
     tenants = [f"fair-{random.randrange(16**8):08x}-{n}" for n in (1, 2)]
-    with live_server(create_app(settings)) as base, ExitStack() as clients:
+    with live_server(create_app(fair)) as base, ExitStack() as clients:
         flooder, other = (clients.enter_context(httpx.Client(base_url=base, timeout=30, headers={
             "Authorization": f"Bearer {verifier.mint(tenant_id=t, user_id='u', roles=('rep',), ttl_s=600)}"}))
             for t in tenants)
