@@ -50,14 +50,9 @@ def build_insights_chain(
         question = payload["question"]
         turns = await memory.recent_turns(conversation)
         earlier = _last_question(turns)
-        passages = [
-            passage
-            for passage in await knowledge.search(
-                tenant_id=identity.tenant_id, customer_id=payload["customer_id"],
-                query=question, k=top_k, earlier=earlier,
-            )
-            if passage.score >= MIN_RELEVANCE
-        ]
+        found = await knowledge.find(
+            tenant_id=identity.tenant_id, customer_id=payload["customer_id"], query=question, k=top_k, earlier=earlier)
+        passages = [passage for passage in found.passages if passage.score >= MIN_RELEVANCE]
         yield FieldChunk(session_id=payload["session_id"],
                          sources=[_source(p, n) for n, p in enumerate(passages, start=1)])
         # Stored turns re-enter the prompt: they pass the same guard as fresh text.
@@ -81,7 +76,7 @@ def build_insights_chain(
         )
 
         async def local() -> str:
-            return await cpu.run(identity.tenant_id, compose_answer, asked.text, shown, earlier)
+            return await cpu.run(identity.tenant_id, compose_answer, asked.text, shown, earlier, found.subject)
 
         # Even without passages the model is asked: the conversation so far may answer.
         prompt = answer_messages(asked.text, labelled, [(role, g.text) for role, g in history], flagged=flagged)

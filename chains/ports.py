@@ -23,10 +23,23 @@ class Passage:
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a search found, and the words that name the customer it was searched for
+    (`chains.retrieval.subject_words`): the answer is judged without them too."""
+
+    passages: list[Passage]
+    subject: frozenset[str]
+
+
 class KnowledgeSearch(Protocol):
     async def search(
         self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> list[Passage]: ...
+
+    async def find(
+        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
+    ) -> Found: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,41 @@ def test_when_the_customers_own_document_answers_first_a_differing_policy_is_not
         assert [s["citation"] for s in output["sources"]] == cited(output["answer"])
 
 
+def test_the_customers_name_in_a_question_does_not_outweigh_the_policy_that_answers(tmp_path: Path) -> None:
+    """The customer's documents say nothing of keeping files or of P1 response times; the
+    name in the question drew the search and the answer to their sentences that name the
+    customer ("Client: Juniper Florist LLC"), and the tenant's policy that answers was
+    refused (the contract: a tenant-wide document answers where the customer's own say
+    nothing)."""
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "northwind-co")
+    with server as url, httpx.Client(base_url=url, timeout=30) as http:
+        for customer, title, text in [
+            ("c-juniper", "Order form - Juniper Florist", "Client: Juniper Florist LLC, 14 Elm Row, Salem, MA 01970.\n"
+             "Project Fee: $8,400 (fixed), for a new storefront and a spring catalogue.\n"
+             "Signed for Client: Ada Moreno, Owner, May 2."),
+            ("c-juniper", "Juniper Florist kickoff notes", "Kickoff with Juniper Florist on May 2. Ada wants the "
+             "spring catalogue live before Mother's Day. Weekly check-ins on Tuesdays."),
+            ("c-juniper", "Addendum No. 1 (Juniper Florist LLC)", "Two extra landing pages for Juniper Florist at "
+             "$600 each, billed with the storefront."),
+            ("c-harbor", "Harbor Dental call notes", "Call with Harbor Dental on May 2 about monthly reporting. "
+             "They want the storefront promo moved to Tuesdays."),
+            (None, "Data retention policy", "When a client leaves, we keep their files and ad accounts for 90 days, "
+             "then delete them."),
+            (None, "Support hours", "P1 incidents get a first response within 4 business hours."),
+        ]:
+            body = {"title": title, "text": text} | ({"customer_id": customer} if customer else {})
+            assert http.post("/api/v1/ai/insights/documents", headers=rep, json=body).status_code == 201
+        kept = ask(http, rep, "c-juniper", "how long do we keep juniper florist's files after they leave?",
+                   session="s1")
+        p1 = ask(http, rep, "c-juniper", "P1 response time for juniper florist", session="s2")
+        signed = ask(http, rep, "c-juniper", "who signed for juniper florist?", session="s3")
+    assert "90 days" in kept["answer"] and titles(kept) == ["Data retention policy"], kept
+    assert "4 business hours" in p1["answer"] and titles(p1) == ["Support hours"], p1
+    # Where the customer's own document answers, the name is no loss.
+    assert "Ada Moreno" in signed["answer"] and titles(signed) == ["Order form - Juniper Florist"], signed
+
+
 def test_a_document_uploaded_twice_is_one_passage(tmp_path: Path) -> None:
     """Both copies were retrieved, took two of the places other documents could have
     had, and the answer said the same sentence twice, cited [1] and [2]."""

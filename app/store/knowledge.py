@@ -32,7 +32,7 @@ from app.crypto.envelope import DecryptionFailed, TenantCipher
 from app.crypto.keyring import Keyring
 from app.store.coalesced_runs import CoalescedRuns
 from app.store.database import document_chunks, documents, finishes_once_started, knowledge_revisions
-from chains.ports import Passage
+from chains.ports import Found, Passage
 from chains.retrieval import IndexedChunk, RetrievalIndex, embedded_chunks
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,15 @@ class KnowledgeBase:
     ) -> list[Passage]:
         """The `k` best chunks for `query`; `earlier` (the question a follow-up follows)
         helps too, so "and when?" still finds what the last answer was about."""
+        return (await self.find(tenant_id=tenant_id, customer_id=customer_id, query=query, k=k,
+                                earlier=earlier)).passages
+
+    async def find(
+        self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
+    ) -> Found:
+        """As `search`, with the words that name the customer (`chains.retrieval.focused`)."""
         index = await self.index(tenant_id)
-        return index.search(query, customer_id=customer_id, k=k, earlier=earlier)
+        return index.find(query, customer_id=customer_id, k=k, earlier=earlier)
 
     def forget(self, tenant_id: str) -> None:
         """Drops the tenant's index from memory (its erasure)."""

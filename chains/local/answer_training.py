@@ -69,9 +69,8 @@ def examples(data: dict[str, Any]) -> list[Example]:
     found_examples = []
     for q in data["questions"]:
         earlier = previous.get(q["session"]) if q["session"] else None
-        passages = [p for p in index.search(q["question"], customer_id=q["customer_id"], k=PASSAGES,
-                                            earlier=earlier)
-                    if p.score >= MIN_RELEVANCE]
+        searched = index.find(q["question"], customer_id=q["customer_id"], k=PASSAGES, earlier=earlier)
+        passages = [p for p in searched.passages if p.score >= MIN_RELEVANCE]
         if q["session"]:
             previous[q["session"]] = q["question"]
         found = candidates([(p.title, p.text, p.customer_id is not None) for p in passages])
@@ -82,7 +81,8 @@ def examples(data: dict[str, Any]) -> list[Example]:
             q["answerable"] and documents[c.passage - 1] in q["gold_documents"] and any(holds(c.text, fact) for fact in q["gold_facts"])
             for c in found
         ], dtype=float)
-        found_examples.append(Example(q, found, documents, features(q["question"], found, earlier), labels))
+        found_examples.append(Example(q, found, documents, features(q["question"], found, earlier, searched.subject),
+                                      labels))
     return found_examples
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from chains.embeddings import EMBEDDING_DIM, embed, embed_one
-from chains.retrieval import tokenize
+from chains.retrieval import focused, tokenize
 from chains.text import split_sentences
 
 MODEL_PATH = Path(__file__).with_name("answer_model.json")
@@ -107,8 +107,14 @@ def asked_kinds(question: str) -> list[str]:
     return [kind for kind, (asks, _) in ANSWER_KINDS.items() if asks.search(question)]
 
 
-def features(question: str, found: Sequence[Candidate], earlier: str | None = None) -> np.ndarray:
-    """One row of `FEATURES` per candidate sentence."""
+def features(
+    question: str, found: Sequence[Candidate], earlier: str | None = None, subject: frozenset[str] = frozenset()
+) -> np.ndarray:
+    """One row of `FEATURES` per candidate sentence, judged without the words of the
+    question that name the customer (`subject`, `chains.retrieval.focused`): every
+    candidate is about the customer, its own documents and the tenant's policies alike."""
+    question = focused(question, subject) or question
+    earlier = focused(earlier, subject)
     count = len(found)
     titles = list(dict.fromkeys(c.title for c in found))
     labels = [label.group(1) if (label := _LABEL.match(c.text)) else "" for c in found]

@@ -60,15 +60,16 @@ def select_sentences(
 
 def compose_answer(
     question: str, passages: Sequence[tuple[str, str, bool]], earlier: str | None = None,
-    model: AnswerModel | None = None,
+    subject: frozenset[str] = frozenset(), model: AnswerModel | None = None,
 ) -> str:
     """An extractive answer from `(title, text, is the customer's own)` passages
-    numbered from 1, cited `[n]`; `earlier` is the question a follow-up follows."""
+    numbered from 1, cited `[n]`; `earlier` is the question a follow-up follows and
+    `subject` the words that name the customer (`chains.ports.Found`)."""
     found = candidates(passages)
     if not found:
         return NOT_FOUND
     model = model or answer_model()
-    chosen = select_sentences(found, features(question, found, earlier), model)
+    chosen = select_sentences(found, features(question, found, earlier, subject), model)
     if not chosen:
         return NOT_FOUND
     # Source order reads naturally: a contract's clauses in their own sequence.
