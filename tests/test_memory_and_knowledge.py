@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.api.chains import INSIGHTS_CHAT_PATH
 from app.core.auth import TokenVerifier
 from app.server import create_app
+from app.store import knowledge
 from tests.conftest import make_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.live_server import live_server
@@ -126,6 +129,36 @@ def test_a_long_word_before_thousands_of_initials_is_stored_at_once(tmp_path: Pa
         assert created.status_code == 201, created.text
         assert http.get(f"/api/v1/ai/insights/documents/{created.json()['document_id']}", headers=rep).json()["text"] == text
         assert http.get("/health").json() == {"status": "ok"}
+
+
+def test_a_document_is_chunked_and_embedded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Splitting, embedding and sealing a document of 100,000 characters ran on the event
+    loop, and every stream of the process waited for it (README, "Security")."""
+    on_the_loop: list[bool] = []
+    embedded = knowledge.embedded_chunks
+
+    def recorded(title: str, text: str):  # type: ignore[no-untyped-def]
+        try:
+            asyncio.get_running_loop()
+            on_the_loop.append(True)
+        except RuntimeError:
+            on_the_loop.append(False)
+        return embedded(title, text)
+
+    monkeypatch.setattr(knowledge, "embedded_chunks", recorded)
+    settings, server = start(tmp_path, None)
+    rep = auth(settings, "kb-loop")
+    text = "Renewal notes. " + "The customer asked about seats and pricing again. " * 1_990
+    with server as url, httpx.Client(base_url=url, timeout=60) as http:
+        created = http.post("/api/v1/ai/insights/documents", headers=rep,
+                            json={"customer_id": "cust-9", "title": "Long notes", "text": text})
+        assert created.status_code == 201, created.text
+        replaced = http.put(f"/api/v1/ai/insights/documents/{created.json()['document_id']}", headers=rep,
+                            json={"customer_id": "cust-9", "title": "Long notes", "text": text + " Seats: 40."})
+        assert replaced.status_code == 200, replaced.text
+    assert on_the_loop == [False, False]
 
 
 def test_documents_are_listed_read_replaced_and_deleted_within_the_tenant_only(
