@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -141,15 +142,15 @@ def embedded_chunks(title: str, text: str) -> tuple[list[str], np.ndarray]:
     return chunks, embed([f"{title}. {chunk}" for chunk in chunks])
 
 
-def focused(text: str | None, subject: frozenset[str]) -> str | None:
+def focused(text: str, subject: frozenset[str]) -> str:
     """`text` without the words that name the customer (`subject_words`), unless nothing
     it asks would be left: "who is Rosa" stays as it is."""
-    if not text or not subject:
+    if not subject:
         return text
     matches = list(_WORD.finditer(text))
     tokens = tokenize([match.group() for match in matches])
     naming = [bool(words) and set(words) <= subject for words in tokens]
-    if not any(naming) or all(naming[i] or not tokens[i] for i in range(len(matches))):
+    if not any(naming) or all(names or not words for names, words in zip(naming, tokens, strict=True)):
         return text
     kept, start = [], 0
     for match, names in zip(matches, naming, strict=True):
@@ -161,14 +162,21 @@ def focused(text: str | None, subject: frozenset[str]) -> str | None:
 
 
 def subject_words(
-    chunks: Sequence[IndexedChunk], words: Sequence[list[str]], capitalised: Sequence[Counter[str]]
+    chunks: Sequence[IndexedChunk], words: Sequence[list[str]], capitalised: Sequence[list[str]],
+    titles: Mapping[str, tuple[list[str], list[str]]],
 ) -> dict[str, frozenset[str]]:
     """Per customer, the words that name it: written with a capital more often than not,
     in at least half of its documents (two at least), and in no document of another
-    customer or of the whole tenant. A name passes all three; the words of what a
-    customer's documents are about rarely do (the month, "Instagram", "Agreement" are in
-    other customers' documents too). Found over the documents of four writers' agencies
-    (`chains/local/corpus/chat_train*.json`); README, "Chat" says what it changed.
+    customer or of the whole tenant. A name passes all three, a contact's name too; the
+    words of what a customer's documents are about rarely do (the month, "Instagram",
+    "Agreement" are in other customers' documents too). Found over the documents of four
+    writers' agencies (`chains/local/corpus/chat_train*.json`); README, "Chat" says what
+    it changed.
+
+    `words` are each chunk's words, its document's title included; `capitalised`, those
+    of the chunk's text written with a capital; `titles`, each title's words and those
+    written with a capital. A title counts once per document, not once per chunk: a long
+    "Hourly Rate Schedule" would otherwise make "rate" a name.
 
     With no document of another owner there is nothing a name could draw the search away
     from, and every word would pass: none is taken out then."""
@@ -192,17 +200,28 @@ def subject_words(
             spread.update(tokens)
         needed = max(2, math.ceil(len(documents) / 2))
         candidates = [token for token, count in spread.items() if count >= needed and owners[token] == 1]
-        found[customer] = frozenset(
-            token for token in candidates
-            if 2 * sum(capitalised[i][token] for i in indexes) > sum(words[i].count(token) for i in indexes)
-        )
+        if not candidates:
+            found[customer] = frozenset()
+            continue
+        # Counted in C over the customer's chunks, each title once per document.
+        once = {chunks[i].document_id: chunks[i].title for i in indexes}.values()
+        written = Counter(chain.from_iterable(words[i] for i in indexes))
+        written.subtract(Counter(chain.from_iterable(titles[chunks[i].title][0] for i in indexes)))
+        written.update(chain.from_iterable(titles[title][0] for title in once))
+        capital = Counter(chain.from_iterable(capitalised[i] for i in indexes))
+        capital.update(chain.from_iterable(titles[title][1] for title in once))
+        found[customer] = frozenset(token for token in candidates if 2 * capital[token] > max(written[token], 0))
     return found
 
 
-def _capitalised(texts: Iterable[str]) -> list[Counter[str]]:
-    """Per text, how often each token is written with a capital letter."""
-    capitalised = [" ".join(word for word in _WORD.findall(text) if word[0].isupper()) for text in texts]
-    return [Counter(words) for words in tokenize(capitalised)]
+def _capitalised(texts: Iterable[str]) -> list[list[str]]:
+    """Per text, its words written with a capital letter ('Copper' quoted too). Each
+    distinct word is tokenized once: names recur, and a tenant's first index holds them
+    all (tokenizing every text again took 40% more time)."""
+    written = [[word for word in _WORD.findall(text) if word.lstrip("'\u2019-")[:1].isupper()] for text in texts]
+    distinct = sorted({word for words in written for word in words})
+    tokens = dict(zip(distinct, tokenize(distinct), strict=True))
+    return [[token for word in words for token in tokens[word]] for words in written]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +250,15 @@ class RetrievalIndex:
         self.words = {text: known[text] for text in texts if text in known}
         self.words.update(zip(fresh, tokenize(fresh), strict=True))
         self.capitals = {text: known_capitals[text] for text in texts if text in known_capitals}
-        self.capitals.update(zip(fresh, _capitalised(fresh), strict=True))
+        # Of the chunk's text alone: `subject_words` counts a title once per document.
+        chunk_texts = {text: chunk.text for text, chunk in zip(texts, self.chunks, strict=True)}
+        self.capitals.update(zip(fresh, _capitalised(chunk_texts[text] for text in fresh), strict=True))
+        known_titles = previous.titles if previous is not None else {}
+        fresh_titles = [title for title in dict.fromkeys(c.title for c in self.chunks) if title not in known_titles]
+        self.titles = {c.title: known_titles[c.title] for c in self.chunks if c.title in known_titles}
+        self.titles.update(zip(fresh_titles, zip(tokenize(fresh_titles), _capitalised(fresh_titles)), strict=True))
         corpus = [self.words[text] for text in texts]
-        self.subjects = subject_words(self.chunks, corpus, [self.capitals[text] for text in texts])
+        self.subjects = subject_words(self.chunks, corpus, [self.capitals[text] for text in texts], self.titles)
         self.bm25 = bm25s.BM25()
         # bm25s cannot index a corpus without a single word ("ok.", "a b"): such a
         # tenant is searched by embeddings alone.
@@ -272,7 +297,7 @@ class RetrievalIndex:
         strength = np.zeros(len(self.chunks))
         similarity = np.zeros(len(self.chunks))
         for position, (asked, weight) in enumerate(queries):
-            text = focused(asked, subject) or asked
+            text = focused(asked, subject)
             words = tokenize([text])[0]
             lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
             semantic = self.vectors[candidates] @ embed_one(text)

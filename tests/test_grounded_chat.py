@@ -150,6 +150,30 @@ def test_the_customers_name_in_a_question_does_not_outweigh_the_policy_that_answ
     assert "Ada Moreno" in signed["answer"] and titles(signed) == ["Order form - Juniper Florist"], signed
 
 
+async def test_a_long_documents_title_does_not_make_its_words_the_customers_name(tmp_path: Path) -> None:
+    """The index joins a document's title to each of its chunks: counted once per chunk,
+    the capitals of a 7-chunk "Hourly Rate Schedule" outweighed "rate" written in lower
+    case across the customer's notes, and "what is the hourly rate" was searched as
+    "what is the hourly" (a review)."""
+    engine = create_engine(database_url(None, tmp_path / "kb.sqlite3"))
+    await migrate(engine)
+    knowledge = KnowledgeBase(engine, keyring_for(engine))
+    schedule = " ".join(f"Line {i} of the schedule lists the standard hourly amount for task {i}." for i in range(60))
+    try:
+        for customer, title, text in [
+            ("acme", "Hourly Rate Schedule", schedule + " The rate applies to all Acme work."),
+            ("acme", "Kickoff notes", "Acme agreed the rate with us. The rate is fixed for a year."),
+            ("acme", "Call notes", "Acme asked about the rate again, and the rate went up."),
+            (None, "Rush policy", "Rush jobs carry a 25% surcharge."),
+            ("other", "Other notes", "Nothing here."),
+        ]:
+            await knowledge.add_document(tenant_id="t", user_id="u", customer_id=customer, title=title, text=text)
+        found = await knowledge.find(tenant_id="t", customer_id="acme", query="what is the hourly rate for acme")
+    finally:
+        await engine.dispose()
+    assert found.subject == frozenset(tokenize(["Acme"])[0]), found.subject
+
+
 def test_a_document_uploaded_twice_is_one_passage(tmp_path: Path) -> None:
     """Both copies were retrieved, took two of the places other documents could have
     had, and the answer said the same sentence twice, cited [1] and [2]."""

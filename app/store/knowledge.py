@@ -220,14 +220,16 @@ class KnowledgeBase:
         self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> list[Passage]:
         """The `k` best chunks for `query`; `earlier` (the question a follow-up follows)
-        helps too, so "and when?" still finds what the last answer was about."""
+        helps too, so "and when?" still finds what the last answer was about. Both are
+        searched without the words that name the customer (`chains.retrieval.focused`):
+        a chat question, and the message an interaction analysis looks up."""
         return (await self.find(tenant_id=tenant_id, customer_id=customer_id, query=query, k=k,
                                 earlier=earlier)).passages
 
     async def find(
         self, *, tenant_id: str, customer_id: str | None, query: str, k: int = 4, earlier: str | None = None
     ) -> Found:
-        """As `search`, with the words that name the customer (`chains.retrieval.focused`)."""
+        """As `search`, and the words that name the customer, which the answer leaves out too."""
         index = await self.index(tenant_id)
         return index.find(query, customer_id=customer_id, k=k, earlier=earlier)
 

@@ -113,8 +113,8 @@ def features(
     """One row of `FEATURES` per candidate sentence, judged without the words of the
     question that name the customer (`subject`, `chains.retrieval.focused`): every
     candidate is about the customer, its own documents and the tenant's policies alike."""
-    question = focused(question, subject) or question
-    earlier = focused(earlier, subject)
+    question = focused(question, subject)
+    earlier = focused(earlier, subject) if earlier else earlier
     count = len(found)
     titles = list(dict.fromkeys(c.title for c in found))
     labels = [label.group(1) if (label := _LABEL.match(c.text)) else "" for c in found]
