@@ -296,16 +296,17 @@ class RetrievalIndex:
         # as the reverse): the tie goes to the chunk whose scores are nearer each list's best.
         strength = np.zeros(len(self.chunks))
         similarity = np.zeros(len(self.chunks))
+        in_scope = self.vectors[candidates]  # a copy: taken once, for every text searched
         for position, (asked, weight) in enumerate(queries):
             text = focused(asked, subject)
             words = tokenize([text])[0]
             lexical = self.bm25.get_scores(words) if words and self.lexical else np.zeros(len(self.chunks))
-            semantic = self.vectors[candidates] @ embed_one(text)
+            semantic = in_scope @ embed_one(text)
             # Reported: how near the conversation the chunk is, by the question as asked
             # (what is left of "who signed for juniper florist" is near nothing by meaning).
             # A follow-up ("what was that for") names almost nothing itself, so the
             # question it follows counts, at its weight.
-            near = semantic if text == asked else self.vectors[candidates] @ embed_one(asked)
+            near = semantic if text == asked else in_scope @ embed_one(asked)
             similarity[candidates] = near if position == 0 else np.maximum(similarity[candidates], weight * near)
             for scores in (lexical[candidates], semantic):
                 order = np.argsort(-scores, kind="stable")

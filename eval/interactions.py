@@ -85,11 +85,11 @@ def score(model: InteractionClassifier, examples: Sequence[Example], where: str)
     ]
 
 
-def threat_views(model: InteractionClassifier, path: Path) -> list[TaskReport]:
-    """Urgency on the set's threats alone and on its look-alikes alone (its `threat` column)."""
+def threat_views(model: InteractionClassifier, path: Path, examples: Sequence[Example]) -> list[TaskReport]:
+    """Urgency on the set's threats alone and on its look-alikes alone: `examples` are the
+    set's rows, read by `read_examples`, which drops the `threat` column read here."""
     with path.open(newline="") as handle:
         threat = [record["threat"] != "none" for record in csv.DictReader(handle)]
-    examples = read_examples([path])
     views = []
     for flag, what in ((True, "legal or safety threats"), (False, "their look-alikes")):
         chosen = [example for example, is_threat in zip(examples, threat, strict=True) if is_threat is flag]
@@ -131,5 +131,5 @@ def evaluate(cache_dir: Path, *, quick: bool = False) -> list[TaskReport]:
         examples = read_examples([path])
         reports += score(shipped, examples, f"test {name} ({len(examples)})")
         if name == THREATS:
-            reports += threat_views(shipped, path)
+            reports += threat_views(shipped, path, examples)
     return reports
