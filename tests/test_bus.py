@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from app.core.config import Settings
 from app.realtime.bus import EventBus, InProcessBus, SlowConsumer
 from app.realtime.redis_bus import RedisStreamBus
 from tests.support.servers import redis_server
 from tests.support.stores import sqlite_keyring
+
+SOCKET_TIMEOUT_S = Settings.model_fields["redis_socket_timeout_s"].default
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(params=["in_process", "redis"])
 async def bus(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> AsyncIterator[EventBus]:
     async with sqlite_keyring(tmp_path) as keys:
+        # Timeouts as the service's own client has them (`Services`): redis-py bounds the
+        # wait for a closed socket by the connect timeout, and without one the bus's close,
+        # after its reader was cancelled in a blocking read, once waited past the suite's
+        # 600 s limit (redis-py#3941).
         bus: EventBus = InProcessBus(queue_size=4) if request.param == "in_process" else RedisStreamBus(
-            Redis.from_url(redis_url), keys, queue_size=4)
+            Redis.from_url(redis_url, socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S),
+            keys, queue_size=4)
         yield bus
         await bus.close()
 
